@@ -1,0 +1,1 @@
+"""ONNX export and TensorRT engine building (installed as ceds_deploy.export)."""

@@ -1,0 +1,1 @@
+"""CEDS semi-supervised training (installed as ceds_deploy.training)."""
