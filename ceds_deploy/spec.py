@@ -80,3 +80,7 @@ class ModelSpec:
 
     def replace(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
+
+# Where each artifact keeps its spec.
+ONNX_SPEC_KEY = "ceds.model_spec"  # ONNX metadata_props key holding ModelSpec JSON
+ENGINE_SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json

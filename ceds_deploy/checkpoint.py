@@ -1,0 +1,99 @@
+"""Checkpoint files: one format for training state and for inference, saved atomically and
+loaded with `torch.load(weights_only=True)` so a checkpoint can never run code.
+
+Payload keys: "format", "kind", "spec" (ModelSpec dict), "net_config" (CedsNetConfig dict),
+"student" and "teacher" (state dicts), plus whatever training state the trainer adds (plain
+containers of tensors, numbers and strings only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import os
+from pathlib import Path
+from typing import Any
+
+from ceds_deploy.errors import ArtifactError
+from ceds_deploy.spec import ModelSpec
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KIND = "ceds-checkpoint"
+WEIGHT_CHOICES = ("teacher", "student")
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    import torch
+
+    from ceds_deploy.io import write_atomic_bytes
+
+    for key in ("spec", "net_config", "teacher"):
+        if key not in payload:
+            raise ValueError(f"checkpoint payload needs {key!r}")
+    payload = {"format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, **payload}
+    buffer = _io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; every problem is an `ArtifactError` naming the file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ArtifactError(f"{path}: refused to load: the checkpoint holds objects other than tensors "
+                            f"and plain data ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+                            f"{str(err).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
+        raise ArtifactError(f"{path}: not a ceds-deploy checkpoint (no kind={CHECKPOINT_KIND!r} entry)")
+    if int(payload.get("format", 0)) > CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{path}: checkpoint format {payload['format']} is newer than this install "
+                            f"reads ({CHECKPOINT_FORMAT}); upgrade ceds-deploy")
+    return payload
+
+
+def checkpoint_spec(payload: dict[str, Any], path: Path | str = "checkpoint") -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(payload["spec"])
+    except KeyError:
+        raise ArtifactError(f"{path}: checkpoint has no model spec") from None
+
+
+def load_network(path: str | os.PathLike, weights: str = "teacher", map_location: str = "cpu"):
+    """(CedsNet in eval mode, ModelSpec) from a checkpoint's teacher or student weights."""
+    from ceds_deploy.network import CedsNet, CedsNetConfig
+
+    if weights not in WEIGHT_CHOICES:
+        raise ArtifactError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+    path = Path(path)
+    payload = load_checkpoint(path, map_location)
+    spec = checkpoint_spec(payload, path)
+    if weights not in payload:
+        raise ArtifactError(f"{path}: checkpoint holds no {weights} weights")
+    try:
+        config = CedsNetConfig(**payload["net_config"])
+        net = CedsNet(config)
+        net.load_state_dict(payload[weights])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise ArtifactError(f"{path}: weights do not fit the CEDS network "
+                            f"(another architecture or width?): {str(err).splitlines()[0]}") from None
+    return net.eval(), spec.replace(weights=weights)

@@ -1,0 +1,58 @@
+"""`ceds segment`: masks, confidence maps and a report for a folder (or one file) of scans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ceds_deploy.cli.options import BackendOption, DeviceOption, ModelOption, check_device, parse_shard
+
+
+def segment(
+    input: Annotated[Path, typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD, DICOM series "
+                                          "folders) or one scan.")],
+    output: Annotated[Path, typer.Argument(help="Folder for masks, confidence maps and report.csv/json.")],
+    model: ModelOption,
+    backend: BackendOption = "auto",
+    device: DeviceOption = "cpu",
+    overlap: Annotated[float, typer.Option(help="Window overlap in [0, 1); each step up multiplies the "
+                                           "window count.")] = 0.25,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per backend call (default: the "
+                                                      "backend's).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
+                                      "(8x slower).")] = False,
+    precision: Annotated[Optional[str], typer.Option(help="torch backend only: fp32, bf16 (CPU) or fp16 "
+                                                     "(CUDA). Default fp32 on CPU, fp16 on CUDA.")] = None,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
+                                                     help="Also write <case>_probabilities.nii.gz.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose outputs exist "
+                                            "(default: skip them, so a stopped run resumes).")] = False,
+    shard: Annotated[str, typer.Option(help="I/N: process only the I-th (0-based) of N deterministic "
+                                       "parts of the sorted case list.")] = "0/1",
+    confidence_threshold: Annotated[float, typer.Option(help="Tumour voxels below this confidence count "
+                                                        "as uncertain in the report.")] = 0.5,
+    preview: Annotated[bool, typer.Option("--preview", help="Write a PNG per case: three planes through "
+                                          "the mass with the outline and the confidence map.")] = False,
+    skip_air: Annotated[bool, typer.Option(help="Do not compute windows that hold only air or lung.")] = True,
+) -> None:
+    """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
+    check_device(device)
+    shard_pair = parse_shard(shard)
+    from rich.console import Console
+
+    from ceds_deploy.segment_run import run_segment
+
+    try:
+        from ceds_deploy.pipeline import SegmentOptions
+
+        options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
+                                 overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
+                                 preview=preview, skip_air=skip_air)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    failed = run_segment(input, output, model, backend=backend, device=device, options=options,
+                         precision=precision, console=Console(stderr=True))
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,281 @@
+"""`segment_volume` (one scan in memory) and `segment_folder` (a folder of scans, pipelined).
+
+The folder pipeline overlaps work in three threads: a reader (read + pre-process the next case),
+the caller's thread (the backend, windows of consecutive cases sharing batches) and a writer
+(restore to the scan's grid, write, assess). Queues of one case keep memory bounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ceds_deploy.errors import CedsError
+from ceds_deploy.io import case_id, find_scans, read_scan, write_volume
+from ceds_deploy.postprocess import RestoredPrediction, assess, restore_prediction
+from ceds_deploy.preprocess import PreprocessPlan, prepare_image
+from ceds_deploy.report import CaseRow, write_report
+from ceds_deploy.spec import ModelSpec
+from ceds_deploy.stitch import CaseJob, predict_cases, sliding_window_predict
+from ceds_deploy.volume import Geometry, Volume
+from ceds_deploy.windows import WindowPlan, plan_windows, windows_with_content
+
+MASK_SUFFIX = ".nii.gz"
+CONFIDENCE_SUFFIX = "_confidence.nii.gz"
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+PREVIEW_SUFFIX = "_preview.png"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    overlap: float = 0.25
+    batch_size: int | None = None  # None: the backend's max_batch_size
+    mirror: bool = False  # test-time augmentation over the 8 mirrorings
+    skip_air: bool = True  # windows holding only air/lung are not computed
+    save_probabilities: bool = False
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)  # (index, count), 0-based
+    confidence_threshold: float = 0.5
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be >= 0 and < 1, got {self.overlap}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+        if not 0 < self.confidence_threshold < 1:
+            raise ValueError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
+
+
+def window_plan_for(image: np.ndarray, spec: ModelSpec, overlap: float, skip_air: bool) -> WindowPlan:
+    plan = plan_windows(image.shape, spec.roi_size, overlap)
+    return windows_with_content(plan, image) if skip_air else plan
+
+
+@dataclass
+class Segmentation:
+    mask: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+    windows: int
+
+
+def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size: int | None = None,
+                   mirror: bool = False, skip_air: bool = True, keep_probabilities: bool = False) -> Segmentation:
+    """Segment one scan with an active backend; outputs are on the scan's own grid."""
+    spec: ModelSpec = backend.spec
+    image, plan = prepare_image(volume, spec)
+    windows = window_plan_for(image, spec, overlap, skip_air)
+    seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
+                                       num_classes=spec.num_classes, mirror=mirror)
+    restored = restore_prediction(seg, conf, plan, keep_probabilities)
+    return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
+
+
+# ---------------------------------------------------------------- folder pipeline
+
+
+def output_paths(output: Path, case: str) -> dict[str, Path]:
+    return {"mask": output / f"{case}{MASK_SUFFIX}", "confidence": output / f"{case}{CONFIDENCE_SUFFIX}",
+            "probabilities": output / f"{case}{PROBABILITIES_SUFFIX}", "preview": output / f"{case}{PREVIEW_SUFFIX}"}
+
+
+def shard_cases(cases: list[Path], index: int, count: int) -> list[Path]:
+    """Deterministic split of the sorted case list: case k goes to shard k mod count."""
+    ordered = sorted(cases, key=lambda p: (case_id(p), str(p)))
+    return ordered[index::count]
+
+
+@dataclass
+class _CaseState:
+    row: CaseRow
+    path: Path
+    volume: Volume | None = None  # the source scan, kept only when a preview needs its HU values
+    geometry: Geometry | None = None
+    plan: PreprocessPlan | None = None
+
+
+@dataclass
+class FolderRun:
+    rows: list[CaseRow] = field(default_factory=list)
+    report_paths: tuple[Path, Path] | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.rows)
+
+
+_DONE = object()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+def _error_text(err: Exception) -> str:
+    return str(err) if isinstance(err, CedsError) else f"{type(err).__name__}: {err}"
+
+
+def segment_folder(input_path: Path, output: Path, backend, options: SegmentOptions = SegmentOptions(), *,
+                   progress: Callable[[str, int], None] | None = None, run_info: dict | None = None) -> FolderRun:
+    """Segment every scan under `input_path` into `output` with an active backend.
+
+    `progress(event, n)` receives ("todo", cases), ("planned", windows), ("windows", n), ("case", 1).
+    A scan that fails gets a failed row; the run goes on. Outputs are written atomically.
+    """
+    spec: ModelSpec = backend.spec
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    listing = find_scans(input_path)
+    run = FolderRun()
+    for path, why in listing.skipped:
+        run.rows.append(CaseRow(case=path.name, status="skipped", error=why, input_path=str(path)))
+    seen: dict[str, Path] = {}
+    todo: list[_CaseState] = []
+    for path in shard_cases(listing.scans, *options.shard):
+        name = case_id(path)
+        row = CaseRow(case=name, status="ok", input_path=str(path), backend=backend.description, device=backend.device)
+        if name in seen:
+            row.status, row.error = "failed", f"case name {name!r} also used by {seen[name].name}; rename one"
+            run.rows.append(row)
+            continue
+        seen[name] = path
+        outputs = output_paths(output, name)
+        if not options.overwrite and outputs["mask"].exists() and outputs["confidence"].exists():
+            row.status, row.error = "skipped", "outputs exist (use --overwrite to redo)"
+            run.rows.append(row)
+            continue
+        todo.append(_CaseState(row, path))
+
+    notify = progress or (lambda event, n: None)
+    notify("todo", len(todo))
+    prepared: queue.Queue = queue.Queue(maxsize=1)
+    finished: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    batch_size = options.batch_size or backend.max_batch_size
+
+    def read_worker() -> None:
+        try:
+            for state in todo:
+                row = state.row
+                try:
+                    t0 = time.perf_counter()
+                    volume = read_scan(state.path)
+                    t1 = time.perf_counter()
+                    image, plan = prepare_image(volume, spec)
+                    windows = window_plan_for(image, spec, options.overlap, options.skip_air)
+                    t2 = time.perf_counter()
+                except Exception as err:  # one bad scan never stops the run
+                    row.status, row.error = "failed", _error_text(err)
+                    _put(finished, state, stop)
+                    continue
+                row.seconds["read"], row.seconds["preprocess"] = t1 - t0, t2 - t1
+                row.input_shape = "x".join(map(str, volume.shape))
+                row.input_spacing = "x".join(f"{s:.3g}" for s in volume.spacing)
+                row.windows = len(windows)
+                state.geometry, state.plan = volume.geometry, plan
+                state.volume = volume if options.preview else None  # keep the HU array only for a preview
+                del volume
+                notify("planned", len(windows))
+                _put(prepared, CaseJob(key=row.case, image=image, plan=windows, payload=state), stop)
+        except _Stopped:
+            return
+        finally:
+            try:
+                _put(prepared, _DONE, stop)
+            except _Stopped:
+                pass
+
+    def jobs() -> Iterator[CaseJob]:
+        while True:
+            item = prepared.get()
+            if item is _DONE:
+                return
+            yield item
+
+    def write_worker() -> None:
+        while True:
+            item = finished.get()
+            if item is _DONE:
+                return
+            try:
+                if isinstance(item, _CaseState):
+                    run.rows.append(item.row)
+                else:
+                    run.rows.append(_finish_case(item, output, options, spec))
+            except Exception as err:  # noqa: BLE001 - recorded in the report, the run goes on
+                state = item if isinstance(item, _CaseState) else item[0].payload
+                state.row.status, state.row.error = "failed", _error_text(err)
+                run.rows.append(state.row)
+            notify("case", 1)
+
+    reader = threading.Thread(target=read_worker, name="ceds-reader", daemon=True)
+    writer = threading.Thread(target=write_worker, name="ceds-writer", daemon=True)
+    reader.start()
+    writer.start()
+    try:
+        for job, seg, conf in predict_cases(jobs(), backend, batch_size=batch_size, num_classes=spec.num_classes,
+                                            mirror=options.mirror, on_batch=lambda n: notify("windows", n)):
+            job.payload.row.seconds["infer"] = job.infer_seconds
+            job.image = None  # the model-grid input is no longer needed
+            _put(finished, (job, seg, conf), stop)
+        _put(finished, _DONE, stop)
+        writer.join()
+    finally:
+        if writer.is_alive() or reader.is_alive():  # interrupted: let the threads wind down
+            stop.set()
+            writer.join(timeout=30)
+        info = dict(run_info or {})
+        info.update({"options": {**asdict(options), "shard": f"{options.shard[0]}/{options.shard[1]}"},
+                     "model_spec": spec.to_dict(), "backend": backend.description, "device": backend.device,
+                     "input": str(input_path), "output": str(output), "batch_size": batch_size,
+                     "interrupted": stop.is_set()})
+        run.report_paths = write_report(output, run.rows, info)
+    return run
+
+
+def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -> CaseRow:
+    job, seg, conf = item
+    state: _CaseState = job.payload
+    row = state.row
+    t0 = time.perf_counter()
+    restored: RestoredPrediction = restore_prediction(seg, conf, state.plan, options.save_probabilities)
+    del seg, conf
+    t1 = time.perf_counter()
+    geometry = state.geometry
+    paths = output_paths(output, row.case)
+    write_volume(paths["confidence"], restored.confidence, geometry)
+    if restored.probabilities is not None:
+        write_volume(paths["probabilities"], restored.probabilities, geometry)
+    write_volume(paths["mask"], restored.mask, geometry)  # last: its presence marks the case done
+    if options.preview:
+        from ceds_deploy.preview import write_preview
+
+        write_preview(paths["preview"], state.volume, restored.mask, restored.confidence, title=row.case)
+    row.seconds["restore"], row.seconds["write"] = t1 - t0, time.perf_counter() - t1
+    findings = assess(restored.mask, restored.confidence, geometry.voxel_volume_ml, options.confidence_threshold)
+    row.tumour_ml = round(findings.tumour_ml, 3)
+    row.mean_confidence = findings.mean_confidence
+    row.low_confidence_fraction = findings.low_confidence_fraction
+    row.needs_review, row.review_reason = findings.needs_review, findings.review_reason
+    return row

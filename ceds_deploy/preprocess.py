@@ -1,0 +1,212 @@
+"""Pre-processing of a scan onto the model grid, and the exact inverse back to the scan's grid.
+
+Forward (one implementation, used by training, validation and `ceds segment`):
+reorient to the canonical LPS axis order (a permutation and flips, no interpolation) ->
+crop to the body bounding box -> resample to the model spacing (linear for images, nearest for
+labels) -> HU window to [0, 1] -> pad to at least the ROI.
+`PreprocessPlan` records every step so `restore_to_source` can undo them in reverse order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ceds_deploy.spec import ModelSpec
+from ceds_deploy.volume import Geometry, Volume
+
+CROP_MARGIN_VOXELS = 2  # keep a little air around the body so interpolation has context
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """Canonical axis a is source axis ``perm[a]``, reversed where ``flip[a]``."""
+
+    perm: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == (0, 1, 2) and not any(self.flip)
+
+
+def canonical_reorientation(geometry: Geometry) -> Reorientation:
+    """The axis permutation and flips that make the array axes point along +x, +y, +z (LPS)."""
+    weights = np.abs(geometry.direction_matrix)  # [world axis, array axis]
+    perm = [-1, -1, -1]
+    # Greedy by largest cosine so strongly oblique scans still get a valid permutation.
+    for flat in np.argsort(-weights, axis=None):
+        world, axis = divmod(int(flat), 3)
+        if perm[world] == -1 and axis not in perm:
+            perm[world] = axis
+    flip = tuple(bool(geometry.direction_matrix[w, perm[w]] < 0) for w in range(3))
+    return Reorientation(tuple(perm), flip)
+
+
+def reorient_array(array: np.ndarray, r: Reorientation) -> np.ndarray:
+    """Apply `r` to the last three axes of `array` (a view, no copy)."""
+    lead = array.ndim - 3
+    out = array.transpose(*range(lead), *(lead + p for p in r.perm))
+    flips = tuple(lead + a for a in range(3) if r.flip[a])
+    return np.flip(out, axis=flips) if flips else out
+
+
+def undo_reorient_array(array: np.ndarray, r: Reorientation) -> np.ndarray:
+    lead = array.ndim - 3
+    flips = tuple(lead + a for a in range(3) if r.flip[a])
+    out = np.flip(array, axis=flips) if flips else array
+    inverse = np.argsort(r.perm)
+    return out.transpose(*range(lead), *(lead + int(p) for p in inverse))
+
+
+def reorient_geometry(geometry: Geometry, r: Reorientation) -> Geometry:
+    d = geometry.direction_matrix
+    shape = tuple(geometry.shape[p] for p in r.perm)
+    corner = np.zeros(3)
+    for a in range(3):
+        if r.flip[a]:
+            corner[r.perm[a]] = geometry.shape[r.perm[a]] - 1
+    direction = np.stack([d[:, r.perm[a]] * (-1 if r.flip[a] else 1) for a in range(3)], axis=1)
+    return Geometry(tuple(geometry.spacing[p] for p in r.perm), tuple(geometry.index_to_world(corner)),
+                    direction, shape)
+
+
+def crop_geometry(geometry: Geometry, start: tuple[int, ...], stop: tuple[int, ...]) -> Geometry:
+    return geometry.with_(origin=tuple(geometry.index_to_world(np.asarray(start))),
+                          shape=tuple(int(b - a) for a, b in zip(start, stop)))
+
+
+def resampled_shape(geometry: Geometry, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(geometry.shape, geometry.spacing, spacing))
+
+
+def resample_geometry(geometry: Geometry, shape: tuple[int, int, int]) -> Geometry:
+    """The grid covering the same physical box as `geometry` with `shape` voxels (voxel-centre model,
+    the same convention as ``interpolate(align_corners=False)``)."""
+    old = np.asarray(geometry.spacing)
+    new = old * np.asarray(geometry.shape) / np.asarray(shape)
+    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ ((new - old) / 2)
+    return geometry.with_(spacing=tuple(new), origin=tuple(origin), shape=shape)
+
+
+def resample_array(array: np.ndarray, shape: tuple[int, int, int], mode: str) -> np.ndarray:
+    """Resample the last three axes of `array` to `shape`. mode: 'linear' or 'nearest'."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(array.shape[-3:]) == tuple(shape):
+        return array
+    lead = array.shape[:-3]
+    dtype = array.dtype
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(1, -1, *array.shape[-3:])
+    if mode == "linear":
+        out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)
+    elif mode == "nearest":
+        out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
+    else:
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    out = out.reshape(*lead, *shape).numpy()
+    return out if dtype == np.float32 else out.astype(dtype)
+
+
+def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip HU to `window` and scale to [0, 1], in place on a float32 array."""
+    low, high = window
+    np.clip(array, low, high, out=array)
+    array -= low
+    array *= 1.0 / (high - low)
+    return array
+
+
+def body_bounding_box(array: np.ndarray, threshold: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Bounding box of voxels above `threshold`, with a small margin; the whole array if none."""
+    start, stop = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        profile = (array > threshold).any(axis=other)
+        hits = np.flatnonzero(profile)
+        if hits.size == 0:
+            return (0, 0, 0), tuple(array.shape)
+        start.append(max(0, int(hits[0]) - CROP_MARGIN_VOXELS))
+        stop.append(min(array.shape[axis], int(hits[-1]) + 1 + CROP_MARGIN_VOXELS))
+    return tuple(start), tuple(stop)
+
+
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """Everything needed to map between a scan's own grid and the grid the network sees."""
+
+    source: Geometry
+    reorientation: Reorientation
+    crop_start: tuple[int, int, int]
+    crop_stop: tuple[int, int, int]
+    resampled_shape: tuple[int, int, int]
+    pad_before: tuple[int, int, int]
+    pad_after: tuple[int, int, int]
+    model_geometry: Geometry  # the padded model-grid array's geometry
+
+    @property
+    def cropped_geometry(self) -> Geometry:
+        return crop_geometry(reorient_geometry(self.source, self.reorientation), self.crop_start, self.crop_stop)
+
+
+def plan_preprocessing(image: Volume, spec: ModelSpec) -> PreprocessPlan:
+    r = canonical_reorientation(image.geometry)
+    canonical = reorient_geometry(image.geometry, r)
+    start, stop = body_bounding_box(reorient_array(image.array, r), spec.body_threshold_hu)
+    cropped = crop_geometry(canonical, start, stop)
+    shape = resampled_shape(cropped, spec.target_spacing)
+    pad_total = [max(0, roi - n) for roi, n in zip(spec.roi_size, shape)]
+    pad_before = tuple(p // 2 for p in pad_total)
+    pad_after = tuple(p - b for p, b in zip(pad_total, pad_before))
+    resampled = resample_geometry(cropped, shape)
+    padded = resampled.with_(
+        origin=tuple(resampled.index_to_world(-np.asarray(pad_before, dtype=np.float64))),
+        shape=tuple(n + b + a for n, b, a in zip(shape, pad_before, pad_after)))
+    return PreprocessPlan(image.geometry, r, start, stop, shape, pad_before, pad_after, padded)
+
+
+def _to_model_grid(array: np.ndarray, plan: PreprocessPlan, mode: str, pad_value: float) -> np.ndarray:
+    r = plan.reorientation
+    region = reorient_array(array, r)[tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))]
+    out = resample_array(np.ascontiguousarray(region), plan.resampled_shape, mode)
+    if any(plan.pad_before) or any(plan.pad_after):
+        out = np.pad(out, list(zip(plan.pad_before, plan.pad_after)), constant_values=pad_value)
+    return out
+
+
+def prepare_image(image: Volume, spec: ModelSpec) -> tuple[np.ndarray, PreprocessPlan]:
+    """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it)."""
+    plan = plan_preprocessing(image, spec)
+    region = _to_model_grid(image.array.astype(np.float32, copy=False), plan, "linear", spec.hu_window[0])
+    return hu_window(np.array(region, dtype=np.float32, copy=True), spec.hu_window), plan
+
+
+def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
+    """A label on the scan's grid -> uint8 label on the model grid (nearest neighbour)."""
+    if not label.geometry.same_grid(plan.source, atol=1e-3):
+        raise ValueError(f"label grid {label.geometry} differs from the image grid {plan.source}")
+    return _to_model_grid(label.array.astype(np.uint8, copy=False), plan, "nearest", 0).astype(np.uint8)
+
+
+def restore_to_source(channels: np.ndarray, plan: PreprocessPlan, fill: float | tuple[float, ...],
+                      mode: str = "linear") -> np.ndarray:
+    """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
+
+    Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
+    nearest is for masks. Voxels outside the body crop get `fill` (one value or one per channel).
+    """
+    if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
+        raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
+    fills = np.broadcast_to(np.asarray(fill, dtype=np.float64), (channels.shape[0],))
+    unpadded = channels[(slice(None),) + tuple(
+        slice(b, b + n) for b, n in zip(plan.pad_before, plan.resampled_shape))]
+    canonical_shape = plan.cropped_geometry.shape
+    canonical_full = tuple(plan.source.shape[p] for p in plan.reorientation.perm)
+    box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
+    out = np.empty((channels.shape[0], *canonical_full), dtype=channels.dtype)
+    for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
+        out[c].fill(fills[c])
+        out[c][box] = resample_array(unpadded[c], canonical_shape, mode)
+    return np.ascontiguousarray(undo_reorient_array(out, plan.reorientation))
