@@ -1,0 +1,75 @@
+"""V-Net encoder and decoder of the CEDS network, built from MONAI's V-Net blocks.
+
+Channel counts scale with `width` (16 in the paper): the encoder produces width, 2w, 4w, 8w
+and 16w channels at full, 1/2, 1/4, 1/8 and 1/16 resolution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
+from torch import nn
+
+# The reference passes ("elu", {"inplace": True}); in-place saves activation memory in training.
+ACTIVATION: tuple[str, dict] = ("elu", {"inplace": True})
+SPATIAL_DIMS = 3
+
+
+class EncoderFeatures(NamedTuple):
+    """Encoder outputs, finest first; `bottleneck` is the 1/16-resolution feature map."""
+
+    full: torch.Tensor
+    half: torch.Tensor
+    quarter: torch.Tensor
+    eighth: torch.Tensor
+    bottleneck: torch.Tensor
+
+
+class VNetEncoder(nn.Module):
+    """in_tr + four down transitions (1, 2, 3, 2 convolutions), the last two with dropout."""
+
+    def __init__(self, width: int, in_channels: int, dropout: float) -> None:
+        super().__init__()
+        drop = dropout if dropout > 0 else None
+        self.in_tr = InputTransition(SPATIAL_DIMS, in_channels, width, ACTIVATION)
+        self.down_tr32 = DownTransition(SPATIAL_DIMS, width, 1, ACTIVATION)
+        self.down_tr64 = DownTransition(SPATIAL_DIMS, 2 * width, 2, ACTIVATION)
+        self.down_tr128 = DownTransition(SPATIAL_DIMS, 4 * width, 3, ACTIVATION, dropout_prob=drop)
+        self.down_tr256 = DownTransition(SPATIAL_DIMS, 8 * width, 2, ACTIVATION, dropout_prob=drop)
+
+    def forward(self, x: torch.Tensor) -> EncoderFeatures:
+        full = self.in_tr(x)
+        half = self.down_tr32(full)
+        quarter = self.down_tr64(half)
+        eighth = self.down_tr128(quarter)
+        return EncoderFeatures(full, half, quarter, eighth, self.down_tr256(eighth))
+
+
+class VNetDecoder(nn.Module):
+    """Four up transitions (2, 2, 1, 1 convolutions) with skip connections, then out_tr.
+
+    Dropout follows MONAI's VNet as the reference builds it: the two coarsest up transitions
+    drop their input and their skip connection, the two finest drop only their skip connection.
+    All of them are Dropout3d modules, so `eval()` turns them off.
+    """
+
+    def __init__(self, width: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        both = (dropout, dropout)
+        skip_only = (None, dropout)
+        w = width
+        self.up_tr256 = UpTransition(SPATIAL_DIMS, 16 * w, 16 * w, 2, ACTIVATION, dropout_prob=both)
+        self.up_tr128 = UpTransition(SPATIAL_DIMS, 16 * w, 8 * w, 2, ACTIVATION, dropout_prob=both)
+        self.up_tr64 = UpTransition(SPATIAL_DIMS, 8 * w, 4 * w, 1, ACTIVATION, dropout_prob=skip_only)
+        self.up_tr32 = UpTransition(SPATIAL_DIMS, 4 * w, 2 * w, 1, ACTIVATION, dropout_prob=skip_only)
+        self.out_tr = OutputTransition(SPATIAL_DIMS, 2 * w, out_channels, ACTIVATION)
+
+    def forward(self, bottleneck: torch.Tensor, skips: EncoderFeatures) -> torch.Tensor:
+        # `bottleneck` is passed separately: decoder 1 may receive a dropped-out copy of it.
+        x = self.up_tr256(bottleneck, skips.eighth)
+        x = self.up_tr128(x, skips.quarter)
+        x = self.up_tr64(x, skips.half)
+        x = self.up_tr32(x, skips.full)
+        return self.out_tr(x)
