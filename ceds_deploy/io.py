@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +90,45 @@ def _read_sitk(path: Path):
     return sitk.ReadImage(str(path))
 
 
+def _gzip_is_complete(path: Path) -> bool:
+    """True when the gzip stream of `path` decompresses to its end-of-stream marker."""
+    decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            decompressor.decompress(chunk, 0)
+            if decompressor.eof:
+                return True
+    return decompressor.eof
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a truncated NIfTI file without complaint (the missing voxels become zeros).
+
+    A .nii must be as long as its header promises. For .nii.gz the gzip trailer's ISIZE must
+    equal that size; only when it does not (multi-member gzip, or truncation) is the whole
+    stream checked.
+    """
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header  # reads the header only
+        expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if not path.name.lower().endswith(".gz"):
+            if path.stat().st_size < expected:
+                raise ScanError(path, f"is truncated: {path.stat().st_size} bytes, the header describes {expected}")
+            return
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", fh.read(4))[0]
+    except ScanError:
+        raise
+    except Exception:  # noqa: BLE001 - nibabel could not parse it; SimpleITK already did
+        return
+    if isize != expected % (1 << 32) and not _gzip_is_complete(path):
+        raise ScanError(path, "is truncated: the compressed data ends before the image the header "
+                              f"describes ({expected} bytes)")
+
+
 def read_scan(path: str | os.PathLike, dtype: np.dtype = np.float32) -> Volume:
     """Read one scan (a file or a DICOM series folder) as a 3D `Volume`.
 
@@ -103,6 +144,8 @@ def read_scan(path: str | os.PathLike, dtype: np.dtype = np.float32) -> Volume:
     except RuntimeError as err:
         raise ScanError(path, f"cannot be read as an image (corrupt, truncated or not an image): "
                               f"{_first_line(err)}") from None
+    if path.name.lower().endswith((".nii.gz", ".nii")):
+        _check_nifti_complete(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                               "expected a single-channel CT scan")
