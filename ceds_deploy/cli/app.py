@@ -8,6 +8,7 @@ import sys
 import typer
 
 from ceds_deploy import __version__
+from ceds_deploy.cli import evaluate as evaluate_cmd
 from ceds_deploy.cli import segment as segment_cmd
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command("segment")(segment_cmd.segment)
+app.command("evaluate")(evaluate_cmd.evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,192 @@
+"""`ceds segment` end to end on real files: outputs on the scan's grid, report, resume, shards,
+bad inputs, backend choice and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ceds_deploy.cli.app import app, main
+from ceds_deploy.io import read_scan, write_volume
+from ceds_deploy.pipeline import SegmentOptions, segment_folder, shard_cases
+from ceds_deploy.report import CaseRow
+
+from helpers import GEOMETRIES, sphere_scan
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def scan_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scans")
+    for name, suffix in [("axial_lps", ".nii.gz"), ("oblique", ".mha"), ("permuted_flipped", ".nrrd")]:
+        image, _ = sphere_scan(GEOMETRIES[name])
+        write_volume(folder / f"{name.replace('axial_', '')}{suffix}", image.array, image.geometry)
+    (folder / "notes.txt").write_text("not a scan")
+    return folder
+
+
+def run_cli(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_segment_writes_outputs_on_each_scans_own_grid(scan_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint), "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    for name, suffix in [("lps", ".nii.gz"), ("oblique", ".mha"), ("permuted_flipped", ".nrrd")]:
+        source = read_scan(scan_folder / f"{name}{suffix}")
+        mask = read_scan(out / f"{name}.nii.gz", dtype=None)
+        confidence = read_scan(out / f"{name}_confidence.nii.gz")
+        for result_volume in (mask, confidence):
+            assert result_volume.shape == source.shape
+            np.testing.assert_allclose(result_volume.geometry.affine, source.geometry.affine, atol=1e-5)
+        assert mask.array.dtype == np.uint8 and set(np.unique(mask.array)) <= {0, 1}
+        assert confidence.array.dtype == np.float32
+        assert 0.0 <= confidence.array.min() and confidence.array.max() <= 1.0
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["case"]: r for r in report["cases"]}
+    assert rows["notes.txt"]["status"] == "skipped"
+    assert all(rows[c]["status"] == "ok" for c in ("lps", "oblique", "permuted_flipped"))
+    assert rows["lps"]["backend"].startswith("torch fp32") and rows["lps"]["windows"] >= 1
+    assert report["run"]["options"]["overlap"] == 0.25 and report["run"]["batch_size"] == 3
+    header = (out / "report.csv").read_text().splitlines()[0].split(",")
+    for column in ("case", "status", "error", "tumour_ml", "mean_confidence", "low_confidence_fraction",
+                   "needs_review", "read_s", "preprocess_s", "infer_s", "restore_s", "write_s", "backend", "device"):
+        assert column in header
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_segment_skips_finished_cases_and_overwrite_redoes_them(scan_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint)).exit_code == 0
+    # Simulate an interrupted run: one case's outputs are missing.
+    (out / "oblique.nii.gz").unlink()
+    stamp = (out / "lps.nii.gz").stat().st_mtime_ns
+    assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint)).exit_code == 0
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    assert rows["lps"]["status"] == "skipped" and "outputs exist" in rows["lps"]["error"]
+    assert rows["oblique"]["status"] == "ok" and (out / "oblique.nii.gz").exists()
+    assert (out / "lps.nii.gz").stat().st_mtime_ns == stamp
+    assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint), "--overwrite").exit_code == 0
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    assert rows["lps"]["status"] == "ok"
+
+
+def test_shards_cover_every_case_exactly_once():
+    cases = [Path(f"case_{i:02d}.nii.gz") for i in [5, 3, 9, 1, 0, 7, 2]]
+    for count in (1, 2, 3, 7, 10):
+        parts = [shard_cases(cases, i, count) for i in range(count)]
+        flat = [p for part in parts for p in part]
+        assert sorted(flat) == sorted(cases) and len(flat) == len(set(flat))
+        assert parts == [shard_cases(list(reversed(cases)), i, count) for i in range(count)]  # order-free
+
+
+def test_shard_option_processes_only_its_part(scan_folder, tiny_checkpoint, tmp_path):
+    outs = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint),
+                       "--shard", f"{index}/2").exit_code == 0
+        outs.append({p.name for p in out.glob("*_confidence.nii.gz")})
+    assert outs[0].isdisjoint(outs[1]) and len(outs[0] | outs[1]) == 3
+
+
+@pytest.mark.parametrize("shard", ["2/2", "x", "1/0"])
+def test_bad_shard_is_a_usage_error(shard, scan_folder, tiny_checkpoint, tmp_path):
+    result = run_cli("segment", str(scan_folder), str(tmp_path), "--model", str(tiny_checkpoint), "--shard", shard)
+    assert result.exit_code == 2 and "shard" in result.output
+
+
+def test_bad_scans_fail_alone_and_the_run_goes_on(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"])
+    write_volume(folder / "good.nii.gz", image.array, image.geometry)
+    write_volume(folder / "nan.nrrd", np.full(image.shape, np.nan, np.float32), image.geometry)
+    (folder / "empty.nii.gz").write_bytes(b"")
+    (folder / "garbage.mha").write_text("garbage")
+    shutil.copy(Path(__import__("nibabel").__file__).parent / "tests" / "data" / "example4d.nii.gz", folder)
+    out = tmp_path / "out"
+    code = main(["segment", str(folder), str(out), "--model", str(tiny_checkpoint)])
+    assert code == 1
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    assert rows["good"]["status"] == "ok"
+    assert "every voxel is NaN" in rows["nan"]["error"]
+    assert "file is empty" in rows["empty"]["error"]
+    assert "cannot be read" in rows["garbage"]["error"]
+    assert "is 4D" in rows["example4d"]["error"]
+    assert {rows[c]["status"] for c in ("nan", "empty", "garbage", "example4d")} == {"failed"}
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_confidence.nii.gz",
+                                                     "report.csv", "report.json"]
+
+
+def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"x")
+    assert main(["segment", str(tmp_path), str(tmp_path / "o"), "--model", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert "model.bin: unknown model file type" in err and "Traceback" not in err
+
+
+def test_named_backend_that_cannot_run_the_artifact_fails_loudly(tiny_checkpoint, tmp_path, capsys):
+    code = main(["segment", str(tmp_path), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+                 "--backend", "onnxruntime"])
+    assert code == 1
+    assert "the onnxruntime backend cannot run a checkpoint" in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_fails_loudly(scan_folder, tiny_checkpoint, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    code = main(["segment", str(scan_folder), str(tmp_path / "o"), "--model", str(tiny_checkpoint), "--device", "cuda"])
+    assert code == 1
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_segment_options_validate_their_values():
+    with pytest.raises(ValueError, match="overlap must be >= 0 and < 1, got 1.5"):
+        SegmentOptions(overlap=1.5)
+    with pytest.raises(ValueError, match="confidence threshold must be in"):
+        SegmentOptions(confidence_threshold=0)
+
+
+def test_report_rows_flatten_stage_seconds():
+    row = CaseRow(case="a", status="ok")
+    row.seconds["infer"] = 1.23456
+    assert row.flat()["infer_s"] == 1.2346
+
+
+def test_interrupted_run_leaves_no_partial_outputs(scan_folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a folder: finished cases are complete, nothing half-written exists."""
+    import ceds_deploy.pipeline as pipeline
+    from ceds_deploy.artifacts import read_spec
+    from ceds_deploy.backends.torch_backend import TorchBackend
+
+    calls = {"n": 0}
+    backend = TorchBackend(tiny_checkpoint, read_spec(tiny_checkpoint))
+    original = backend._infer
+
+    def interrupting(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(batch)
+
+    monkeypatch.setattr(backend, "_infer", interrupting)
+    out = tmp_path / "out"
+    with backend, pytest.raises(KeyboardInterrupt):
+        segment_folder(scan_folder, out, backend, SegmentOptions(batch_size=1))
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".")]
+    for mask in out.glob("*.nii.gz"):
+        if not mask.name.endswith("_confidence.nii.gz"):
+            read_scan(mask)  # every mask present is complete
+    assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
