@@ -9,6 +9,7 @@ import typer
 
 from ceds_deploy import __version__
 from ceds_deploy.cli import evaluate as evaluate_cmd
+from ceds_deploy.cli import phantoms as phantoms_cmd
 from ceds_deploy.cli import segment as segment_cmd
 
 app = typer.Typer(
@@ -33,33 +34,28 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """CEDS: confidence-enhanced semi-supervised segmentation of mediastinal tumours in chest CT."""
 
 
+app.command("phantoms")(phantoms_cmd.phantoms)
 app.command("segment")(segment_cmd.segment)
 app.command("evaluate")(evaluate_cmd.evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: the project's own errors become one red line and exit code 1."""
+    """Console entry point: the project's own errors become one red line and exit code 1;
+    usage errors exit 2 (Typer's standalone mode prints them)."""
     from ceds_deploy.errors import CedsError
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="ceds", standalone_mode=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except CedsError as err:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 1
-    except typer.Exit as done:
-        return done.exit_code
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         return 130
-    except Exception as err:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return err.exit_code
-        raise
-    return code if isinstance(code, int) else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""`ceds phantoms`: write a synthetic chest-CT cohort (Decathlon layout). Heavy imports stay
+inside the function so importing this module is cheap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def phantoms(
+    out: Annotated[Path, typer.Argument(help="Dataset folder to write (created if missing).")],
+    cases: Annotated[int, typer.Option("--cases", min=0,
+                                       help="Training images in imagesTr/.")] = 20,
+    labeled: Annotated[int, typer.Option("--labeled", min=0,
+                                         help="How many of them get a label in labelsTr/.")] = 4,
+    test: Annotated[int, typer.Option("--test", min=0,
+                                      help="Held-out labeled cases in imagesTs/ and labelsTs/.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", min=0,
+                                      help="Random seed; case i of a seed never changes.")] = 0,
+    size: Annotated[str, typer.Option("--size",
+                                      help="small (<= 128x128x64, tests and CPU demos) or "
+                                           "full (512x512, realistic).")] = "small",
+) -> None:
+    """Generate synthetic chest CT scans with one mediastinal mass each."""
+    import time
+
+    from rich.console import Console
+
+    from ceds_deploy.phantoms import make_cohort
+
+    start = time.perf_counter()
+    folder = make_cohort(out, cases=cases, labeled=labeled, test=test, seed=seed, size=size,
+                         progress=True)
+    Console().print(
+        f"[green]wrote[/] {folder}: {cases} training images ({labeled} labeled, "
+        f"{cases - labeled} unlabeled), {test} test cases, size {size}, seed {seed} "
+        f"in {time.perf_counter() - start:.1f} s", highlight=False)
