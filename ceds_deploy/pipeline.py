@@ -43,6 +43,7 @@ class SegmentOptions:
     shard: tuple[int, int] = (0, 1)  # (index, count), 0-based
     confidence_threshold: float = 0.5
     preview: bool = False
+    preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
@@ -271,7 +272,8 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     if options.preview:
         from ceds_deploy.preview import write_preview
 
-        write_preview(paths["preview"], state.volume, restored.mask, restored.confidence, title=row.case)
+        label = _preview_label(options.preview_labels, row.case, geometry)
+        write_preview(paths["preview"], state.volume, restored.mask, restored.confidence, label=label, title=row.case)
     row.seconds["restore"], row.seconds["write"] = t1 - t0, time.perf_counter() - t1
     findings = assess(restored.mask, restored.confidence, geometry.voxel_volume_ml, options.confidence_threshold)
     row.tumour_ml = round(findings.tumour_ml, 3)
@@ -279,3 +281,14 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     row.low_confidence_fraction = findings.low_confidence_fraction
     row.needs_review, row.review_reason = findings.needs_review, findings.review_reason
     return row
+
+
+def _preview_label(folder: Path | None, case: str, geometry: Geometry) -> np.ndarray | None:
+    """The ground-truth label of `case` in `folder`, when there is one on the scan's grid."""
+    if folder is None:
+        return None
+    matches = [p for p in find_scans(folder).scans if case_id(p) == case]
+    if not matches:
+        return None
+    label = read_scan(matches[0], dtype=np.uint8)
+    return label.array if label.geometry.same_grid(geometry, atol=1e-3) else None

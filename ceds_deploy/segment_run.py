@@ -11,8 +11,8 @@ from ceds_deploy.pipeline import SegmentOptions, segment_folder
 
 
 def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "auto", device: str = "cpu",
-                options: SegmentOptions = SegmentOptions(), precision: str | None = None, console=None,
-                show_progress: bool = True) -> int:
+                options: SegmentOptions = SegmentOptions(), precision: str | None = None, cuda_graph: bool = False,
+                console=None, show_progress: bool = True) -> int:
     """Segment a folder; returns the number of failed cases."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -22,11 +22,18 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
     kind = artifact_kind(model)
     spec = read_spec(model)
     name, why = resolve_backend(backend, kind, device)
-    extra = {"precision": precision} if name == "torch" else {}
-    if precision is not None and name != "torch":
-        from ceds_deploy.errors import ConfigError
+    from ceds_deploy.errors import ConfigError
 
-        raise ConfigError(f"--precision applies to the torch backend only; the {name} backend was chosen")
+    extra = {}
+    if precision is not None:
+        if name == "onnxruntime":
+            raise ConfigError("--precision applies to the torch and tensorrt backends; the onnxruntime backend "
+                              "runs the ONNX file's own precision")
+        extra["precision"] = precision
+    if cuda_graph:
+        if name != "tensorrt":
+            raise ConfigError(f"--cuda-graph applies to the tensorrt backend; the {name} backend was chosen")
+        extra["cuda_graph"] = True
     engine = create_backend(name, model, spec, device=device, max_batch_size=options.batch_size, **extra)
     with engine:
         console.print(f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "

@@ -23,8 +23,11 @@ def segment(
                                                       "backend's).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
-    precision: Annotated[Optional[str], typer.Option(help="torch backend only: fp32, bf16 (CPU) or fp16 "
-                                                     "(CUDA). Default fp32 on CPU, fp16 on CUDA.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16 (CPU) or fp16 (CUDA), default "
+                                                     "fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
+                                                     "or fp32.")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="tensorrt: replay full batches as a CUDA "
+                                             "graph.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
                                                      help="Also write <case>_probabilities.nii.gz.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose outputs exist "
@@ -35,6 +38,8 @@ def segment(
                                                         "as uncertain in the report.")] = 0.5,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG per case: three planes through "
                                           "the mass with the outline and the confidence map.")] = False,
+    labels: Annotated[Optional[Path], typer.Option(help="With --preview: a folder of ground-truth labels "
+                                                   "(same case names) to outline too.")] = None,
     skip_air: Annotated[bool, typer.Option(help="Do not compute windows that hold only air or lung.")] = True,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
@@ -49,10 +54,10 @@ def segment(
 
         options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
-                                 preview=preview, skip_air=skip_air)
+                                 preview=preview, skip_air=skip_air, preview_labels=labels)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,
-                         precision=precision, console=Console(stderr=True))
+                         precision=precision, cuda_graph=cuda_graph, console=Console(stderr=True))
     if failed:
         raise typer.Exit(1)
