@@ -8,9 +8,13 @@ import sys
 import typer
 
 from ceds_deploy import __version__
+from ceds_deploy.cli import demo as demo_cmd
 from ceds_deploy.cli import evaluate as evaluate_cmd
+from ceds_deploy.cli import export as export_cmd
+from ceds_deploy.cli import info as info_cmd
 from ceds_deploy.cli import phantoms as phantoms_cmd
 from ceds_deploy.cli import segment as segment_cmd
+from ceds_deploy.cli import train as train_cmd
 
 app = typer.Typer(
     name="ceds",
@@ -35,8 +39,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command("phantoms")(phantoms_cmd.phantoms)
+app.command("train")(train_cmd.train)
+app.command("export")(export_cmd.export)
+app.command("info")(info_cmd.info)
 app.command("segment")(segment_cmd.segment)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("demo")(demo_cmd.demo)
 
 
 def main(argv: list[str] | None = None) -> int:

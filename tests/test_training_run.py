@@ -1,0 +1,339 @@
+"""Training end to end on a tiny phantom cohort: one step of each method and phase, the CLI, bad input
+caught before training, and resume equality (stopped + resumed == uninterrupted, bit for bit)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ceds_deploy.errors import DatasetError
+from ceds_deploy.training.config import TrainConfig
+
+TINY = dict(width=2, patch=(32, 32, 16), spacing=(4.0, 4.0, 4.0), batch_size=2, patches_per_volume=2,
+            val_fraction=0.25, seed=5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two OpenMP threads on two shared cores spin against other processes (10x slower here).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from ceds_deploy.phantoms import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("cohort"), cases=6, labeled=4, test=0, seed=0, size="small",
+                       progress=False)
+
+
+def tiny(cohort: Path, **changes) -> TrainConfig:
+    return TrainConfig(data_dir=str(cohort), **(TINY | changes))
+
+
+# ---------------------------------------------------------------------- one step of each method
+
+
+@pytest.fixture(scope="module")
+def trainer(cohort, tmp_path_factory):
+    from ceds_deploy.training.loop import Trainer
+
+    return Trainer(tiny(cohort, iterations=10), tmp_path_factory.mktemp("run"), show_progress=False)
+
+
+def _stepper(trainer, method: str):
+    from ceds_deploy.training.ema import make_teacher
+    from ceds_deploy.training.methods import Optimization, Stepper
+
+    config = trainer.config.replace(method=method)
+    student = copy.deepcopy(trainer.student)
+    teacher = make_teacher(student)
+    with torch.no_grad():  # a teacher different from the student, to see what the EMA does
+        for p in teacher.parameters():
+            p.add_(0.01)
+    conf = Optimization.sgd(student.confidence_parameters(), config, 10)
+    seg = Optimization.sgd(student.segmentation_parameters(), config, 10)
+    return Stepper(config, student, teacher, conf, seg, trainer.scaler, trainer.dist)
+
+
+def _snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _changed(before: list[torch.Tensor], params) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+@pytest.mark.parametrize("method, phase", [("ceds", "warmup"), ("ceds", "refresh"), ("ceds", "semi"),
+                                           ("mean-teacher", "warmup"), ("mean-teacher", "semi"),
+                                           ("supervised", "semi")])
+def test_one_step(trainer, method: str, phase: str) -> None:
+    stepper = _stepper(trainer, method)
+    stepper.ema_step = 3  # alpha = 0.75 for the semi-supervised teacher update
+    batch = trainer.batches.make(trainer.sampler.epoch(0)[0], transform_seed=1, device="cpu")
+    assert batch.images.shape == (4, 1, 32, 32, 16) and batch.n_labeled == 2  # 1 labeled + 1 unlabeled volume
+    student, teacher = stepper.student, stepper.teacher
+    conf0 = _snapshot(student.confidence_parameters())
+    seg0 = _snapshot(student.segmentation_parameters())
+    teacher0 = _snapshot(teacher.parameters())
+    torch.manual_seed(0)
+    losses = stepper.run(phase, batch, rampup=0.5)
+    assert all(math.isfinite(v) for v in losses.values())
+
+    trains_head = method == "ceds" and phase in ("warmup", "refresh")
+    assert _changed(conf0, student.confidence_parameters()) == trains_head
+    assert _changed(seg0, student.segmentation_parameters()) == (phase != "refresh")
+    assert ("loss_conf" in losses) == trains_head
+    assert ("loss_consistency" in losses) == (phase == "semi" and method != "supervised")
+    if phase == "refresh":
+        assert not _changed(teacher0, teacher.parameters())  # the refresh does not touch the teacher
+        assert stepper.ema_step == 3
+    elif phase == "warmup":
+        # During the warm-up the EMA counter stays where it is (the reference's iter_num).
+        assert stepper.ema_step == 3
+    else:
+        assert stepper.ema_step == 4
+        assert losses.get("consistency_weight", 0.5) == 0.5
+    if phase != "refresh":
+        for t0, t, s in zip(teacher0, teacher.parameters(), student.parameters()):
+            assert torch.allclose(t, 0.75 * t0 + 0.25 * s, atol=1e-6)
+        for t, s in zip(teacher.buffers(), student.buffers()):
+            assert torch.equal(t, s)
+
+
+def test_gated_and_ungated_consistency_differ(trainer) -> None:
+    """The same step with and without the confidence gate: the gate must change the loss."""
+    batch = trainer.batches.make(trainer.sampler.epoch(0)[1], transform_seed=2, device="cpu")
+    values = {}
+    for method in ("ceds", "mean-teacher"):
+        stepper = _stepper(trainer, method)
+        torch.manual_seed(0)
+        values[method] = stepper.run("semi", batch, rampup=1.0)["loss_consistency"]
+    assert values["ceds"] < values["mean-teacher"]  # the gate only removes voxels
+
+
+# ---------------------------------------------------------------------- resume equality
+
+
+def _payload(run: Path) -> dict:
+    from ceds_deploy.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoints" / "last.pt")
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for key in ("student", "teacher"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("optimizer_confidence", "optimizer_segmentation"):
+        for index, s in a[key]["state"].items():
+            assert torch.equal(s["momentum_buffer"], b[key]["state"][index]["momentum_buffer"])
+        assert a[key]["param_groups"] == b[key]["param_groups"]
+    for key in ("scheduler_confidence", "scheduler_segmentation", "epoch", "global_step", "ema_step", "best"):
+        assert a[key] == b[key], key
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert str(strip(a["history"])) == str(strip(b["history"]))  # str(): nan == nan
+
+
+def resume_config(cohort: Path) -> TrainConfig:
+    # 1 labeled case per epoch and step -> steps: warmup, refresh, semi, refresh, semi (EMA steps 0, 1);
+    # a validation at epoch 3 in every run, so validating in between is shown not to disturb training.
+    return tiny(cohort, labeled=1, epochs=5, val_every=3)
+
+
+@pytest.fixture(scope="module")
+def straight_run(cohort, tmp_path_factory) -> Path:
+    from ceds_deploy.training.loop import start_training
+
+    run = tmp_path_factory.mktemp("straight")
+    summary = start_training(resume_config(cohort), run, show_progress=False)
+    assert summary.steps == 5 and [r["phases"] for r in summary.history] == \
+        ["warmup", "refresh", "semi", "refresh", "semi"]
+    return run
+
+
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(cohort, straight_run, tmp_path) -> None:
+    from ceds_deploy.training.loop import resume_training, start_training
+
+    stopped = start_training(resume_config(cohort), tmp_path / "resumed", show_progress=False, stop_after_epochs=2)
+    assert stopped.epochs == 2
+    resumed = resume_training(tmp_path / "resumed", show_progress=False)
+    assert resumed.epochs == 5
+    _assert_same_state(_payload(straight_run), _payload(tmp_path / "resumed"))
+    # The logs of the resumed run hold every epoch once.
+    lines = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
+
+
+KILLED = '''
+import json, sys
+import torch
+from ceds_deploy.training.config import TrainConfig
+from ceds_deploy.training.loop import start_training
+
+torch.set_num_threads(1)
+start_training(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], show_progress=False)
+'''
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(cohort, straight_run, tmp_path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ceds_deploy.training.loop import resume_training
+
+    script = tmp_path / "train.py"
+    script.write_text(KILLED)
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(resume_config(cohort).to_dict()), str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and not last.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # as soon as the first epoch is saved: mid-run, maybe mid-write
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert _payload(run)["epoch"] < 5  # killed before the end
+    resume_training(run, show_progress=False)
+    _assert_same_state(_payload(straight_run), _payload(run))
+
+
+# ---------------------------------------------------------------------- the CLI
+
+
+def _cli(args: list[str]):
+    import typer
+    from typer.testing import CliRunner
+
+    from ceds_deploy.cli.train import train
+
+    app = typer.Typer()
+    app.command("train")(train)
+    app.command("noop")(lambda: None)  # two commands: `train` stays a sub-command as in `ceds`
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_cli_trains_and_writes_a_usable_run(cohort, tmp_path) -> None:
+    import yaml
+
+    from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.training.config import build_config
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text("width = 2\npatches_per_volume = 2\nval_fraction = 0.25\nepochs = 40\n")
+    run = tmp_path / "run"
+    result = _cli([str(cohort), "--out", str(run), "--config", str(config_file), "--patch", "32", "32", "16",
+                   "--spacing", "4", "--iterations", "3", "--method", "mean-teacher", "--seed", "1", "-q"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "trained 3 steps" in result.output
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best_student.pt", "best_teacher.pt", "last.pt"]
+    saved = build_config(yaml.safe_load((run / "config.yaml").read_text()))
+    assert (saved.method, saved.width, saved.iterations, saved.epochs, saved.seed) == ("mean-teacher", 2, 3, None, 1)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1  # header + one epoch of 3 steps (3 labeled training cases)
+    for weights in ("teacher", "student"):
+        net, spec = load_network(run / "checkpoints" / "best_teacher.pt", weights)
+        assert spec.roi_size == (32, 32, 16) and spec.target_spacing == (4.0, 4.0, 4.0) and spec.width == 2
+        assert spec.weights == weights and not net.training
+    payload = _payload(run)
+    assert payload["config"]["method"] == "mean-teacher" and payload["global_step"] == 3
+    assert math.isfinite(payload["history"][0]["dice_teacher"])
+
+    again = _cli([str(cohort), "--out", str(run), "-q"])
+    assert again.exit_code != 0 and "already holds a run" in str(again.exception)
+    mixed = _cli(["--resume", str(run), "--width", "4"])
+    text = re.sub(r"[\s│╭╮╰╯─]+", " ", mixed.output)  # unwrap rich's error box
+    assert mixed.exit_code == 2 and "saved settings; drop --width" in text
+
+
+def test_bad_label_stops_the_run_before_training(cohort, tmp_path) -> None:
+    from ceds_deploy.io import read_scan, write_volume
+    from ceds_deploy.training.loop import start_training
+
+    data = tmp_path / "data"
+    shutil.copytree(cohort, data)
+    bad = data / "labelsTr" / "phantom_001.nii.gz"
+    label = read_scan(bad)
+    write_volume(bad, (label.array * 2).astype(np.uint8), label.geometry)  # tumour = 2
+    with pytest.raises(DatasetError, match=r"phantom_001\.nii\.gz: label values must be 0 or 1, found 2"):
+        start_training(tiny(data, iterations=2), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------- distributed
+
+
+WORKER = '''
+import json, sys
+from pathlib import Path
+
+import torch
+
+from ceds_deploy.training.config import TrainConfig
+from ceds_deploy.training.distributed import init_distributed
+from ceds_deploy.training.loop import Trainer
+
+config = TrainConfig(**json.loads(sys.argv[1]))
+out = Path(sys.argv[2])
+dist = init_distributed(config.device)
+trainer = Trainer(config, out / "run", dist=dist, show_progress=False)
+trainer.fit()
+torch.save({"teacher": trainer.teacher.state_dict(), "student": trainer.student.state_dict()},
+           out / f"rank{dist.rank}.pt")
+(out / f"rank{dist.rank}.json").write_text(json.dumps(
+    {"world_size": dist.world_size, "steps": trainer.global_step, "written": [str(p) for p in trainer.written]}))
+dist.shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(cohort, tmp_path) -> None:
+    """2 CPU processes under torchrun: rank 0 alone writes, and the teachers stay identical."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ceds_deploy.checkpoint import load_checkpoint
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    # 3 labeled training cases, 1 per process and step -> 1 step an epoch: warmup, refresh, semi.
+    config = tiny(cohort, epochs=3, val_every=3).to_dict()  # rank 0 validates once, rank 1 waits
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(config), str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [i["world_size"] for i in info] == [2, 2] and [i["steps"] for i in info] == [3, 3]
+    assert info[1]["written"] == [] and any(p.endswith("last.pt") for p in info[0]["written"])
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    for name, value in states[0]["teacher"].items():
+        assert torch.equal(value, states[1]["teacher"][name]), name
+        assert torch.equal(value, saved["teacher"][name]), name
+    for name, value in states[0]["student"].items():
+        assert torch.equal(value, states[1]["student"][name]), name
+    assert saved["world_size"] == 2 and saved["global_step"] == 3

@@ -1,0 +1,283 @@
+"""The trainer: builds the run from a config, steps through the phases, validates, checkpoints, logs.
+
+Run folder: config.yaml, split.json, metrics.csv, curves.png and checkpoints/{last,best_teacher,
+best_student}.pt. last.pt is written atomically after every epoch, so a run killed at any moment
+(SIGKILL included) resumes from its last completed epoch with `resume_training`, and continues
+bit-for-bit as the uninterrupted run would on the same machine: every step's randomness (batch
+order, patches, augmentation, noise, dropout) is drawn from seeds derived from (seed, rank, step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ceds_deploy.errors import ConfigError, DatasetError
+from ceds_deploy.spec import ModelSpec
+from ceds_deploy.training import logs, state
+from ceds_deploy.training.batches import BatchMaker, step_seeds
+from ceds_deploy.training.cache import check_validation_cases, prepare_split
+from ceds_deploy.training.config import TrainConfig, build_config
+from ceds_deploy.training.data import split_dataset
+from ceds_deploy.training.distributed import DistContext, init_distributed
+from ceds_deploy.training.ema import make_teacher
+from ceds_deploy.training.methods import Optimization, Stepper
+from ceds_deploy.training.progress import TrainProgress
+from ceds_deploy.training.sampler import TwoStreamSampler
+from ceds_deploy.training.schedule import RunSchedule
+from ceds_deploy.training.transforms import labeled_transforms, unlabeled_transforms
+from ceds_deploy.training.validate import validate
+
+CHECKPOINT_DIR = "checkpoints"
+LOSS_KEYS = ("loss_seg", "loss_conf", "loss_consistency", "consistency_weight", "loss_total")
+
+
+def spec_for(config: TrainConfig) -> ModelSpec:
+    """The ModelSpec every checkpoint of this run carries: the training patch is the inference ROI."""
+    return ModelSpec(roi_size=config.patch, target_spacing=config.spacing, hu_window=config.hu_window,
+                     width=config.width)
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    epochs: int
+    steps: int
+    best: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR / state.LAST
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, dist: DistContext | None = None,
+                 console=None, show_progress: bool = True) -> None:
+        from ceds_deploy.network import CedsNet, CedsNetConfig
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dist = dist or DistContext(device=config.device)
+        self.device = torch.device(self.dist.device)
+        self.console = console
+        self.show_progress = show_progress and self.dist.is_main
+        self.spec = spec_for(config)
+        self.written: list[Path] = []  # files this process wrote (only rank 0 writes)
+
+        # Data first: every problem with the dataset surfaces before a network is built.
+        self.split = split_dataset(config.data_dir, config, self.dist.world_size)
+        check_validation_cases(self.split)
+        self.data = self._prepare_data()
+        self.sampler = TwoStreamSampler(len(self.data.labeled), len(self.data.unlabeled), config.labeled_per_batch,
+                                        config.unlabeled_per_batch, config.seed, self.dist.rank, self.dist.world_size)
+        self.batches = BatchMaker(self.data, labeled_transforms(config), unlabeled_transforms(config))
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.total_steps = config.total_steps(self.steps_per_epoch)
+        self.total_epochs = config.total_epochs(self.steps_per_epoch)
+        self.val_every = config.validation_interval(self.total_epochs)
+        self.schedule = RunSchedule.from_config(config, self.total_steps)
+
+        torch.manual_seed(config.seed)  # the same initial weights on every process (and broadcast below)
+        self.net_config = CedsNetConfig(width=config.width, dropout=config.dropout)
+        self.student = CedsNet(self.net_config).to(self.device)
+        self.dist.broadcast_module(self.student)
+        self.teacher = make_teacher(self.student)
+        self.confidence = Optimization.sgd(self.student.confidence_parameters(), config, self.total_steps)
+        self.segmentation = Optimization.sgd(self.student.segmentation_parameters(), config, self.total_steps)
+        owned = {id(p) for p in self.confidence.params} | {id(p) for p in self.segmentation.params}
+        if owned != {id(p) for p in self.student.parameters()} or \
+                len(self.confidence.params) + len(self.segmentation.params) != len(owned):
+            raise RuntimeError("the two optimizers must split the network's parameters exactly")
+        cuda = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=config.amp and cuda)
+        self.stepper = Stepper(config, self.student, self.teacher, self.confidence, self.segmentation,
+                               self.scaler, self.dist)
+
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.best: dict[str, float] = {}
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare_data(self):
+        split = self.split
+        need_unlabeled = self.config.method != "supervised"
+        total = len(split.labeled) + (len(split.unlabeled) if need_unlabeled else 0)
+        if not self.show_progress:
+            return prepare_split(split, self.spec, unlabeled=need_unlabeled)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("[bold]preparing cases[/]"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[case]}"), console=self.console, transient=True) as bar:
+            task = bar.add_task("prepare", total=total, case="")
+            return prepare_split(split, self.spec, unlabeled=need_unlabeled,
+                                 advance=lambda name: bar.update(task, advance=1, case=name))
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, stop_after_epochs: int | None = None) -> TrainSummary:
+        """Train to the end of the run (or `stop_after_epochs` more epochs, for tests and drills)."""
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            logs.write_run_files(self.run_dir, self.config, self.split)
+        stop_at = self.total_epochs if stop_after_epochs is None else min(self.total_epochs,
+                                                                           self.epoch + stop_after_epochs)
+        with TrainProgress(self.console, self.total_steps, self.global_step, self.config.method,
+                           enabled=self.show_progress) as progress:
+            empty = [c.name for c, d in zip(self.split.labeled, self.data.labeled) if not bool(d["label"].any())]
+            if empty:
+                progress.log(f"no tumour voxels at the training spacing in {', '.join(empty)}: "
+                             f"their patches are all negative")
+            if not self.split.validation:
+                progress.log("no validation cases (--val-fraction 0): best_*.pt are not written")
+            while self.epoch < stop_at:
+                row = self._train_epoch(progress)
+                self._end_epoch(row, progress)
+        return TrainSummary(self.run_dir, self.epoch, self.global_step, dict(self.best), list(self.history))
+
+    def _train_epoch(self, progress: TrainProgress) -> dict:
+        start = time.perf_counter()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        phases: list[str] = []
+        for indices in self.sampler.epoch(self.epoch):
+            if self.global_step >= self.total_steps:
+                break  # --iterations ends inside an epoch
+            torch_seed, transform_seed = step_seeds(self.config.seed, self.dist.rank, self.global_step)
+            torch.manual_seed(torch_seed)
+            batch = self.batches.make(indices, transform_seed, self.device)
+            phase = self.schedule.phase(self.global_step)
+            losses = self.stepper.run(phase, batch, self.schedule.rampup(self.global_step))
+            self.global_step += 1
+            if phase not in phases:
+                phases.append(phase)
+            for key, value in losses.items():
+                sums[key] += value
+                counts[key] += 1
+            progress.step(phase, self.epoch, self.total_epochs, losses)
+        keys = [k for k in LOSS_KEYS if counts[k]]
+        means = self.dist.all_mean([sums[k] / counts[k] for k in keys])
+        row = {"epoch": self.epoch + 1, "step": self.global_step, "phases": "+".join(phases),
+               "lr_segmentation": self.segmentation.lr, "lr_confidence": self.confidence.lr,
+               **{k: math.nan for k in LOSS_KEYS}, **dict(zip(keys, means))}
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def _validation_due(self) -> bool:
+        return bool(self.split.validation) and (self.epoch % self.val_every == 0 or self.epoch == self.total_epochs)
+
+    def _validate(self, row: dict) -> list[str]:
+        """Validate (each process a share of the cases), fill `row`, update the bests; returns the
+        best_*.pt files to write."""
+        from ceds_deploy.training.validate import ValidationResult
+
+        mine = self.split.validation[self.dist.rank::self.dist.world_size]
+        result = validate({"student": self.student, "teacher": self.teacher}, mine, self.spec,
+                          device=self.dist.device, batch_size=self.config.val_batch_size,
+                          overlap=self.config.val_overlap)
+        result = ValidationResult(self.dist.gather(result.cases))
+        improved = []
+        for net in ("student", "teacher"):
+            row[f"dice_{net}"] = result.mean(net, "dice")
+            row[f"auroc_{net}"] = result.mean(net, "auroc")
+            if row[f"dice_{net}"] > self.best.get(net, -math.inf):
+                self.best[net], self.best[f"{net}_epoch"] = row[f"dice_{net}"], self.epoch
+                improved.append(f"best_{net}.pt")
+        return improved
+
+    def _end_epoch(self, row: dict, progress: TrainProgress) -> None:
+        self.epoch += 1
+        self.dist.check_replicas_equal(self.student, "student")
+        self.dist.check_replicas_equal(self.teacher, "teacher")
+        validated = self._validation_due()
+        improved = self._validate(row) if validated else []
+        self.history.append(row)  # the same on every process: losses and scores are all-reduced
+        if self.dist.is_main:
+            payload = state.build_payload(self)
+            self._write(state.LAST, payload)
+            for name in improved:
+                self._write(name, payload)
+            logs.write_metrics(self.run_dir, self.history)
+            self.written.append(self.run_dir / logs.METRICS_CSV)
+            if validated or self.epoch == self.total_epochs:
+                logs.draw_curves(self.run_dir, self.history, f"{self.config.method}, width {self.config.width}, "
+                                 f"{self.global_step}/{self.total_steps} steps")
+                self.written.append(self.run_dir / logs.CURVES_PNG)
+            if validated:
+                progress.validated(self.epoch - 1, row["dice_student"], row["dice_teacher"], row["auroc_teacher"],
+                                   improved)
+        self.dist.barrier()
+
+    def _write(self, name: str, payload: dict) -> None:
+        path = state.save(self.checkpoint_dir / name, payload)
+        self.written.append(path)
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def _check_new_run(run_dir: Path) -> None:
+    last = run_dir / CHECKPOINT_DIR / state.LAST
+    if last.exists():
+        raise ConfigError(f"{run_dir} already holds a run ({last}); continue it with --resume {run_dir} "
+                          f"or choose another --out")
+
+
+def start_training(config: TrainConfig, run_dir: str | Path, *, console=None, show_progress: bool = True,
+                   stop_after_epochs: int | None = None) -> TrainSummary:
+    """A new run in `run_dir` (joins a torchrun process group when there is one)."""
+    run_dir = Path(run_dir)
+    _check_new_run(run_dir)
+    dist = init_distributed(config.device)
+    try:
+        _check_device(dist.device)
+        trainer = Trainer(config, run_dir, dist=dist, console=console, show_progress=show_progress)
+        return trainer.fit(stop_after_epochs)
+    finally:
+        dist.shutdown()
+
+
+def resume_training(run_dir: str | Path, *, device: str | None = None, console=None, show_progress: bool = True,
+                    stop_after_epochs: int | None = None) -> TrainSummary:
+    """Continue the run in `run_dir` from checkpoints/last.pt, with its saved config."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_DIR / state.LAST
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: nothing to resume ({path} does not exist)")
+    payload = state.load_training_state(path)
+    config = build_config(payload["config"], str(path))
+    if device is not None:
+        config = config.replace(device=device)
+    dist = init_distributed(config.device)
+    try:
+        _check_device(dist.device)
+        trainer = Trainer(config, run_dir, dist=dist, console=console, show_progress=show_progress)
+        if trainer.split.to_dict() != payload.get("split", trainer.split.to_dict()):
+            raise DatasetError(f"{config.data_dir}: the dataset's cases changed since the run started; "
+                               f"resuming would train on other data")
+        if int(payload.get("world_size", 1)) != dist.world_size and dist.is_main:
+            from rich.console import Console
+
+            (console or Console()).log(f"resuming a {payload.get('world_size')}-process run with "
+                                      f"{dist.world_size} process(es): batches differ from the original")
+        state.restore(trainer, payload, path)
+        return trainer.fit(stop_after_epochs)
+    finally:
+        dist.shutdown()
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this PyTorch has no CUDA GPU (torch.cuda.is_available() is False)")
+
