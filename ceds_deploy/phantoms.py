@@ -19,7 +19,7 @@ pulmonary veins, SVC, IVC, brachiocephalic vein; trachea and main bronchi; oesop
 CT table; and one lobulated, textured mass of 20-60 HU (sometimes with a low-density core) in the
 prevascular, paratracheal, subcarinal, hilar, pericardial or paravertebral space, which in most
 cases abuts the heart or a great vessel (so intensity alone cannot separate it). About a third
-of the cases are contrast-enhanced (blood 150-250 HU).
+of the full-size cases (60% of the small ones) are contrast-enhanced (blood 150-250 HU).
 
 Geometry per case: random spacing, origin and body size; some cases are stored with permuted
 or flipped array axes (`LAYOUTS`: the world-space anatomy is unchanged, only the array layout,
@@ -74,6 +74,7 @@ class PhantomSize:
     min_slices: int
     body_fill: tuple[float, float]           # body width / in-plane field of view
     mass_diameter_mm: tuple[float, float]    # maximal (Feret) diameter of the mass
+    contrast_fraction: float = 0.35          # share of contrast-enhanced scans
     slab_voxels: int = 4_000_000             # work in slabs of about this many voxels
 
 
@@ -86,7 +87,10 @@ SMALL = PhantomSize(
     max_slices=64,
     min_slices=16,
     body_fill=(0.75, 0.88),
-    mass_diameter_mm=(12.0, 40.0),
+    # Larger masses and more contrast scans than full size: the miniature is for CPU demos and
+    # tests, where a few minutes of training at coarse spacing must learn the task.
+    mass_diameter_mm=(24.0, 44.0),
+    contrast_fraction=0.6,
 )
 
 FULL = PhantomSize(
@@ -480,7 +484,7 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     dome_l = dome_r - float(rng.uniform(5.0, 20.0))
     apex_w = _j(rng, 118.0, 0.06)
 
-    contrast = bool(rng.random() < 0.35)
+    contrast = bool(rng.random() < cfg.contrast_fraction)
     info["contrast"] = contrast
 
     heart_c = _jp(rng, (20.0, -25.0, -68.0), 5.0)
