@@ -216,8 +216,13 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
 
     def write_worker() -> None:
         while True:
-            item = finished.get()
-            if item is _DONE:
+            try:
+                item = finished.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():  # interrupted: cases not yet written are left undone, never half-written
+                    return
+                continue
+            if item is _DONE or stop.is_set():
                 return
             try:
                 if isinstance(item, _CaseState):

@@ -54,7 +54,8 @@ class TorchBackend(Backend):
         wrapper = CedsInference(net).eval().to(self.device)
         if self.device.startswith("cuda"):
             torch.backends.cudnn.benchmark = True
-            wrapper = wrapper.to(memory_format=torch.channels_last_3d)
+            if self._module is None:  # never change the memory format of a network being trained
+                wrapper = wrapper.to(memory_format=torch.channels_last_3d)
         self._net = wrapper
         self.description = f"torch {self.precision} on {self.device}"
 
