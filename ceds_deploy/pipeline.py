@@ -44,6 +44,7 @@ class SegmentOptions:
     confidence_threshold: float = 0.5
     preview: bool = False
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
+    window: tuple[int, int, int] | None = None  # larger inference windows than the training ROI (opt-in)
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
@@ -53,12 +54,24 @@ class SegmentOptions:
         index, count = self.shard
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+        if self.window is not None and (len(self.window) != 3 or any(w <= 0 or w % 16 for w in self.window)):
+            raise ValueError(f"window must be 3 positive multiples of 16, got {self.window}")
         if not 0 < self.confidence_threshold < 1:
             raise ValueError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
 
 
-def window_plan_for(image: np.ndarray, spec: ModelSpec, overlap: float, skip_air: bool) -> WindowPlan:
-    plan = plan_windows(image.shape, spec.roi_size, overlap)
+def inference_window(image_shape: tuple[int, int, int], spec: ModelSpec,
+                     window: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """The window to run: the training ROI, or a larger one asked for (the network is convolutional
+    apart from CBAM's global pooling), never larger than the image allows in multiples of 16."""
+    if window is None:
+        return spec.roi_size
+    return tuple(max(r, min(w, n // 16 * 16)) for r, w, n in zip(spec.roi_size, window, image_shape))
+
+
+def window_plan_for(image: np.ndarray, spec: ModelSpec, overlap: float, skip_air: bool,
+                    window: tuple[int, int, int] | None = None) -> WindowPlan:
+    plan = plan_windows(image.shape, inference_window(image.shape, spec, window), overlap)
     return windows_with_content(plan, image) if skip_air else plan
 
 
@@ -71,11 +84,12 @@ class Segmentation:
 
 
 def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size: int | None = None,
-                   mirror: bool = False, skip_air: bool = True, keep_probabilities: bool = False) -> Segmentation:
+                   mirror: bool = False, skip_air: bool = True, keep_probabilities: bool = False,
+                   window: tuple[int, int, int] | None = None) -> Segmentation:
     """Segment one scan with an active backend; outputs are on the scan's own grid."""
     spec: ModelSpec = backend.spec
     image, plan = prepare_image(volume, spec)
-    windows = window_plan_for(image, spec, overlap, skip_air)
+    windows = window_plan_for(image, spec, overlap, skip_air, window)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
                                        num_classes=spec.num_classes, mirror=mirror)
     restored = restore_prediction(seg, conf, plan, keep_probabilities)
@@ -184,7 +198,7 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
                     volume = read_scan(state.path)
                     t1 = time.perf_counter()
                     image, plan = prepare_image(volume, spec)
-                    windows = window_plan_for(image, spec, options.overlap, options.skip_air)
+                    windows = window_plan_for(image, spec, options.overlap, options.skip_air, options.window)
                     t2 = time.perf_counter()
                 except Exception as err:  # one bad scan never stops the run
                     row.status, row.error = "failed", _error_text(err)

@@ -41,6 +41,11 @@ def segment(
     labels: Annotated[Optional[Path], typer.Option(help="With --preview: a folder of ground-truth labels "
                                                    "(same case names) to outline too.")] = None,
     skip_air: Annotated[bool, typer.Option(help="Do not compute windows that hold only air or lung.")] = True,
+    window: Annotated[Optional[tuple[int, int, int]], typer.Option(help="Inference window X Y Z (multiples of "
+                                                                  "16) larger than the training ROI: fewer, "
+                                                                  "bigger windows; CBAM's global pooling sees "
+                                                                  "more context, so check the accuracy.",
+                                                                  show_default=False)] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -54,7 +59,8 @@ def segment(
 
         options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
-                                 preview=preview, skip_air=skip_air, preview_labels=labels)
+                                 preview=preview, skip_air=skip_air, preview_labels=labels,
+                                 window=window)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,
