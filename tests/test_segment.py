@@ -190,3 +190,30 @@ def test_interrupted_run_leaves_no_partial_outputs(scan_folder, tiny_checkpoint,
         if not mask.name.endswith("_confidence.nii.gz"):
             read_scan(mask)  # every mask present is complete
     assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
+
+
+def test_larger_inference_window_is_clamped_to_the_image():
+    from ceds_deploy.pipeline import inference_window
+    from ceds_deploy.spec import ModelSpec
+
+    spec = ModelSpec(roi_size=(32, 32, 32))
+    assert inference_window((100, 70, 40), spec, None) == (32, 32, 32)
+    assert inference_window((100, 70, 40), spec, (64, 64, 64)) == (64, 64, 32)
+    assert inference_window((100, 70, 40), spec, (16, 128, 32)) == (32, 64, 32)
+    with pytest.raises(ValueError, match="window must be 3 positive multiples of 16"):
+        SegmentOptions(window=(40, 32, 32))
+
+
+def test_larger_window_runs_fewer_windows_on_the_same_grid(tiny_checkpoint):
+    from ceds_deploy.artifacts import read_spec
+    from ceds_deploy.backends.torch_backend import TorchBackend
+    from ceds_deploy.pipeline import segment_volume
+
+    from ceds_deploy.volume import Geometry
+
+    image, _ = sphere_scan(Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), np.eye(3), (128, 128, 52)), body_mm=60)
+    with TorchBackend(tiny_checkpoint, read_spec(tiny_checkpoint)) as backend:
+        small = segment_volume(image, backend)
+        large = segment_volume(image, backend, window=(64, 64, 64))
+    assert large.windows < small.windows
+    assert large.mask.shape == small.mask.shape == image.shape
