@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patches-per-volume", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.05,
                    help="SGD learning rate of both optimizers (paper: 0.01, too slow for a CPU-sized budget)")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="teacher EMA decay (paper 0.99; the demo's short runs 0.95)")
+    p.add_argument("--dropout", type=float, default=0.5, help="V-Net dropout (paper 0.5; the demo 0.0)")
     p.add_argument("--labeled", type=int, default=4, help="labeled training cases")
     p.add_argument("--val", type=int, default=2, help="extra labeled cases for validation (0: none)")
     p.add_argument("--unlabeled", type=int, default=16)
@@ -92,7 +94,7 @@ def train_one(method: str, root: Path, val: list[str], args: argparse.Namespace)
     config = TrainConfig(
         data_dir=str(root), method=method, width=args.width, patch=tuple(args.patch),
         spacing=(args.spacing,) * 3, iterations=args.iterations, seed=args.seed, lr=args.lr,
-        min_lr=min(args.lr, 1e-3),
+        min_lr=min(args.lr, 1e-3), ema_decay=args.ema_decay, dropout=args.dropout,
         batch_size=1 if method == "supervised" else 2, patches_per_volume=args.patches_per_volume,
         val_cases=tuple(val), val_fraction=0.0, val_every=max(1, epochs // max(1, args.validations)),
         rotate90_prob=0.1 if args.patch[0] == args.patch[1] else 0.0, device=args.device)

@@ -47,33 +47,22 @@ class DistContext:
 
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         """Mean of every gradient over the processes, in one flat all-reduce."""
-        if not self.enabled:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        self._average_in_place([p.grad for p in params if p.grad is not None])
 
     def average_buffers(self, module: nn.Module) -> None:
         """Mean of the floating-point buffers (BatchNorm running mean and variance)."""
-        if not self.enabled:
+        self._average_in_place([b for b in module.buffers() if b.is_floating_point()])
+
+    def _average_in_place(self, tensors: list[torch.Tensor]) -> None:
+        if not self.enabled or not tensors:
             return
-        buffers = [b for b in module.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.reshape(-1) for b in buffers])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         torch.distributed.all_reduce(flat)
         flat /= self.world_size
         offset = 0
-        for b in buffers:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def all_mean(self, values: list[float]) -> list[float]:
         """Mean over processes of a few numbers (losses for the log)."""
