@@ -176,16 +176,11 @@ def reorient_geometry(geometry: Geometry, flips: tuple[int, ...],
                       perm: tuple[int, int, int]) -> Geometry:
     """The geometry of an array after flipping the given axes and then permuting them (new axis
     b = old axis perm[b]): every voxel keeps its world position."""
-    origin = np.asarray(geometry.origin, dtype=np.float64)
-    direction = geometry.direction_matrix.copy()
-    spacing = np.asarray(geometry.spacing, dtype=np.float64)
-    shape = np.asarray(geometry.shape)
-    for axis in flips:
-        origin = origin + direction[:, axis] * spacing[axis] * (shape[axis] - 1)
-        direction[:, axis] = -direction[:, axis]
-    perm = [int(p) for p in perm]
-    return Geometry(spacing=tuple(spacing[perm]), origin=tuple(origin),
-                    direction=direction[:, perm], shape=tuple(shape[perm]))
+    from ceds_deploy.preprocess import Reorientation
+    from ceds_deploy.preprocess import reorient_geometry as reorient_grid
+
+    perm = tuple(int(p) for p in perm)
+    return reorient_grid(geometry, Reorientation(perm, tuple(perm[b] in flips for b in range(3))))
 
 
 def _source_view(out: np.ndarray, flips: tuple[int, ...], perm: tuple[int, int, int]) -> np.ndarray:
