@@ -291,7 +291,9 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     if options.preview:
         from ceds_deploy.preview import write_preview
 
-        label = _preview_label(options.preview_labels, row.case, geometry)
+        label, note = _preview_label(options.preview_labels, row.case, geometry)
+        if note:
+            row.error = note  # the case succeeded; the preview lacks its ground-truth outline
         write_preview(paths["preview"], state.volume, restored.mask, restored.confidence, label=label, title=row.case)
     row.seconds["restore"], row.seconds["write"] = t1 - t0, time.perf_counter() - t1
     findings = assess(restored.mask, restored.confidence, geometry.voxel_volume_ml, options.confidence_threshold)
@@ -302,12 +304,15 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     return row
 
 
-def _preview_label(folder: Path | None, case: str, geometry: Geometry) -> np.ndarray | None:
-    """The ground-truth label of `case` in `folder`, when there is one on the scan's grid."""
+def _preview_label(folder: Path | None, case: str, geometry: Geometry) -> tuple[np.ndarray | None, str]:
+    """The ground-truth label of `case` in `folder` for the preview, and a note when one exists
+    but cannot be drawn (it is on another grid)."""
     if folder is None:
-        return None
+        return None, ""
     matches = [p for p in find_scans(folder).scans if case_id(p) == case]
     if not matches:
-        return None
+        return None, ""
     label = read_scan(matches[0], dtype=np.uint8)
-    return label.array if label.geometry.same_grid(geometry, atol=1e-3) else None
+    if not label.geometry.same_grid(geometry, atol=1e-3):
+        return None, f"preview without ground truth: {matches[0].name} is on another grid than the scan"
+    return label.array, ""
