@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80])
     parser.add_argument("--backends", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime"],
-                        help="torch-fp32 torch-bf16 torch-fp16 onnxruntime tensorrt")
+                        help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA "
+                             "graph) onnxruntime tensorrt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/window_throughput.json"))
@@ -86,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.network import CedsNet, CedsNetConfig, count_flops
 
     work = Path(tempfile.mkdtemp(prefix="ceds-throughput-"))
+    cuda = args.device.startswith("cuda")
+    if cuda:  # strict fp32 ceiling; tf32 gets its own
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
     ceilings = {"fp32": conv_ceiling(args.device, None, args.repeats)}
-    if args.device == "cpu" and any("bf16" in b for b in args.backends):
+    if any("bf16" in b for b in args.backends):
         ceilings["bf16"] = conv_ceiling(args.device, torch.bfloat16, args.repeats)
-    if args.device.startswith("cuda"):
+    if cuda:
         ceilings["fp16"] = conv_ceiling(args.device, torch.float16, args.repeats)
+        torch.backends.cudnn.allow_tf32 = True
+        ceilings["tf32"] = conv_ceiling(args.device, None, args.repeats)
     rows = []
     voxels = args.roi[0] * args.roi[1] * args.roi[2]
     for width in args.widths:
@@ -100,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = None
         for name in args.backends:
             kind, _, precision = name.partition("-")
+            graph = precision.endswith("-graph")
+            precision = precision.removesuffix("-graph")
             artifact, options = checkpoint, {}
             if kind == "torch":
-                options = {"precision": precision or "fp32"}
+                options = {"precision": precision or "fp32", "cuda_graph": graph}
+            elif kind == "tensorrt":
+                options = {"cuda_graph": graph}
             else:
                 if onnx_path is None:
                     from ceds_deploy.export.onnx_export import export_checkpoint
@@ -113,9 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batches:
                 try:
                     backend = create_backend(kind, artifact, spec, device=args.device, max_batch_size=batch, **options)
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
                     with backend:
                         x = torch.rand(batch, 1, *args.roi)
-                        seconds = timed(lambda: backend.infer(x), args.repeats)
+
+                        def call():
+                            backend.infer(x)
+                            if cuda:
+                                torch.cuda.synchronize()
+
+                        seconds = timed(call, args.repeats, warmup=3 if cuda else 1)
                 except CedsError as err:
                     rows.append({"backend": name, "width": width, "batch": batch, "note": str(err)})
                     continue
@@ -125,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                              "s_per_window": per_window, "mvoxels_per_s": voxels / per_window / 1e6,
                              "gflop_per_window": flops / 1e9, "gflops_achieved": flops / per_window / 1e9,
                              "ceiling_gflops": ceiling / 1e9, "fraction_of_ceiling": flops / per_window / ceiling,
-                             "peak_rss_gb": peak_rss_gb()})
+                             "peak_rss_gb": peak_rss_gb(),
+                             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
     print_table(f"window throughput, ROI {tuple(args.roi)}, {args.device}", rows,
                 ["backend", "width", "batch", "s_per_window", "mvoxels_per_s", "gflops_achieved",
-                 "ceiling_gflops", "fraction_of_ceiling", "peak_rss_gb", "note"])
+                 "ceiling_gflops", "fraction_of_ceiling", "peak_rss_gb", "peak_gpu_gb", "note"])
     write_json(args.json, {"machine": machine(), "roi": args.roi,
                            "ceilings_gflops": {k: v / 1e9 for k, v in ceilings.items()}, "rows": rows})
     print(f"wrote {args.json}")

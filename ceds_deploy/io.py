@@ -197,25 +197,42 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry)
     Atomic: the file appears complete under its name or not at all (temp file + rename, also for
     the two files of a .mhd pair).
     """
+    return write_volumes([(path, array, geometry)])[0]
+
+
+def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -> list[Path]:
+    """Write several volumes at once (ITK compresses outside the GIL, so they run in parallel), then
+    make them appear in the order given: the last one's presence means all are complete."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    suffix = image_suffix(path)
-    if suffix is None:
-        raise ValueError(f"cannot tell the format of {path}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = to_sitk(array, geometry)
+    paths = [Path(path) for path, _, _ in items]
+    for path in paths:
+        if image_suffix(path) is None:
+            raise ValueError(f"cannot tell the format of {path}; use one of {', '.join(IMAGE_SUFFIXES)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
     # Write under the final name inside a private temp folder on the same file system, so
     # headers that name their data file (.mhd, .nhdr) refer to the final name.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    stagings = [Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) for path in paths]
     try:
-        sitk.WriteImage(image, str(staging / path.name), True)
-        written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # header last
-        for part in written:
-            os.replace(part, path.parent / part.name)
+        def write(k: int) -> None:
+            _, array, geometry = items[k]
+            sitk.WriteImage(to_sitk(array, geometry), str(stagings[k] / paths[k].name), True)
+
+        if len(items) == 1:
+            write(0)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(items)) as pool:
+                list(pool.map(write, range(len(items))))  # re-raises the first error
+        for path, staging in zip(paths, stagings):
+            written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # header last
+            for part in written:
+                os.replace(part, path.parent / part.name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
+    return paths
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:

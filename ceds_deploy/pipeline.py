@@ -1,8 +1,9 @@
 """`segment_volume` (one scan in memory) and `segment_folder` (a folder of scans, pipelined).
 
-The folder pipeline overlaps work in three threads: a reader (read + pre-process the next case),
-the caller's thread (the backend, windows of consecutive cases sharing batches) and a writer
-(restore to the scan's grid, write, assess). Queues of one case keep memory bounded.
+The folder pipeline overlaps work in three kinds of threads: readers (read + pre-process the next
+cases), the caller's thread (the backend, windows of consecutive cases sharing batches) and writers
+(restore to the scan's grid, write, assess). There are `io_workers` readers and writers (one on a
+small CPU, up to 4 on a many-core GPU machine); queues of that many cases keep memory bounded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ceds_deploy.errors import CedsError
-from ceds_deploy.io import case_id, find_scans, read_scan, write_volume
+from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
 from ceds_deploy.postprocess import RestoredPrediction, assess, restore_prediction
 from ceds_deploy.preprocess import PreprocessPlan, prepare_image
 from ceds_deploy.report import CaseRow, write_report
@@ -45,6 +46,7 @@ class SegmentOptions:
     preview: bool = False
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
     window: tuple[int, int, int] | None = None  # larger inference windows than the training ROI (opt-in)
+    io_workers: int | None = None  # cases read and written at once; None: one per 4 CPU cores, 1 to 4
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
@@ -56,6 +58,8 @@ class SegmentOptions:
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
         if self.window is not None and (len(self.window) != 3 or any(w <= 0 or w % 16 for w in self.window)):
             raise ValueError(f"window must be 3 positive multiples of 16, got {self.window}")
+        if self.io_workers is not None and self.io_workers < 1:
+            raise ValueError(f"io workers must be >= 1, got {self.io_workers}")
         if not 0 < self.confidence_threshold < 1:
             raise ValueError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
 
@@ -67,6 +71,18 @@ def inference_window(image_shape: tuple[int, int, int], spec: ModelSpec,
     if window is None:
         return spec.roi_size
     return tuple(max(r, min(w, n // 16 * 16)) for r, w, n in zip(spec.roi_size, window, image_shape))
+
+
+def work_device(backend) -> str:
+    """Where pre-processing, stitching and resampling run: the backend's GPU when it has one
+    that PyTorch can use, else the CPU."""
+    device = str(getattr(backend, "device", "cpu"))
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return device
+    return "cpu"
 
 
 def window_plan_for(image: np.ndarray, spec: ModelSpec, overlap: float, skip_air: bool,
@@ -88,15 +104,24 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
                    window: tuple[int, int, int] | None = None) -> Segmentation:
     """Segment one scan with an active backend; outputs are on the scan's own grid."""
     spec: ModelSpec = backend.spec
-    image, plan = prepare_image(volume, spec)
+    device = work_device(backend)
+    image, plan = prepare_image(volume, spec, device)
     windows = window_plan_for(image, spec, overlap, skip_air, window)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
-                                       num_classes=spec.num_classes, mirror=mirror)
+                                       num_classes=spec.num_classes, mirror=mirror, accumulate_on=device)
     restored = restore_prediction(seg, conf, plan, keep_probabilities)
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
 
 
 # ---------------------------------------------------------------- folder pipeline
+
+
+def default_io_workers() -> int:
+    """Cases read and written at once: reading and writing compressed NIfTI is CPU work that
+    ITK does outside the GIL, so a many-core GPU machine keeps several in flight; 2 cores keep one."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def output_paths(output: Path, case: str) -> dict[str, Path]:
@@ -184,20 +209,28 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
 
     notify = progress or (lambda event, n: None)
     notify("todo", len(todo))
-    prepared: queue.Queue = queue.Queue(maxsize=1)
-    finished: queue.Queue = queue.Queue(maxsize=1)
+    workers = options.io_workers or default_io_workers()
+    prepared: queue.Queue = queue.Queue(maxsize=workers)
+    finished: queue.Queue = queue.Queue(maxsize=workers)
     stop = threading.Event()
     batch_size = options.batch_size or backend.max_batch_size
+    device = work_device(backend)
+    pending_reads = iter(todo)
+    take_lock = threading.Lock()
 
     def read_worker() -> None:
         try:
-            for state in todo:
+            while True:
+                with take_lock:
+                    state = next(pending_reads, None)
+                if state is None:
+                    return
                 row = state.row
                 try:
                     t0 = time.perf_counter()
                     volume = read_scan(state.path)
                     t1 = time.perf_counter()
-                    image, plan = prepare_image(volume, spec)
+                    image, plan = prepare_image(volume, spec, device)
                     windows = window_plan_for(image, spec, options.overlap, options.skip_air, options.window)
                     t2 = time.perf_counter()
                 except Exception as err:  # one bad scan never stops the run
@@ -222,10 +255,12 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
                 pass
 
     def jobs() -> Iterator[CaseJob]:
-        while True:
+        readers_left = workers
+        while readers_left:
             item = prepared.get()
             if item is _DONE:
-                return
+                readers_left -= 1
+                continue
             yield item
 
     def write_worker() -> None:
@@ -249,27 +284,31 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
                 run.rows.append(state.row)
             notify("case", 1)
 
-    reader = threading.Thread(target=read_worker, name="ceds-reader", daemon=True)
-    writer = threading.Thread(target=write_worker, name="ceds-writer", daemon=True)
-    reader.start()
-    writer.start()
+    readers = [threading.Thread(target=read_worker, name=f"ceds-reader-{i}", daemon=True) for i in range(workers)]
+    writers = [threading.Thread(target=write_worker, name=f"ceds-writer-{i}", daemon=True) for i in range(workers)]
+    for thread in readers + writers:
+        thread.start()
     try:
         for job, seg, conf in predict_cases(jobs(), backend, batch_size=batch_size, num_classes=spec.num_classes,
-                                            mirror=options.mirror, on_batch=lambda n: notify("windows", n)):
+                                            mirror=options.mirror, accumulate_on=device,
+                                            on_batch=lambda n: notify("windows", n)):
             job.payload.row.seconds["infer"] = job.infer_seconds
             job.image = None  # the model-grid input is no longer needed
             _put(finished, (job, seg, conf), stop)
-        _put(finished, _DONE, stop)
-        writer.join()
+        for _ in writers:
+            _put(finished, _DONE, stop)
+        for thread in writers:
+            thread.join()
     finally:
-        if writer.is_alive() or reader.is_alive():  # interrupted: let the threads wind down
+        if any(t.is_alive() for t in readers + writers):  # interrupted: let the threads wind down
             stop.set()
-            writer.join(timeout=30)
+            for thread in writers:
+                thread.join(timeout=30)
         info = dict(run_info or {})
         info.update({"options": {**asdict(options), "shard": f"{options.shard[0]}/{options.shard[1]}"},
                      "model_spec": spec.to_dict(), "backend": backend.description, "device": backend.device,
                      "input": str(input_path), "output": str(output), "batch_size": batch_size,
-                     "interrupted": stop.is_set()})
+                     "io_workers": workers, "interrupted": stop.is_set()})
         run.report_paths = write_report(output, run.rows, info)
     return run
 
@@ -284,10 +323,11 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     t1 = time.perf_counter()
     geometry = state.geometry
     paths = output_paths(output, row.case)
-    write_volume(paths["confidence"], restored.confidence, geometry)
+    outputs = [(paths["confidence"], restored.confidence, geometry)]
     if restored.probabilities is not None:
-        write_volume(paths["probabilities"], restored.probabilities, geometry)
-    write_volume(paths["mask"], restored.mask, geometry)  # last: its presence marks the case done
+        outputs.append((paths["probabilities"], restored.probabilities, geometry))
+    outputs.append((paths["mask"], restored.mask, geometry))  # last: its presence marks the case done
+    write_volumes(outputs)
     if options.preview:
         from ceds_deploy.preview import write_preview
 

@@ -21,11 +21,12 @@ class RestoredPrediction:
 
 def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan: PreprocessPlan,
                        keep_probabilities: bool = False) -> RestoredPrediction:
-    """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net)."""
-    seg = seg_logits.detach().cpu()
+    """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net).
+    Tensors on a GPU are resampled there; the results are numpy arrays on the host."""
+    seg = seg_logits.detach()
     if seg.shape[0] == 2:
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
-        diff = (seg[1] - seg[0]).numpy()[None]
+        diff = (seg[1] - seg[0])[None]
         del seg
         restored = restore_to_source(diff, plan, fill=-2 * BACKGROUND_LOGIT)[0]
         mask = (restored > 0).astype(np.uint8)
@@ -35,10 +36,10 @@ def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan:
         del restored
     else:
         fills = [BACKGROUND_LOGIT] + [-BACKGROUND_LOGIT] * (seg.shape[0] - 1)
-        restored = restore_to_source(seg.numpy(), plan, fill=tuple(fills))
+        restored = restore_to_source(seg, plan, fill=tuple(fills))
         mask = np.argmax(restored, axis=0).astype(np.uint8)
         probabilities = torch.softmax(torch.from_numpy(restored), 0).numpy() if keep_probabilities else None
-    conf = restore_to_source(confidence.detach().cpu().numpy(), plan, fill=UNCOVERED_CONFIDENCE)[0]
+    conf = restore_to_source(confidence.detach(), plan, fill=UNCOVERED_CONFIDENCE)[0]
     np.clip(conf, 0.0, 1.0, out=conf)
     return RestoredPrediction(mask, conf, probabilities)
 

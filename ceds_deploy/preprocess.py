@@ -90,23 +90,29 @@ def resample_geometry(geometry: Geometry, shape: tuple[int, int, int]) -> Geomet
     return geometry.with_(spacing=tuple(new), origin=tuple(origin), shape=shape)
 
 
-def resample_array(array: np.ndarray, shape: tuple[int, int, int], mode: str) -> np.ndarray:
-    """Resample the last three axes of `array` to `shape`. mode: 'linear' or 'nearest'."""
+def resample_array(array, shape: tuple[int, int, int], mode: str, device: str = "cpu") -> np.ndarray:
+    """Resample the last three axes of `array` (numpy, or a torch tensor on any device) to `shape`
+    on `device`; returns numpy on the host. mode: 'linear' or 'nearest'."""
     import torch
     import torch.nn.functional as F
 
+    if isinstance(array, torch.Tensor):
+        tensor, dtype = array, np.float32 if array.dtype.is_floating_point else np.uint8
+    else:
+        if tuple(array.shape[-3:]) == tuple(shape):
+            return array
+        tensor, dtype = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), array.dtype
+    lead = tuple(array.shape[:-3])
+    tensor = tensor.to(device, torch.float32, non_blocking=True).reshape(1, -1, *array.shape[-3:])
     if tuple(array.shape[-3:]) == tuple(shape):
-        return array
-    lead = array.shape[:-3]
-    dtype = array.dtype
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(1, -1, *array.shape[-3:])
-    if mode == "linear":
+        out = tensor
+    elif mode == "linear":
         out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)
     elif mode == "nearest":
         out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
     else:
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    out = out.reshape(*lead, *shape).numpy()
+    out = out.reshape(*lead, *shape).cpu().numpy()
     return out if dtype == np.float32 else out.astype(dtype)
 
 
@@ -167,19 +173,21 @@ def plan_preprocessing(image: Volume, spec: ModelSpec) -> PreprocessPlan:
     return PreprocessPlan(image.geometry, r, start, stop, shape, pad_before, pad_after, padded)
 
 
-def _to_model_grid(array: np.ndarray, plan: PreprocessPlan, mode: str, pad_value: float) -> np.ndarray:
+def _to_model_grid(array: np.ndarray, plan: PreprocessPlan, mode: str, pad_value: float,
+                   device: str = "cpu") -> np.ndarray:
     r = plan.reorientation
     region = reorient_array(array, r)[tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))]
-    out = resample_array(np.ascontiguousarray(region), plan.resampled_shape, mode)
+    out = resample_array(np.ascontiguousarray(region), plan.resampled_shape, mode, device)
     if any(plan.pad_before) or any(plan.pad_after):
         out = np.pad(out, list(zip(plan.pad_before, plan.pad_after)), constant_values=pad_value)
     return out
 
 
-def prepare_image(image: Volume, spec: ModelSpec) -> tuple[np.ndarray, PreprocessPlan]:
-    """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it)."""
+def prepare_image(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, PreprocessPlan]:
+    """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it).
+    `device` is where the resampling runs (a GPU when the backend has one)."""
     plan = plan_preprocessing(image, spec)
-    region = _to_model_grid(image.array.astype(np.float32, copy=False), plan, "linear", spec.hu_window[0])
+    region = _to_model_grid(image.array.astype(np.float32, copy=False), plan, "linear", spec.hu_window[0], device)
     return hu_window(np.array(region, dtype=np.float32, copy=True), spec.hu_window), plan
 
 
@@ -190,12 +198,13 @@ def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
     return _to_model_grid(label.array.astype(np.uint8, copy=False), plan, "nearest", 0).astype(np.uint8)
 
 
-def restore_to_source(channels: np.ndarray, plan: PreprocessPlan, fill: float | tuple[float, ...],
-                      mode: str = "linear") -> np.ndarray:
+def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
+                      mode: str = "linear", device: str = "cpu") -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
     Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
     nearest is for masks. Voxels outside the body crop get `fill` (one value or one per channel).
+    `channels` may be numpy or a torch tensor (then it is resampled where it lies, or on `device`).
     """
     if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
         raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
@@ -205,8 +214,15 @@ def restore_to_source(channels: np.ndarray, plan: PreprocessPlan, fill: float | 
     canonical_shape = plan.cropped_geometry.shape
     canonical_full = tuple(plan.source.shape[p] for p in plan.reorientation.perm)
     box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
-    out = np.empty((channels.shape[0], *canonical_full), dtype=channels.dtype)
+    import torch
+
+    if isinstance(channels, torch.Tensor):
+        device = str(channels.device) if channels.is_cuda else device
+        dtype = np.float32 if channels.dtype.is_floating_point else np.uint8
+    else:
+        dtype = channels.dtype
+    out = np.empty((channels.shape[0], *canonical_full), dtype=dtype)
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
         out[c].fill(fills[c])
-        out[c][box] = resample_array(unpadded[c], canonical_shape, mode)
+        out[c][box] = resample_array(unpadded[c], canonical_shape, mode, device)
     return np.ascontiguousarray(undo_reorient_array(out, plan.reorientation))

@@ -31,8 +31,8 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
                               "runs the ONNX file's own precision")
         extra["precision"] = precision
     if cuda_graph:
-        if name != "tensorrt":
-            raise ConfigError(f"--cuda-graph applies to the tensorrt backend; the {name} backend was chosen")
+        if name not in ("torch", "tensorrt"):
+            raise ConfigError(f"--cuda-graph applies to the torch and tensorrt backends; the {name} backend was chosen")
         extra["cuda_graph"] = True
     engine = create_backend(name, model, spec, device=device, max_batch_size=options.batch_size, **extra)
     with engine:

@@ -171,11 +171,11 @@ def predict_cases(
 
 
 def sliding_window_predict(image: np.ndarray, plan: WindowPlan, predict: Predictor, *, batch_size: int,
-                           num_classes: int = 2, mirror: bool = False,
-                           weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           num_classes: int = 2, mirror: bool = False, weights: np.ndarray | None = None,
+                           accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
     job = CaseJob(key=None, image=image, plan=plan)
     for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
-                                      mirror=mirror, weights=weights):
+                                      mirror=mirror, weights=weights, accumulate_on=accumulate_on):
         return seg, conf
     raise RuntimeError("unreachable: predict_cases yields every job")

@@ -1,4 +1,9 @@
-"""PyTorch backend: a training checkpoint (or an in-memory network) on CPU or CUDA."""
+"""PyTorch backend: a training checkpoint (or an in-memory network) on CPU or CUDA.
+
+On CUDA: channels-last 3D, cuDNN autotuning, pinned host memory with asynchronous copies, and
+optionally the fixed-shape call captured once per window shape as a CUDA graph and replayed (a
+short batch is padded to the full batch so every call has the captured shape).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from ceds_deploy.errors import BackendUnavailableError, ConfigError
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.stitch import WindowOutputs
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+# fp32 is strict IEEE fp32 on CUDA too; tf32 lets cuDNN/cuBLAS use TF32 tensor cores (PyTorch's own
+# default for convolutions), on CUDA only.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 class TorchBackend(Backend):
@@ -20,7 +27,8 @@ class TorchBackend(Backend):
 
     def __init__(self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu",
                  max_batch_size: int | None = None, precision: str | None = None,
-                 weights: str = "teacher", module: torch.nn.Module | None = None) -> None:
+                 weights: str = "teacher", module: torch.nn.Module | None = None,
+                 cuda_graph: bool = False) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         # fp16 autocast on CUDA by default; on the CPU fp32 unless bf16 is asked for (it is a lossy lever).
         self.precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
@@ -28,6 +36,12 @@ class TorchBackend(Backend):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.precision == "fp16" and not device.startswith("cuda"):
             raise ConfigError("fp16 needs a CUDA device; use bf16 on the CPU")
+        if self.precision == "tf32" and not device.startswith("cuda"):
+            raise ConfigError("tf32 needs a CUDA device; on the CPU use fp32 or bf16")
+        if cuda_graph and not device.startswith("cuda"):
+            raise ConfigError("CUDA graphs need --device cuda")
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple[int, ...], tuple] = {}
         self.weights = weights
         self._module = module
         self._net: torch.nn.Module | None = None
@@ -53,27 +67,67 @@ class TorchBackend(Backend):
         self._was_training = net.training
         wrapper = CedsInference(net).eval().to(self.device)
         if self.device.startswith("cuda"):
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = True  # autotune: window shapes repeat thousands of times
+            torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
             if self._module is None:  # never change the memory format of a network being trained
                 wrapper = wrapper.to(memory_format=torch.channels_last_3d)
         self._net = wrapper
-        self.description = f"torch {self.precision} on {self.device}"
+        graph = ", CUDA graph" if self.cuda_graph else ""
+        self.description = f"torch {self.precision} on {self.device}{graph}"
 
-    def _autocast(self):
-        if self.precision == "fp32":
+    def _autocast(self, cache_enabled: bool = True):
+        if self.precision in ("fp32", "tf32"):
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dtype)
+        # Graph capture needs the autocast weight cache off (cast weights are recorded in the graph).
+        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dtype,
+                              cache_enabled=cache_enabled)
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.device.startswith("cuda"):
+            return batch
+        host = batch if batch.is_cuda else batch.pin_memory()  # pinned: the copy runs asynchronously
+        x = host.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last_3d)
 
     def _infer(self, batch: torch.Tensor) -> WindowOutputs:
-        x = batch.to(self.device, non_blocking=True)
-        if self.device.startswith("cuda"):
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.cuda_graph:
+            return self._infer_graph(batch)
+        x = self._to_device(batch)
         with torch.inference_mode(), self._autocast():
             seg, conf = self._net(x)
         return WindowOutputs(seg.float(), conf.float())
+
+    def _infer_graph(self, batch: torch.Tensor) -> WindowOutputs:
+        """Replay the call captured for this window shape (captured on first use)."""
+        b = batch.shape[0]
+        shape = (self.max_batch_size, *batch.shape[1:])
+        if shape not in self._graphs:
+            self._graphs[shape] = self._capture(shape)
+        graph, static_in, static_seg, static_conf = self._graphs[shape]
+        static_in[:b].copy_(self._to_device(batch), non_blocking=True)
+        if b < shape[0]:
+            static_in[b:].zero_()
+        graph.replay()
+        # Copies: the static outputs are overwritten by the next replay.
+        return WindowOutputs(static_seg[:b].float().clone(), static_conf[:b].float().clone())
+
+    def _capture(self, shape: tuple[int, ...]) -> tuple:
+        static_in = torch.zeros(shape, device=self.device).contiguous(memory_format=torch.channels_last_3d)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad(), self._autocast(cache_enabled=False):
+            for _ in range(3):  # warm-up on a side stream: cuDNN autotuning and allocations happen here
+                self._net(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), self._autocast(cache_enabled=False):
+            seg, conf = self._net(static_in)
+        return graph, static_in, seg, conf
 
     def _deactivate(self) -> None:
         if self._module is not None and self._was_training:
             self._module.train()  # give a training network back in the mode we found it
         self._net = None
+        self._graphs.clear()

@@ -23,11 +23,11 @@ def segment(
                                                       "backend's).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
-    precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16 (CPU) or fp16 (CUDA), default "
-                                                     "fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
+    precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
+                                                     "default fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
                                                      "or fp32.")] = None,
-    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="tensorrt: replay full batches as a CUDA "
-                                             "graph.")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="torch or tensorrt on CUDA: capture the "
+                                             "fixed-shape call once and replay it as a CUDA graph.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
                                                      help="Also write <case>_probabilities.nii.gz.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose outputs exist "
@@ -46,6 +46,8 @@ def segment(
                                                                   "bigger windows; CBAM's global pooling sees "
                                                                   "more context, so check the accuracy.",
                                                                   show_default=False)] = None,
+    io_workers: Annotated[Optional[int], typer.Option(min=1, help="Scans read and written at once (default: one "
+                                                      "per 4 CPU cores, 1 to 4).")] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -60,7 +62,7 @@ def segment(
         options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
-                                 window=window)
+                                 window=window, io_workers=io_workers)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,

@@ -1,0 +1,44 @@
+"""GPU paths: CUDA-graph replay against eager, and pre-processing, stitching and resampling on the
+GPU against the CPU. Skipped, with the reason, where PyTorch has no CUDA GPU (CI); run on a GPU
+machine by `benchmarks/gpu_check.py`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ceds_deploy.backends import create_backend
+from ceds_deploy.phantoms import make_case
+from ceds_deploy.pipeline import segment_volume
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def test_cuda_graph_replay_matches_eager_and_follows_new_inputs(tiny_checkpoint, tiny_spec):
+    torch.manual_seed(3)
+    first, second = torch.rand(3, 1, 32, 32, 32), torch.rand(4, 1, 32, 32, 32)
+    with create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16") as eager, \
+            create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16",
+                           cuda_graph=True) as graph:
+        assert "CUDA graph" in graph.description
+        for x in (first, second, first):  # a short batch (padded), a full one, and back
+            expected, got = eager.infer(x), graph.infer(x)
+            assert got.seg_logits.shape == expected.seg_logits.shape == (x.shape[0], 2, 32, 32, 32)
+            assert float((got.seg_logits - expected.seg_logits).abs().max()) < 2e-2
+            assert float((got.confidence - expected.confidence).abs().max()) < 5e-3
+        a, b = graph.infer(first).seg_logits, graph.infer(second[:3]).seg_logits
+        assert float((a - b).abs().max()) > 1e-3  # the replay reads the new input, not the captured one
+
+
+def test_gpu_preprocessing_stitching_and_restore_match_the_cpu(tiny_checkpoint, tiny_spec):
+    image, _ = make_case(0, seed=5, size="small")
+    results = {}
+    for device in ("cpu", "cuda"):
+        with create_backend("torch", tiny_checkpoint, tiny_spec, device=device, max_batch_size=2, precision="fp32") as b:
+            results[device] = segment_volume(image, b, keep_probabilities=True)
+    cpu, gpu = results["cpu"], results["cuda"]
+    assert gpu.windows == cpu.windows
+    assert np.abs(gpu.probabilities - cpu.probabilities).max() < 1e-3
+    assert np.abs(gpu.confidence - cpu.confidence).max() < 1e-3
+    assert (gpu.mask != cpu.mask).mean() < 1e-4
