@@ -19,7 +19,7 @@ import numpy as np
 
 from ceds_deploy.errors import CedsError
 from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
-from ceds_deploy.postprocess import RestoredPrediction, assess, restore_prediction
+from ceds_deploy.postprocess import RestoredPrediction, assess, keep_largest_component, restore_prediction
 from ceds_deploy.preprocess import PreprocessPlan, prepare_image
 from ceds_deploy.report import CaseRow, write_report
 from ceds_deploy.spec import ModelSpec
@@ -47,6 +47,7 @@ class SegmentOptions:
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
     window: tuple[int, int, int] | None = None  # larger inference windows than the training ROI (opt-in)
     io_workers: int | None = None  # cases read and written at once; None: one per 4 CPU cores, 1 to 4
+    largest_component: bool = False  # keep only the largest tumour component (one lesion per scan)
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
@@ -101,7 +102,7 @@ class Segmentation:
 
 def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size: int | None = None,
                    mirror: bool = False, skip_air: bool = True, keep_probabilities: bool = False,
-                   window: tuple[int, int, int] | None = None) -> Segmentation:
+                   window: tuple[int, int, int] | None = None, largest_component: bool = False) -> Segmentation:
     """Segment one scan with an active backend; outputs are on the scan's own grid."""
     spec: ModelSpec = backend.spec
     device = work_device(backend)
@@ -110,7 +111,8 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
                                        num_classes=spec.num_classes, mirror=mirror, accumulate_on=device)
     restored = restore_prediction(seg, conf, plan, keep_probabilities)
-    return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
+    mask = keep_largest_component(restored.mask) if largest_component else restored.mask
+    return Segmentation(mask, restored.confidence, restored.probabilities, len(windows))
 
 
 # ---------------------------------------------------------------- folder pipeline
@@ -320,6 +322,8 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     t0 = time.perf_counter()
     restored: RestoredPrediction = restore_prediction(seg, conf, state.plan, options.save_probabilities)
     del seg, conf
+    if options.largest_component:
+        restored.mask = keep_largest_component(restored.mask)
     t1 = time.perf_counter()
     geometry = state.geometry
     paths = output_paths(output, row.case)

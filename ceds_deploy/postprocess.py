@@ -44,6 +44,19 @@ def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan:
     return RestoredPrediction(mask, conf, probabilities)
 
 
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 26-connected foreground component (nnU-Net's optional post-processing,
+    for tasks with one lesion per scan); uint8 like the input."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.where(labels == int(np.argmax(sizes)), mask, 0).astype(mask.dtype)
+
+
 @dataclass(frozen=True)
 class CaseFindings:
     tumour_ml: float

@@ -243,3 +243,32 @@ def test_several_io_workers_give_the_same_outputs_and_survive_a_bad_scan(scan_fo
         np.testing.assert_allclose(one, three, atol=1e-5)
         masks = [read_scan(tmp_path / f"out{w}" / f"{case}.nii.gz", dtype=None).array for w in (1, 3)]
         assert (masks[0] != masks[1]).mean() < 1e-3
+
+
+def test_largest_component_keeps_the_biggest_region_only():
+    from ceds_deploy.postprocess import keep_largest_component
+
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:8, 2:8, 2:8] = 1  # 216 voxels
+    mask[12:15, 12:15, 12:15] = 1  # 27 voxels, separate
+    mask[8, 8, 8] = 1  # touches the big block at a corner only: joined under 26-connectivity
+    kept = keep_largest_component(mask)
+    assert kept.dtype == np.uint8
+    assert kept[2:8, 2:8, 2:8].all() and not kept[12:15, 12:15, 12:15].any()
+    assert kept[8, 8, 8] == 1 and kept.sum() == 217
+    single = np.zeros_like(mask)
+    single[3:5, 3:5, 3:5] = 1
+    np.testing.assert_array_equal(keep_largest_component(single), single)
+    assert not keep_largest_component(np.zeros_like(mask)).any()
+
+
+def test_largest_component_option_reaches_the_written_mask(scan_folder, tiny_checkpoint, tmp_path):
+    result = run_cli("segment", str(scan_folder / "lps.nii.gz"), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+                     "--largest-component")
+    assert result.exit_code == 0, result.output
+    from scipy import ndimage
+
+    mask = read_scan(tmp_path / "o" / "lps.nii.gz", dtype=None).array
+    assert ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))[1] <= 1
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["run"]["options"]["largest_component"] is True

@@ -46,6 +46,8 @@ def segment(
                                                                   "bigger windows; CBAM's global pooling sees "
                                                                   "more context, so check the accuracy.",
                                                                   show_default=False)] = None,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest "
+                                                    "connected tumour region (for one lesion per scan).")] = False,
     io_workers: Annotated[Optional[int], typer.Option(min=1, help="Scans read and written at once (default: one "
                                                       "per 4 CPU cores, 1 to 4).")] = None,
 ) -> None:
@@ -62,7 +64,7 @@ def segment(
         options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
-                                 window=window, io_workers=io_workers)
+                                 window=window, io_workers=io_workers, largest_component=largest_component)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,
