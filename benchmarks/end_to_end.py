@@ -85,6 +85,17 @@ def reference_way(path: Path, net, spec, out: Path) -> dict:
     return {"mask": mask, "probability": probability, "times": times}
 
 
+def save_atomically(path: Path, save) -> None:
+    """`save(file object)` into a temp file beside `path`, then rename: no half-written cache."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        save(f)
+    os.replace(tmp, path)
+
+
 def truth_dice(work: Path, scan: Path, mask: np.ndarray) -> float:
     from ceds_deploy.io import read_scan
 
@@ -117,13 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ceds_deploy.artifacts import read_spec
+    from ceds_deploy.backends import create_backend
     from ceds_deploy.checkpoint import load_network
     from ceds_deploy.io import read_scan
     from ceds_deploy.network import CedsInference
-    from ceds_deploy.pipeline import SegmentOptions, segment_folder
-
-    from ceds_deploy.backends import create_backend
-    from ceds_deploy.pipeline import segment_volume
+    from ceds_deploy.pipeline import SegmentOptions, segment_folder, segment_volume
 
     scans = make_scans(args.work / "scans", args.cases, args.size, args.seed)
     spec = read_spec(args.model)
@@ -158,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             reference = reference_way(path, wrapper, spec, ref_out)
             reference_seconds = time.perf_counter() - start
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cached, mask=reference["mask"], probability=reference["probability"].astype(np.float16),
-                     times=np.array(reference["times"], dtype=object), seconds=reference_seconds)
+            save_atomically(cached, lambda f: np.savez(
+                f, mask=reference["mask"], probability=reference["probability"].astype(np.float16),
+                times=np.array(reference["times"], dtype=object), seconds=reference_seconds))
 
         ours_out = args.work / "ours"
         single = args.work / "single" / path.name
@@ -183,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         # Each lever's accuracy cost: agreement with ceds segment's own defaults (torch fp32).
         default_mask = args.work / "default_cache" / f"{path.name}.npy"
         if not lever_used and args.backend == "torch" and args.precision in (None, "fp32"):
-            default_mask.parent.mkdir(parents=True, exist_ok=True)
-            np.save(default_mask, mask)
+            save_atomically(default_mask, lambda f: np.save(f, mask))
         dice_vs_default = dice(mask > 0, np.load(default_mask) > 0) if default_mask.exists() else float("nan")
         rows.append({
             "case": case, "shape": "x".join(map(str, source.shape)),

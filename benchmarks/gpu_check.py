@@ -249,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if "tensorrt" not in args.skip:
         def tensorrt():
-            proc = subprocess.run([sys.executable, "benchmarks/tensorrt_bench.py", "--help"], capture_output=True,
-                                  text=True)
             try:
                 import tensorrt  # noqa: F401
             except ImportError as err:
                 return {"skipped": f"TensorRT is not installed here ({err})"}
-            return {"available": True, "help_rc": proc.returncode}
+            proc = subprocess.run([sys.executable, "benchmarks/tensorrt_bench.py", "--width", "16", "--roi", "112",
+                                   "112", "80", "--batch", "1:4:8"], capture_output=True, text=True)
+            print(proc.stdout[-4000:], proc.stderr[-2000:])
+            return {"returncode": proc.returncode, "output_tail": proc.stdout[-2000:]}
         stage(results, "tensorrt", tensorrt)
     save()
     print(f"\nwrote {out / 'gpu_check.json'}")

@@ -8,6 +8,7 @@ small CPU, up to 4 on a many-core GPU machine); queues of that many cases keep m
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -19,7 +20,7 @@ import numpy as np
 
 from ceds_deploy.errors import CedsError
 from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
-from ceds_deploy.postprocess import RestoredPrediction, assess, keep_largest_component, restore_prediction
+from ceds_deploy.postprocess import RestoredPrediction, assess, restore_prediction
 from ceds_deploy.preprocess import PreprocessPlan, prepare_image
 from ceds_deploy.report import CaseRow, write_report
 from ceds_deploy.spec import ModelSpec
@@ -110,9 +111,8 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
     windows = window_plan_for(image, spec, overlap, skip_air, window)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
                                        num_classes=spec.num_classes, mirror=mirror, accumulate_on=device)
-    restored = restore_prediction(seg, conf, plan, keep_probabilities)
-    mask = keep_largest_component(restored.mask) if largest_component else restored.mask
-    return Segmentation(mask, restored.confidence, restored.probabilities, len(windows))
+    restored = restore_prediction(seg, conf, plan, keep_probabilities, largest_component)
+    return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
 
 
 # ---------------------------------------------------------------- folder pipeline
@@ -121,8 +121,6 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
 def default_io_workers() -> int:
     """Cases read and written at once: reading and writing compressed NIfTI is CPU work that
     ITK does outside the GIL, so a many-core GPU machine keeps several in flight; 2 cores keep one."""
-    import os
-
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
@@ -320,10 +318,9 @@ def _finish_case(item, output: Path, options: SegmentOptions, spec: ModelSpec) -
     state: _CaseState = job.payload
     row = state.row
     t0 = time.perf_counter()
-    restored: RestoredPrediction = restore_prediction(seg, conf, state.plan, options.save_probabilities)
+    restored: RestoredPrediction = restore_prediction(seg, conf, state.plan, options.save_probabilities,
+                                                      options.largest_component)
     del seg, conf
-    if options.largest_component:
-        restored.mask = keep_largest_component(restored.mask)
     t1 = time.perf_counter()
     geometry = state.geometry
     paths = output_paths(output, row.case)

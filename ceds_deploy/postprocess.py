@@ -33,9 +33,10 @@ class RestoredPrediction:
 
 
 def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan: PreprocessPlan,
-                       keep_probabilities: bool = False) -> RestoredPrediction:
-    """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net).
-    Tensors on a GPU are resampled there; the results are numpy arrays on the host."""
+                       keep_probabilities: bool = False, largest_component: bool = False) -> RestoredPrediction:
+    """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
+    optionally keeping only the largest tumour region. Tensors on a GPU are resampled there; the
+    results are numpy arrays on the host."""
     seg = seg_logits.detach()
     if seg.shape[0] == 2:
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
@@ -55,6 +56,8 @@ def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan:
     conf = restore_to_source(confidence.detach(), plan, fill=UNCOVERED_CONFIDENCE)[0]
     np.clip(conf, 0.0, 1.0, out=conf)
     quantize_confidence(conf)
+    if largest_component:
+        mask = keep_largest_component(mask)
     return RestoredPrediction(mask, conf, probabilities)
 
 

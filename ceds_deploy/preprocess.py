@@ -199,12 +199,12 @@ def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
 
 
 def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
-                      mode: str = "linear", device: str = "cpu") -> np.ndarray:
+                      mode: str = "linear") -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
     Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
     nearest is for masks. Voxels outside the body crop get `fill` (one value or one per channel).
-    `channels` may be numpy or a torch tensor (then it is resampled where it lies, or on `device`).
+    `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
     """
     if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
         raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
@@ -216,8 +216,9 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
     import torch
 
+    device = "cpu"
     if isinstance(channels, torch.Tensor):
-        device = str(channels.device) if channels.is_cuda else device
+        device = str(channels.device)
         dtype = np.float32 if channels.dtype.is_floating_point else np.uint8
     else:
         dtype = channels.dtype

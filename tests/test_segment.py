@@ -274,3 +274,25 @@ def test_largest_component_option_reaches_the_written_mask(scan_folder, tiny_che
     assert ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))[1] <= 1
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["run"]["options"]["largest_component"] is True
+
+
+def test_restore_prediction_keeps_the_largest_region_only_when_asked(tiny_spec):
+    import torch
+    from scipy import ndimage
+
+    from ceds_deploy.postprocess import restore_prediction
+    from ceds_deploy.preprocess import prepare_image
+
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"], body_mm=80.0)
+    _, plan = prepare_image(image, tiny_spec)
+    seg = torch.zeros((2, *plan.model_geometry.shape))
+    seg[0] = 5.0  # background everywhere ...
+    seg[0, 2:8, 2:8, 2:8] = -5.0  # ... except a large block
+    seg[0, 12:14, 12:14, 12:14] = -5.0  # and a small, separate one
+    conf = torch.full((1, *plan.model_geometry.shape), 0.5)
+    count = lambda mask: ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))[1]  # noqa: E731
+    both = restore_prediction(seg, conf, plan).mask
+    largest = restore_prediction(seg, conf, plan, largest_component=True).mask
+    assert count(both) == 2 and count(largest) == 1
+    assert 0 < largest.sum() < both.sum()
+    assert not (largest.astype(bool) & ~both.astype(bool)).any()  # only removes, never adds
