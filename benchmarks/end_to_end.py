@@ -39,8 +39,9 @@ def make_scans(folder: Path, cases: int, size: str, seed: int) -> list[Path]:
     return paths
 
 
-def reference_way(path: Path, net, spec, out: Path) -> dict:
-    """The CEDS reference validation path, timed per stage; returns mask, probability, times."""
+def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> dict:
+    """The CEDS reference validation path, timed per stage; returns mask, probability, times.
+    `blend` other than the reference's "constant" is for diagnosing where the two ways differ."""
     import torch
     from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
@@ -68,7 +69,7 @@ def reference_way(path: Path, net, spec, out: Path) -> dict:
     t = time.perf_counter()
     with torch.inference_mode():
         logits = sliding_window_inference(data["image"][None].float(), spec.roi_size, 4, lambda x: net(x)[0],
-                                          overlap=0.25, mode="constant")
+                                          overlap=0.25, mode=blend)
     times["infer"] = time.perf_counter() - t
     t = time.perf_counter()
     data["pred"] = MetaTensor(logits[0].as_tensor() if hasattr(logits[0], "as_tensor") else logits[0],

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ceds_deploy.errors import ScanError
+from ceds_deploy.nifti_write import fast_gzip_available, write_nifti
 from ceds_deploy.volume import Geometry, Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -111,8 +112,11 @@ def _check_nifti_complete(path: Path) -> None:
     import nibabel
 
     try:
-        header = nibabel.load(str(path)).header  # reads the header only
-        expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        image = nibabel.load(str(path))  # reads the header only
+        header = image.header
+        # The proxy's offset is the file's; the loaded header's vox_offset is reset to 0.
+        offset = int(getattr(image.dataobj, "offset", header["vox_offset"]))
+        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
         if not path.name.lower().endswith(".gz"):
             if path.stat().st_size < expected:
                 raise ScanError(path, f"is truncated: {path.stat().st_size} bytes, the header describes {expected}")
@@ -160,8 +164,10 @@ def read_scan(path: str | os.PathLike, dtype: np.dtype = np.float32) -> Volume:
         raise ScanError(path, f"has no voxels (size {tuple(size)})")
     if 1 in size:
         raise ScanError(path, f"is 2D in effect (size {tuple(size)}); expected a 3D scan")
+    # Axes x, y, z as a transposed view of ITK's (z, y, x) buffer: copying keeps that layout
+    # (order K), so a 512x512x300 scan is not transposed across memory (2.4 s on 2 cores).
     array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
-    array = np.ascontiguousarray(array, dtype=dtype) if dtype is not None else np.array(array)
+    array = np.array(array, dtype=dtype, order="K")
     if array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad == array.size:
@@ -201,8 +207,9 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry)
 
 
 def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -> list[Path]:
-    """Write several volumes at once (ITK compresses outside the GIL, so they run in parallel), then
-    make them appear in the order given: the last one's presence means all are complete."""
+    """Write several volumes at once (ITK and ISA-L compress outside the GIL, so they run in
+    parallel), then make them appear in the order given: the last one's presence means all are
+    complete. NIfTI goes through `nifti_write` (ISA-L gzip) when isal is installed."""
     import SimpleITK as sitk
 
     paths = [Path(path) for path, _, _ in items]
@@ -214,9 +221,15 @@ def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -
     # headers that name their data file (.mhd, .nhdr) refer to the final name.
     stagings = [Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) for path in paths]
     try:
+        fast_nifti = fast_gzip_available()
+
         def write(k: int) -> None:
             _, array, geometry = items[k]
-            sitk.WriteImage(to_sitk(array, geometry), str(stagings[k] / paths[k].name), True)
+            target = stagings[k] / paths[k].name
+            if fast_nifti and image_suffix(target) in (".nii.gz", ".nii"):
+                write_nifti(target, array, geometry)
+            else:
+                sitk.WriteImage(to_sitk(array, geometry), str(target), True)
 
         if len(items) == 1:
             write(0)

@@ -228,7 +228,7 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
                 row = state.row
                 try:
                     t0 = time.perf_counter()
-                    volume = read_scan(state.path)
+                    volume = read_scan(state.path, dtype=None)  # as stored: only the body crop becomes float32
                     t1 = time.perf_counter()
                     image, plan = prepare_image(volume, spec, device)
                     windows = window_plan_for(image, spec, options.overlap, options.skip_air, options.window)

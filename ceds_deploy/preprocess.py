@@ -90,19 +90,38 @@ def resample_geometry(geometry: Geometry, shape: tuple[int, int, int]) -> Geomet
     return geometry.with_(spacing=tuple(new), origin=tuple(origin), shape=shape)
 
 
+def memory_order(array) -> tuple[int, int, int]:
+    """The last three axes from the largest stride to the smallest: walking them in this order reads
+    memory front to back (or back to front along a flipped axis), never across. Scans read by
+    `read_scan` are (x, y, z) views of ITK's (z, y, x) buffers, so this is usually (2, 1, 0)."""
+    strides = np.abs(np.asarray(array.stride() if callable(getattr(array, "stride", None)) else array.strides)[-3:])
+    return tuple(int(a) for a in np.argsort(-strides, kind="stable"))
+
+
 def resample_array(array, shape: tuple[int, int, int], mode: str, device: str = "cpu") -> np.ndarray:
     """Resample the last three axes of `array` (numpy, or a torch tensor on any device) to `shape`
-    on `device`; returns numpy on the host. mode: 'linear' or 'nearest'."""
+    on `device`; returns a C-contiguous numpy array on the host: float32 for mode 'linear', the
+    input's type for 'nearest'.
+
+    A numpy array is resampled in the order its axes lie in memory and the (small) result is put
+    back in order, so a transposed view of a large scan is never copied across memory.
+    """
     import torch
     import torch.nn.functional as F
 
-    if isinstance(array, torch.Tensor):
-        tensor, dtype = array, np.float32 if array.dtype.is_floating_point else np.uint8
-    else:
+    lead = array.ndim - 3
+    if isinstance(array, np.ndarray):
+        order = memory_order(array)
+        if order != (0, 1, 2):
+            moved = resample_array(array.transpose(*range(lead), *(lead + a for a in order)),
+                                   tuple(shape[a] for a in order), mode, device)
+            inverse = np.argsort(order)
+            return np.ascontiguousarray(moved.transpose(*range(lead), *(lead + int(a) for a in inverse)))
         if tuple(array.shape[-3:]) == tuple(shape):
-            return array
+            return np.ascontiguousarray(array, dtype=np.float32 if mode == "linear" else None)
         tensor, dtype = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), array.dtype
-    lead = tuple(array.shape[:-3])
+    else:
+        tensor, dtype = array, np.float32 if array.dtype.is_floating_point else np.uint8
     tensor = tensor.to(device, torch.float32, non_blocking=True).reshape(1, -1, *array.shape[-3:])
     if tuple(array.shape[-3:]) == tuple(shape):
         out = tensor
@@ -112,8 +131,22 @@ def resample_array(array, shape: tuple[int, int, int], mode: str, device: str = 
         out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
     else:
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    out = out.reshape(*lead, *shape).cpu().numpy()
-    return out if dtype == np.float32 else out.astype(dtype)
+    out = out.reshape(*array.shape[:lead], *shape).cpu().numpy()
+    # Linear interpolation makes fractions: only nearest keeps the input's type (labels).
+    return out if dtype == np.float32 or mode == "linear" else out.astype(dtype)
+
+
+def resample_into(out: np.ndarray, source, mode: str, device: str = "cpu") -> None:
+    """Resample a 3D `source` (numpy or torch, small: the model grid) into the 3D view `out` (large:
+    a box of the scan's grid), working in the order `out` lies in memory so that filling a
+    transposed or flipped view costs no copy across memory."""
+    order = memory_order(out)
+    target = out.transpose(order)
+    if isinstance(source, np.ndarray):
+        moved = np.ascontiguousarray(source.transpose(order))
+    else:
+        moved = source.permute(*order).contiguous()
+    target[...] = resample_array(moved, target.shape, mode, device)
 
 
 def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -128,9 +161,10 @@ def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 def body_bounding_box(array: np.ndarray, threshold: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Bounding box of voxels above `threshold`, with a small margin; the whole array if none."""
     start, stop = [], []
+    body = array > threshold
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        profile = (array > threshold).any(axis=other)
+        profile = body.any(axis=other)
         hits = np.flatnonzero(profile)
         if hits.size == 0:
             return (0, 0, 0), tuple(array.shape)
@@ -177,7 +211,7 @@ def _to_model_grid(array: np.ndarray, plan: PreprocessPlan, mode: str, pad_value
                    device: str = "cpu") -> np.ndarray:
     r = plan.reorientation
     region = reorient_array(array, r)[tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))]
-    out = resample_array(np.ascontiguousarray(region), plan.resampled_shape, mode, device)
+    out = resample_array(region, plan.resampled_shape, mode, device)
     if any(plan.pad_before) or any(plan.pad_after):
         out = np.pad(out, list(zip(plan.pad_before, plan.pad_after)), constant_values=pad_value)
     return out
@@ -187,7 +221,7 @@ def prepare_image(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[
     """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it).
     `device` is where the resampling runs (a GPU when the backend has one)."""
     plan = plan_preprocessing(image, spec)
-    region = _to_model_grid(image.array.astype(np.float32, copy=False), plan, "linear", spec.hu_window[0], device)
+    region = _to_model_grid(image.array, plan, "linear", spec.hu_window[0], device)  # float32 from here
     return hu_window(np.array(region, dtype=np.float32, copy=True), spec.hu_window), plan
 
 
@@ -211,8 +245,6 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     fills = np.broadcast_to(np.asarray(fill, dtype=np.float64), (channels.shape[0],))
     unpadded = channels[(slice(None),) + tuple(
         slice(b, b + n) for b, n in zip(plan.pad_before, plan.resampled_shape))]
-    canonical_shape = plan.cropped_geometry.shape
-    canonical_full = tuple(plan.source.shape[p] for p in plan.reorientation.perm)
     box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
     import torch
 
@@ -222,8 +254,12 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
         dtype = np.float32 if channels.dtype.is_floating_point else np.uint8
     else:
         dtype = channels.dtype
-    out = np.empty((channels.shape[0], *canonical_full), dtype=dtype)
+    # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
+    # order), so neither restoring nor writing transposes a full-size array.
+    source_shape = plan.source.shape
+    out = np.empty((channels.shape[0], *source_shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+    canonical = reorient_array(out, plan.reorientation)
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
         out[c].fill(fills[c])
-        out[c][box] = resample_array(unpadded[c], canonical_shape, mode, device)
-    return np.ascontiguousarray(undo_reorient_array(out, plan.reorientation))
+        resample_into(canonical[c][box], unpadded[c], mode, device)
+    return out

@@ -176,8 +176,11 @@ def test_find_scans_lists_images_and_skips_the_rest(tmp_path):
     assert [case_id(p) for p in listing.scans] == ["a", "b", "c", "d"]
 
 
-def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["out.nii.gz", "out.mha"])
+def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch, name):
     import SimpleITK as sitk
+
+    import ceds_deploy.io as io
 
     g = GEOMETRIES["axial_lps"]
 
@@ -185,9 +188,10 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sitk, "WriteImage", broken_write)
+    monkeypatch.setattr(sitk, "WriteImage", broken_write)  # .mha, and NIfTI without isal
+    monkeypatch.setattr(io, "write_nifti", lambda path, array, geometry: broken_write(None, path))
     with pytest.raises(KeyboardInterrupt):
-        write_volume(tmp_path / "out.nii.gz", np.zeros(g.shape, np.float32), g)
+        write_volume(tmp_path / name, np.zeros(g.shape, np.float32), g)
     assert os.listdir(tmp_path) == []
 
 
@@ -195,3 +199,38 @@ def test_geometry_from_affine_round_trip():
     g = GEOMETRIES["oblique"]
     back = Geometry.from_affine(g.affine, g.shape)
     assert back.same_grid(g, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_fast_nifti_writer_matches_itk(tmp_path, name):
+    """The ISA-L writer's file reads back as ITK's own does: same voxels and geometry in ITK and
+    nibabel, and the voxels go out without a transposing copy when laid out x fastest."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from ceds_deploy.io import to_sitk
+    from ceds_deploy.nifti_write import write_nifti
+
+    image, _ = sphere_scan(GEOMETRIES[name])
+    array = np.asfortranarray(image.array)  # the layout read_scan and restore_to_source return
+    write_nifti(tmp_path / "fast.nii.gz", array, image.geometry)
+    sitk.WriteImage(to_sitk(image.array, image.geometry), str(tmp_path / "itk.nii.gz"), True)
+    fast, itk = read_scan(tmp_path / "fast.nii.gz"), read_scan(tmp_path / "itk.nii.gz")
+    np.testing.assert_array_equal(fast.array, itk.array)
+    np.testing.assert_allclose(fast.geometry.affine, itk.geometry.affine, atol=1e-6)
+    fast_nib, itk_nib = nib.load(tmp_path / "fast.nii.gz"), nib.load(tmp_path / "itk.nii.gz")
+    np.testing.assert_allclose(fast_nib.affine, itk_nib.affine, atol=1e-6)
+    assert fast_nib.header.get_xyzt_units() == ("mm", "sec")
+    assert int(fast_nib.header["qform_code"]) == int(fast_nib.header["sform_code"]) == 1
+    np.testing.assert_array_equal(np.asanyarray(fast_nib.dataobj), np.asanyarray(itk_nib.dataobj))
+
+
+def test_read_scan_keeps_itk_layout_without_transposing():
+    """read_scan returns (x, y, z) arrays laid out as ITK holds them (x fastest), so neither reading
+    nor writing transposes a full-size scan."""
+    import nibabel as nib
+
+    path = nibabel_data("anatomical.nii")
+    scan = read_scan(path)
+    assert scan.array.flags.f_contiguous and not scan.array.flags.c_contiguous
+    np.testing.assert_array_equal(scan.array, np.asanyarray(nib.load(path).dataobj).astype(np.float32))

@@ -138,3 +138,38 @@ def test_restore_from_a_torch_tensor_equals_restore_from_numpy():
     assert from_torch.dtype == np.float32 and from_torch.shape == from_numpy.shape
     assert np.abs(from_torch - from_numpy).max() < 1e-6
     assert from_numpy[0].max() > 0.5  # the body came back, not just the fill
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_layout_and_stored_type_do_not_change_the_model_input(name):
+    """An int16 scan as stored, laid out x fastest as `read_scan` returns it, gives the model the
+    same input as a C-ordered float32 copy (the resampling walks memory order, never rounds)."""
+    image, _ = sphere_scan(GEOMETRIES[name])
+    hu = np.round(image.array)
+    reference, plan = prepare_image(Volume(np.ascontiguousarray(hu, dtype=np.float32), image.geometry), SPEC)
+    stored = Volume(np.asfortranarray(hu.astype(np.int16)), image.geometry)
+    array, same_plan = prepare_image(stored, SPEC)
+    assert same_plan == plan and array.dtype == np.float32 and array.flags.c_contiguous
+    assert np.abs(array - reference).max() < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_restore_is_laid_out_like_the_scan_and_equals_a_plain_resampling(name):
+    """restore_to_source fills the scan's grid in memory order (x fastest, what the NIfTI writer
+    takes without a copy) and gives what resampling the crop in array order would."""
+    import torch.nn.functional as F
+    import torch
+
+    image, _ = sphere_scan(GEOMETRIES[name])
+    array, plan = prepare_image(image, SPEC)
+    restored = restore_to_source(array[None], plan, fill=-1.0)[0]
+    assert restored.T.flags.c_contiguous
+    unpadded = array[tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.resampled_shape))]
+    expected = F.interpolate(torch.from_numpy(np.ascontiguousarray(unpadded))[None, None],
+                             size=plan.cropped_geometry.shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    canonical = reorient_array(restored, plan.reorientation)
+    box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
+    assert np.abs(canonical[box] - expected).max() < 1e-5
+    outside = np.ones(canonical.shape, bool)
+    outside[box] = False
+    assert (canonical[outside] == -1.0).all()
