@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ceds_deploy.cli.app import app, main
 from ceds_deploy.io import read_scan, write_volume
 from ceds_deploy.pipeline import SegmentOptions, segment_folder, shard_cases
+from ceds_deploy.spec import ModelSpec
 from ceds_deploy.report import CaseRow
 
 from helpers import GEOMETRIES, sphere_scan
@@ -296,3 +297,14 @@ def test_restore_prediction_keeps_the_largest_region_only_when_asked(tiny_spec):
     assert count(both) == 2 and count(largest) == 1
     assert 0 < largest.sum() < both.sum()
     assert not (largest.astype(bool) & ~both.astype(bool)).any()  # only removes, never adds
+
+
+def test_cpu_default_batch_follows_the_window_size():
+    from ceds_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from ceds_deploy.backends.torch_backend import TorchBackend
+
+    for backend in (TorchBackend, OnnxRuntimeBackend):
+        assert backend.default_batch_size_for(ModelSpec(roi_size=(32, 32, 32)), "cpu") == 4
+        assert backend.default_batch_size_for(ModelSpec(roi_size=(64, 64, 32)), "cpu") == 1
+        assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cpu") == 1
+        assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cuda") == 2

@@ -19,21 +19,33 @@ from ceds_deploy.spec import ModelSpec
 from ceds_deploy.stitch import WindowOutputs
 
 
+# On a CPU, windows are batched up to about this many voxels: 32^3 windows ran 16% faster four at a
+# time than one at a time, 112x112x80 windows 15% faster one at a time (benchmarks/RESULTS.md).
+CPU_BATCH_VOXELS = 131_072
+
+
 class Backend(ABC):
     name: ClassVar[str]
-    default_batch_size: ClassVar[int] = 2
+    default_batch_size: ClassVar[int] = 2  # on a GPU
 
     def __init__(self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu",
                  max_batch_size: int | None = None) -> None:
         self.artifact = Path(artifact) if artifact is not None else None
         self.spec = spec
         self.device = device
-        self.max_batch_size = int(max_batch_size or self.default_batch_size)
+        self.max_batch_size = int(max_batch_size or self.default_batch_size_for(spec, device))
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         self.active = False
         self.call_seconds: list[float] = []
         self.description = self.name  # what actually runs (provider, precision), for the report
+
+    @classmethod
+    def default_batch_size_for(cls, spec: ModelSpec, device: str) -> int:
+        if device == "cpu":
+            voxels = spec.roi_size[0] * spec.roi_size[1] * spec.roi_size[2]
+            return max(1, min(4, CPU_BATCH_VOXELS // voxels))
+        return cls.default_batch_size
 
     def activate(self) -> None:
         if not self.active:

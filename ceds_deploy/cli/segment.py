@@ -19,8 +19,9 @@ def segment(
     device: DeviceOption = "cpu",
     overlap: Annotated[float, typer.Option(help="Window overlap in [0, 1); each step up multiplies the "
                                            "window count.")] = 0.25,
-    batch_size: Annotated[Optional[int], typer.Option(help="Windows per backend call (default: the "
-                                                      "backend's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per backend call (default: on a "
+                                                      "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
+                                                      "on a GPU the backend's).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
     precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
