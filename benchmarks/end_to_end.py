@@ -86,6 +86,40 @@ def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> 
     return {"mask": mask, "probability": probability, "times": times}
 
 
+def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict, ours_mask: np.ndarray) -> dict:
+    """Where the two ways differ, one convention at a time (masks compared by Dice):
+    blending (the reference with Gaussian instead of constant blending), pre/post-processing
+    (MONAI's sliding_window_inference, constant, on our model-grid image and restored our way),
+    stitching (our stitcher with constant blending against that: the same arithmetic) and our
+    Gaussian blending against constant, both in our conventions."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from ceds_deploy.io import read_scan
+    from ceds_deploy.pipeline import window_plan_for
+    from ceds_deploy.postprocess import restore_prediction
+    from ceds_deploy.preprocess import prepare_image
+    from ceds_deploy.stitch import sliding_window_predict
+    from ceds_deploy.windows import constant_importance
+
+    gaussian_reference = reference_way(path, net, spec, out, blend="gaussian")["mask"] > 0
+    image, plan = prepare_image(read_scan(path, dtype=None), spec)
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(image)[None, None], spec.roi_size, 4,
+                                          lambda x: net(x)[0], overlap=0.25, mode="constant")[0]
+    monai_ours_grid = restore_prediction(logits, torch.zeros((1, *image.shape)), plan, True)
+    windows = window_plan_for(image, spec, 0.25, True)
+    seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size,
+                                       weights=constant_importance(windows.roi))
+    ours_constant = restore_prediction(seg, conf, plan, True)
+    ref_mask = reference["mask"] > 0
+    return {"blending_in_reference": dice(ref_mask, gaussian_reference),
+            "pre_post_processing": dice(ref_mask, monai_ours_grid.mask > 0),
+            "stitching": dice(monai_ours_grid.mask > 0, ours_constant.mask > 0),
+            "stitching_prob_max_abs_diff": float(np.abs(monai_ours_grid.probabilities - ours_constant.probabilities).max()),
+            "blending_in_ours": dice(ours_constant.mask > 0, ours_mask > 0)}
+
+
 def save_atomically(path: Path, save) -> None:
     """`save(file object)` into a temp file beside `path`, then rename: no half-written cache."""
     import os
@@ -123,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     parser.add_argument("--no-reference", action="store_true", help="time ceds segment only; agreement "
                         "against the reference masks of an earlier run in --work")
+    parser.add_argument("--explain", action="store_true", help="also split the disagreement with the reference "
+                        "into blending, pre/post-processing and stitching (untimed, about 2x the reference's time)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args(argv)
 
@@ -195,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         if not lever_used and args.backend == "torch" and args.precision in (None, "fp32"):
             save_atomically(default_mask, lambda f: np.save(f, mask))
         dice_vs_default = dice(mask > 0, np.load(default_mask) > 0) if default_mask.exists() else float("nan")
+        explained = {}
+        if args.explain:
+            with make_backend() as explain_backend:
+                explained = {f"explain_{k}": v for k, v in explain_agreement(
+                    path, wrapper, explain_backend, spec, ref_out, reference, mask).items()}
         rows.append({
+            **explained,
             "case": case, "shape": "x".join(map(str, source.shape)),
             "spacing": "x".join(f"{s:.2f}" for s in source.spacing),
             "reference_s": reference_seconds, "ceds_segment_s": ours_seconds,
@@ -232,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table("stages (seconds, summed over cases)", [
         {"way": way, **{s: sum(r[f"{prefix}_{s}_s"] for r in rows) for s in ("read", "preprocess", "infer", "restore", "write")}}
         for way, prefix in (("reference", "ref"), ("ceds segment", "ours"))])
+    if args.explain:
+        print_table("where the masks differ (Dice between two ways that differ in one convention)", rows,
+                    ["case", "mask_dice"] + [k for k in rows[0] if k.startswith("explain_")])
+        summary.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("explain_")})
     print(summary)
     write_json(args.json, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
                            "spec": spec.to_dict(), "rows": rows, "summary": summary})
