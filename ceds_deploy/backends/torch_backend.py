@@ -1,6 +1,6 @@
 """PyTorch backend: a training checkpoint (or an in-memory network) on CPU or CUDA.
 
-On CUDA: channels-last 3D, cuDNN autotuning, pinned host memory with asynchronous copies, and
+Channels-last 3D on CPU and CUDA. On CUDA: cuDNN autotuning, pinned host memory with asynchronous copies, and
 optionally the fixed-shape call captured once per window shape as a CUDA graph and replayed (a
 short batch is padded to the full batch so every call has the captured shape).
 """
@@ -70,8 +70,11 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True  # autotune: window shapes repeat thousands of times
             torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
-            if self._module is None:  # never change the memory format of a network being trained
-                wrapper = wrapper.to(memory_format=torch.channels_last_3d)
+        # Channels-last 3D on the GPU and the CPU (oneDNN's blocked convolutions; see RESULTS.md),
+        # but never for a network being trained (validation wraps it): its memory format stays.
+        self._channels_last = self._module is None
+        if self._channels_last:
+            wrapper = wrapper.to(memory_format=torch.channels_last_3d)
         self._net = wrapper
         graph = ", CUDA graph" if self.cuda_graph else ""
         self.description = f"torch {self.precision} on {self.device}{graph}"
@@ -85,11 +88,10 @@ class TorchBackend(Backend):
                               cache_enabled=cache_enabled)
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        if not self.device.startswith("cuda"):
-            return batch
-        host = batch if batch.is_cuda else batch.pin_memory()  # pinned: the copy runs asynchronously
-        x = host.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last_3d)
+        if self.device.startswith("cuda"):
+            host = batch if batch.is_cuda else batch.pin_memory()  # pinned: the copy runs asynchronously
+            batch = host.to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last_3d) if self._channels_last else batch
 
     def _infer(self, batch: torch.Tensor) -> WindowOutputs:
         if self.cuda_graph:
