@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80])
+    # torch-PRECISION[-graph][-contiguous]: -graph replays CUDA graphs, -contiguous turns channels-last off
     parser.add_argument("--backends", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime"],
                         help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA "
                              "graph) onnxruntime tensorrt")
@@ -112,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.backends:
             kind, _, precision = name.partition("-")
             graph = precision.endswith("-graph")
-            precision = precision.removesuffix("-graph")
+            contiguous = precision.endswith("-contiguous")  # the channels-last lever, off
+            precision = precision.removesuffix("-graph").removesuffix("-contiguous")
             artifact, options = checkpoint, {}
             if kind == "torch":
-                options = {"precision": precision or "fp32", "cuda_graph": graph}
+                options = {"precision": precision or "fp32", "cuda_graph": graph, "channels_last": not contiguous}
             elif kind == "tensorrt":
                 options = {"cuda_graph": graph}
             else:

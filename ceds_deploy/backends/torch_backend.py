@@ -28,7 +28,7 @@ class TorchBackend(Backend):
     def __init__(self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu",
                  max_batch_size: int | None = None, precision: str | None = None,
                  weights: str = "teacher", module: torch.nn.Module | None = None,
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, channels_last: bool = True) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         # fp16 autocast on CUDA by default; on the CPU fp32 unless bf16 is asked for (it is a lossy lever).
         self.precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
@@ -41,6 +41,7 @@ class TorchBackend(Backend):
         if cuda_graph and not device.startswith("cuda"):
             raise ConfigError("CUDA graphs need --device cuda")
         self.cuda_graph = cuda_graph
+        self.channels_last = channels_last
         self._graphs: dict[tuple[int, ...], tuple] = {}
         self.weights = weights
         self._module = module
@@ -72,12 +73,13 @@ class TorchBackend(Backend):
             torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
         # Channels-last 3D on the GPU and the CPU (oneDNN's blocked convolutions; see RESULTS.md),
         # but never for a network being trained (validation wraps it): its memory format stays.
-        self._channels_last = self._module is None
+        self._channels_last = self.channels_last and self._module is None
         if self._channels_last:
             wrapper = wrapper.to(memory_format=torch.channels_last_3d)
         self._net = wrapper
         graph = ", CUDA graph" if self.cuda_graph else ""
-        self.description = f"torch {self.precision} on {self.device}{graph}"
+        layout = ", channels-last" if self._channels_last else ""
+        self.description = f"torch {self.precision} on {self.device}{layout}{graph}"
 
     def _autocast(self, cache_enabled: bool = True):
         if self.precision in ("fp32", "tf32"):
