@@ -75,6 +75,16 @@ def inference_window(image_shape: tuple[int, int, int], spec: ModelSpec,
     return tuple(max(r, min(w, n // 16 * 16)) for r, w, n in zip(spec.roi_size, window, image_shape))
 
 
+def batch_size_for(backend, batch_size: int | None, window: tuple[int, int, int] | None) -> int:
+    """Windows per backend call: the one asked for, else the backend's; on a CPU, larger inference
+    windows than the ROI lower the default as the window grows (Backend.default_batch_size_for)."""
+    if batch_size:
+        return batch_size
+    if window is not None and backend.device == "cpu":
+        return min(backend.max_batch_size, backend.default_batch_size_for(backend.spec.replace(roi_size=window), "cpu"))
+    return backend.max_batch_size
+
+
 def work_device(backend) -> str:
     """Where pre-processing, stitching and resampling run: the backend's GPU when it has one
     that PyTorch can use, else the CPU."""
@@ -109,7 +119,7 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
     device = work_device(backend)
     image, plan = prepare_image(volume, spec, device)
     windows = window_plan_for(image, spec, overlap, skip_air, window)
-    seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size or backend.max_batch_size,
+    seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size_for(backend, batch_size, window),
                                        num_classes=spec.num_classes, mirror=mirror, accumulate_on=device)
     restored = restore_prediction(seg, conf, plan, keep_probabilities, largest_component)
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
@@ -213,7 +223,7 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
     prepared: queue.Queue = queue.Queue(maxsize=workers)
     finished: queue.Queue = queue.Queue(maxsize=workers)
     stop = threading.Event()
-    batch_size = options.batch_size or backend.max_batch_size
+    batch_size = batch_size_for(backend, options.batch_size, options.window)
     device = work_device(backend)
     pending_reads = iter(todo)
     take_lock = threading.Lock()

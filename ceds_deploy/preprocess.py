@@ -121,8 +121,10 @@ def resample_array(array, shape: tuple[int, int, int], mode: str, device: str = 
             return np.ascontiguousarray(array, dtype=np.float32 if mode == "linear" else None)
         tensor, dtype = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), array.dtype
     else:
-        tensor, dtype = array, np.float32 if array.dtype.is_floating_point else np.uint8
-    tensor = tensor.to(device, torch.float32, non_blocking=True).reshape(1, -1, *array.shape[-3:])
+        tensor, dtype = array, torch.empty(0, dtype=array.dtype).numpy().dtype
+    # Asynchronous only towards a GPU: a copy to the host must be complete before the CPU reads it.
+    tensor = tensor.to(device, torch.float32, non_blocking=str(device).startswith("cuda"))
+    tensor = tensor.reshape(1, -1, *array.shape[-3:])
     if tuple(array.shape[-3:]) == tuple(shape):
         out = tensor
     elif mode == "linear":
@@ -251,7 +253,7 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     device = "cpu"
     if isinstance(channels, torch.Tensor):
         device = str(channels.device)
-        dtype = np.float32 if channels.dtype.is_floating_point else np.uint8
+        dtype = np.float32 if channels.dtype.is_floating_point else torch.empty(0, dtype=channels.dtype).numpy().dtype
     else:
         dtype = channels.dtype
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x

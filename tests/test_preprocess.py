@@ -173,3 +173,12 @@ def test_restore_is_laid_out_like_the_scan_and_equals_a_plain_resampling(name):
     outside = np.ones(canonical.shape, bool)
     outside[box] = False
     assert (canonical[outside] == -1.0).all()
+
+
+def test_nearest_resampling_of_a_tensor_keeps_its_integer_type():
+    import torch
+
+    from ceds_deploy.preprocess import resample_array
+
+    out = resample_array(torch.full((4, 4, 4), -1000, dtype=torch.int16), (2, 2, 2), "nearest")
+    assert out.dtype == np.int16 and (out == -1000).all()

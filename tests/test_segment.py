@@ -308,3 +308,15 @@ def test_cpu_default_batch_follows_the_window_size():
         assert backend.default_batch_size_for(ModelSpec(roi_size=(64, 64, 32)), "cpu") == 1
         assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cpu") == 1
         assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cuda") == 2
+
+
+def test_larger_cpu_windows_lower_the_default_batch():
+    from ceds_deploy.backends.torch_backend import TorchBackend
+    from ceds_deploy.network import CedsNet, CedsNetConfig
+    from ceds_deploy.pipeline import batch_size_for
+
+    backend = TorchBackend.from_module(CedsNet(CedsNetConfig(width=4)), ModelSpec(roi_size=(32, 32, 32), width=4))
+    assert backend.max_batch_size == 4
+    assert batch_size_for(backend, None, None) == 4
+    assert batch_size_for(backend, None, (64, 64, 64)) == 1
+    assert batch_size_for(backend, 3, (64, 64, 64)) == 3  # asked for: kept
