@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80])
-    # torch-PRECISION[-graph][-contiguous]: -graph replays CUDA graphs, -contiguous turns channels-last off
+    # torch-PRECISION[-graph][-contiguous|-cl]: -graph replays CUDA graphs; -contiguous / -cl force
+    # channels-last off / on (default: the backend's choice)
     parser.add_argument("--backends", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime"],
                         help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA "
                              "graph) onnxruntime tensorrt")
@@ -112,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = None
         for name in args.backends:
             kind, _, precision = name.partition("-")
+            # The channels-last lever forced off (-contiguous) or on (-cl); neither: the backend's choice.
+            layout = {"-contiguous": False, "-cl": True}.get("-" + precision.rpartition("-")[2])
+            precision = precision.removesuffix("-contiguous").removesuffix("-cl")
             graph = precision.endswith("-graph")
-            contiguous = precision.endswith("-contiguous")  # the channels-last lever, off
-            precision = precision.removesuffix("-graph").removesuffix("-contiguous")
+            precision = precision.removesuffix("-graph")
             artifact, options = checkpoint, {}
             if kind == "torch":
-                options = {"precision": precision or "fp32", "cuda_graph": graph, "channels_last": not contiguous}
+                options = {"precision": precision or "fp32", "cuda_graph": graph, "channels_last": layout}
             elif kind == "tensorrt":
                 options = {"cuda_graph": graph}
             else:

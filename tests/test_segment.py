@@ -320,3 +320,12 @@ def test_larger_cpu_windows_lower_the_default_batch():
     assert batch_size_for(backend, None, None) == 4
     assert batch_size_for(backend, None, (64, 64, 64)) == 1
     assert batch_size_for(backend, 3, (64, 64, 64)) == 3  # asked for: kept
+
+
+def test_cpu_channels_last_only_for_narrow_networks():
+    from ceds_deploy.backends.torch_backend import TorchBackend
+
+    for width, expected in ((4, True), (8, True), (16, False)):
+        assert TorchBackend(Path("unused.pt"), ModelSpec(width=width))._channels_last_pays() is expected
+    assert TorchBackend(Path("unused.pt"), ModelSpec(width=16), channels_last=True)._channels_last_pays()
+    assert not TorchBackend(Path("unused.pt"), ModelSpec(width=4), channels_last=False)._channels_last_pays()
