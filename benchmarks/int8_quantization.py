@@ -13,6 +13,7 @@ agrees). Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -57,9 +58,10 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, fmt: str) -> float:
             return next(self.batches, None)
 
     start = time.perf_counter()
-    quantize_static(str(fp32), str(out), Windows(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    with contextlib.chdir(out.parent):  # ONNX Runtime leaves temporary files in the working folder
+        quantize_static(str(fp32), str(out), Windows(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
     return time.perf_counter() - start
 
 
