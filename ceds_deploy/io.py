@@ -91,15 +91,26 @@ def _read_sitk(path: Path):
     return sitk.ReadImage(str(path))
 
 
-def _gzip_is_complete(path: Path) -> bool:
-    """True when the gzip stream of `path` decompresses to its end-of-stream marker."""
+def _gzip_content_size(path: Path) -> int | None:
+    """Bytes the gzip file `path` decompresses to, over all its members (trailing zero padding
+    allowed); None when a member ends before its end-of-stream marker or is not gzip."""
+    total, pending = 0, False  # pending: a member has begun and not yet ended
     decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
-            decompressor.decompress(chunk, 0)
-            if decompressor.eof:
-                return True
-    return decompressor.eof
+            while chunk:
+                if not pending and not chunk.strip(b"\0"):
+                    break  # zero padding after the last member
+                pending = True
+                try:
+                    total += len(decompressor.decompress(chunk))
+                except zlib.error:
+                    return None
+                if not decompressor.eof:
+                    break
+                pending, chunk = False, decompressor.unused_data  # the next member starts here
+                decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    return None if pending else total
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -107,7 +118,7 @@ def _check_nifti_complete(path: Path) -> None:
 
     A .nii must be as long as its header promises. For .nii.gz the gzip trailer's ISIZE must
     equal that size; only when it does not (multi-member gzip, or truncation) is the whole
-    stream checked.
+    stream decompressed and counted.
     """
     import nibabel
 
@@ -128,7 +139,10 @@ def _check_nifti_complete(path: Path) -> None:
         raise
     except Exception:  # noqa: BLE001 - nibabel could not parse it; SimpleITK already did
         return
-    if isize != expected % (1 << 32) and not _gzip_is_complete(path):
+    if isize == expected % (1 << 32):
+        return
+    size = _gzip_content_size(path)  # multi-member gzip, or truncated: count it all
+    if size is None or size < expected:
         raise ScanError(path, "is truncated: the compressed data ends before the image the header "
                               f"describes ({expected} bytes)")
 

@@ -234,3 +234,23 @@ def test_read_scan_keeps_itk_layout_without_transposing():
     scan = read_scan(path)
     assert scan.array.flags.f_contiguous and not scan.array.flags.c_contiguous
     np.testing.assert_array_equal(scan.array, np.asanyarray(nib.load(path).dataobj).astype(np.float32))
+
+
+def test_gzip_that_ends_early_in_any_member_is_refused(tmp_path):
+    """Truncation hidden from the quick trailer check: a complete gzip of too few bytes, a
+    multi-member file cut inside its second member. A complete multi-member file still reads."""
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"])
+    good = write_volume(tmp_path / "good.nii.gz", image.array, image.geometry)
+    raw = gzip.decompress(good.read_bytes())
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(raw[: len(raw) - 4096]))
+    half = len(raw) // 2
+    members = gzip.compress(raw[:half]) + gzip.compress(raw[half:])
+    complete = tmp_path / "members.nii.gz"
+    complete.write_bytes(members)
+    np.testing.assert_array_equal(read_scan(complete).array, read_scan(good).array)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(members[:-200])
+    for bad in (short, cut):
+        with pytest.raises(ScanError, match=rf"{bad.name.replace('.', '[.]')}: (is truncated|cannot be read)"):
+            read_scan(bad)
