@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ceds_deploy.errors import ScanError
-from ceds_deploy.nifti_write import fast_gzip_available, write_nifti
+from ceds_deploy.nifti_write import write_nifti
 from ceds_deploy.volume import Geometry, Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -223,7 +223,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry)
 def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -> list[Path]:
     """Write several volumes at once (ITK and ISA-L compress outside the GIL, so they run in
     parallel), then make them appear in the order given: the last one's presence means all are
-    complete. NIfTI goes through `nifti_write` (ISA-L gzip) when isal is installed."""
+    complete. NIfTI goes through `nifti_write` (ISA-L gzip), the other formats through ITK."""
     import SimpleITK as sitk
 
     paths = [Path(path) for path, _, _ in items]
@@ -235,12 +235,10 @@ def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -
     # headers that name their data file (.mhd, .nhdr) refer to the final name.
     stagings = [Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) for path in paths]
     try:
-        fast_nifti = fast_gzip_available()
-
         def write(k: int) -> None:
             _, array, geometry = items[k]
             target = stagings[k] / paths[k].name
-            if fast_nifti and image_suffix(target) in (".nii.gz", ".nii"):
+            if image_suffix(target) in (".nii.gz", ".nii"):
                 write_nifti(target, array, geometry)
             else:
                 sitk.WriteImage(to_sitk(array, geometry), str(target), True)

@@ -6,8 +6,8 @@ data goes out straight from the array's memory when it is laid out as ITK lays i
 which is how `read_scan` and `restore_to_source` return arrays.
 
 The header says what ITK's does: the same affine as qform and sform (code 1, scanner), in RAS as
-NIfTI requires (our geometry is LPS), units mm. `io.write_volumes` uses this for .nii and .nii.gz
-when isal is installed and falls back to SimpleITK otherwise.
+NIfTI requires (our geometry is LPS), units mm. `io.write_volumes` writes every .nii and .nii.gz
+through this (isal is a dependency); ITK writes the other formats.
 """
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ from ceds_deploy.volume import Geometry
 
 GZIP_LEVEL = 1  # ISA-L level 1: 6x faster than ITK's writer on a float32 map, files 20% larger
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def fast_gzip_available() -> bool:
-    try:
-        import isal.igzip  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def nifti_header(array: np.ndarray, geometry: Geometry):

@@ -90,11 +90,11 @@ def resample_geometry(geometry: Geometry, shape: tuple[int, int, int]) -> Geomet
     return geometry.with_(spacing=tuple(new), origin=tuple(origin), shape=shape)
 
 
-def memory_order(array) -> tuple[int, int, int]:
+def memory_order(array: np.ndarray) -> tuple[int, int, int]:
     """The last three axes from the largest stride to the smallest: walking them in this order reads
     memory front to back (or back to front along a flipped axis), never across. Scans read by
     `read_scan` are (x, y, z) views of ITK's (z, y, x) buffers, so this is usually (2, 1, 0)."""
-    strides = np.abs(np.asarray(array.stride() if callable(getattr(array, "stride", None)) else array.strides)[-3:])
+    strides = np.abs(np.asarray(array.strides[-3:]))
     return tuple(int(a) for a in np.argsort(-strides, kind="stable"))
 
 

@@ -188,8 +188,8 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch, name):
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sitk, "WriteImage", broken_write)  # .mha, and NIfTI without isal
-    monkeypatch.setattr(io, "write_nifti", lambda path, array, geometry: broken_write(None, path))
+    monkeypatch.setattr(sitk, "WriteImage", broken_write)  # .mha
+    monkeypatch.setattr(io, "write_nifti", lambda path, array, geometry: broken_write(None, path))  # .nii.gz
     with pytest.raises(KeyboardInterrupt):
         write_volume(tmp_path / name, np.zeros(g.shape, np.float32), g)
     assert os.listdir(tmp_path) == []
