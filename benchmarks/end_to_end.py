@@ -90,8 +90,8 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     """Where the two ways differ, one convention at a time (masks compared by Dice):
     blending (the reference with Gaussian instead of constant blending), pre/post-processing
     (MONAI's sliding_window_inference, constant, on our model-grid image and restored our way),
-    stitching (our stitcher with constant blending against that: the same arithmetic) and our
-    Gaussian blending against constant, both in our conventions."""
+    stitching (our stitcher against that: the same arithmetic) and what `--blend gaussian` changes
+    in ours."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -100,7 +100,6 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     from ceds_deploy.postprocess import restore_prediction
     from ceds_deploy.preprocess import prepare_image
     from ceds_deploy.stitch import sliding_window_predict
-    from ceds_deploy.windows import constant_importance
 
     gaussian_reference = reference_way(path, net, spec, out, blend="gaussian")["mask"] > 0
     image, plan = prepare_image(read_scan(path, dtype=None), spec)
@@ -109,15 +108,16 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
                                           lambda x: net(x)[0], overlap=0.25, mode="constant")[0]
     monai_ours_grid = restore_prediction(logits, torch.zeros((1, *image.shape)), plan, True)
     windows = window_plan_for(image, spec, 0.25, True)
-    seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size,
-                                       weights=constant_importance(windows.roi))
+    seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="constant")
     ours_constant = restore_prediction(seg, conf, plan, True)
+    seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="gaussian")
+    ours_gaussian = restore_prediction(seg, conf, plan).mask > 0
     ref_mask = reference["mask"] > 0
     return {"blending_in_reference": dice(ref_mask, gaussian_reference),
             "pre_post_processing": dice(ref_mask, monai_ours_grid.mask > 0),
             "stitching": dice(monai_ours_grid.mask > 0, ours_constant.mask > 0),
             "stitching_prob_max_abs_diff": float(np.abs(monai_ours_grid.probabilities - ours_constant.probabilities).max()),
-            "blending_in_ours": dice(ours_constant.mask > 0, ours_mask > 0)}
+            "gaussian_blending_in_ours": dice(ours_gaussian, ours_mask > 0)}
 
 
 def save_atomically(path: Path, save) -> None:

@@ -26,7 +26,7 @@ from ceds_deploy.report import CaseRow, write_report
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.stitch import CaseJob, predict_cases, sliding_window_predict
 from ceds_deploy.volume import Geometry, Volume
-from ceds_deploy.windows import WindowPlan, plan_windows, windows_with_content
+from ceds_deploy.windows import BLEND_MODES, WindowPlan, plan_windows, windows_with_content
 
 MASK_SUFFIX = ".nii.gz"
 CONFIDENCE_SUFFIX = "_confidence.nii.gz"
@@ -37,6 +37,7 @@ PREVIEW_SUFFIX = "_preview.png"
 @dataclass(frozen=True)
 class SegmentOptions:
     overlap: float = 0.25
+    blend: str = "constant"  # how overlapping windows are averaged (windows.blend_weights)
     batch_size: int | None = None  # None: the backend's max_batch_size
     mirror: bool = False  # test-time augmentation over the 8 mirrorings
     skip_air: bool = True  # windows holding only air/lung are not computed
@@ -53,6 +54,8 @@ class SegmentOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be >= 0 and < 1, got {self.overlap}")
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         index, count = self.shard
@@ -111,7 +114,8 @@ class Segmentation:
     windows: int
 
 
-def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size: int | None = None,
+def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, blend: str = "constant",
+                   batch_size: int | None = None,
                    mirror: bool = False, skip_air: bool = True, keep_probabilities: bool = False,
                    window: tuple[int, int, int] | None = None, largest_component: bool = False) -> Segmentation:
     """Segment one scan with an active backend; outputs are on the scan's own grid."""
@@ -120,7 +124,7 @@ def segment_volume(volume: Volume, backend, *, overlap: float = 0.25, batch_size
     image, plan = prepare_image(volume, spec, device)
     windows = window_plan_for(image, spec, overlap, skip_air, window)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size_for(backend, batch_size, window),
-                                       num_classes=spec.num_classes, mirror=mirror, accumulate_on=device)
+                                       num_classes=spec.num_classes, mirror=mirror, blend=blend, accumulate_on=device)
     restored = restore_prediction(seg, conf, plan, keep_probabilities, largest_component)
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))
 
@@ -300,7 +304,7 @@ def segment_folder(input_path: Path, output: Path, backend, options: SegmentOpti
         thread.start()
     try:
         for job, seg, conf in predict_cases(jobs(), backend, batch_size=batch_size, num_classes=spec.num_classes,
-                                            mirror=options.mirror, accumulate_on=device,
+                                            mirror=options.mirror, blend=options.blend, accumulate_on=device,
                                             on_batch=lambda n: notify("windows", n)):
             job.payload.row.seconds["infer"] = job.infer_seconds
             job.image = None  # the model-grid input is no longer needed

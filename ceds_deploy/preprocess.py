@@ -1,10 +1,15 @@
 """Pre-processing of a scan onto the model grid, and the exact inverse back to the scan's grid.
 
-Forward (one implementation, used by training, validation and `ceds segment`):
+One implementation, used by training, validation and `ceds segment`, with the CEDS code's own
+conventions (MONAI `Orientation`, `Spacing`, `ScaleIntensityRange`, `CropForeground`,
+`SpatialPad`, then `Invertd` back), so weights trained there see the same input here and the
+masks agree with its validation voxel for voxel:
 reorient to the canonical LPS axis order (a permutation and flips, no interpolation) ->
-crop to the body bounding box -> resample to the model spacing (linear for images, nearest for
-labels) -> HU window to [0, 1] -> pad to at least the ROI.
-`PreprocessPlan` records every step so `restore_to_source` can undo them in reverse order.
+resample onto MONAI's Spacing grid (origin kept, exactly the model spacing; linear for images,
+nearest for labels, clamped at the edge voxels) -> crop to the bounding box of the voxels above
+the body threshold -> HU window to [0, 1] -> pad to at least the ROI.
+Only the block of the grid the crop can need is ever resampled, straight from the scan's buffer.
+`PreprocessPlan` records every step so `restore_to_source` can undo them.
 """
 
 from __future__ import annotations
@@ -15,9 +20,6 @@ import numpy as np
 
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.volume import Geometry, Volume
-
-CROP_MARGIN_VOXELS = 2  # keep a little air around the body so interpolation has context
-
 
 @dataclass(frozen=True)
 class Reorientation:
@@ -77,17 +79,76 @@ def crop_geometry(geometry: Geometry, start: tuple[int, ...], stop: tuple[int, .
                           shape=tuple(int(b - a) for a, b in zip(start, stop)))
 
 
-def resampled_shape(geometry: Geometry, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(geometry.shape, geometry.spacing, spacing))
+MONAI_AFFINE_TOL = 1e-3  # monai.data.utils.AFFINE_TOL
 
 
-def resample_geometry(geometry: Geometry, shape: tuple[int, int, int]) -> Geometry:
-    """The grid covering the same physical box as `geometry` with `shape` voxels (voxel-centre model,
-    the same convention as ``interpolate(align_corners=False)``)."""
-    old = np.asarray(geometry.spacing)
-    new = old * np.asarray(geometry.shape) / np.asarray(shape)
-    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ ((new - old) / 2)
-    return geometry.with_(spacing=tuple(new), origin=tuple(origin), shape=shape)
+@dataclass(frozen=True)
+class SpacingGrid:
+    """MONAI `Spacing`'s output grid over a reoriented scan, and where it lies in the scan:
+    grid voxel i of axis a sits at scan index ``i * scale[a] + offset[a]``."""
+
+    geometry: Geometry
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+
+
+def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> SpacingGrid:
+    """The grid MONAI's `Spacing` (diagonal=False, scale_extent=False) resamples `geometry` onto,
+    computed as `monai.data.utils.zoom_affine` and `compute_shape_offset` do: the directions kept,
+    the new spacing (or the old one where it is within 1e-3 of it), the voxel centres' extent
+    rounded half to even, and the first voxel on the scan's first voxel, or, where the check that
+    this corner is the smallest fails (float noise in an oblique affine), both grids centred."""
+    old = np.asarray(geometry.spacing, dtype=np.float64)
+    new = np.where(np.abs(old - np.asarray(spacing)) <= MONAI_AFFINE_TOL, old, np.asarray(spacing, dtype=np.float64))
+    source = geometry.affine
+    rzs = source[:3, :3]
+    zs = np.linalg.cholesky(rzs.T @ rzs).T
+    target = np.eye(4)
+    target[:3, :3] = rzs @ np.linalg.inv(zs) @ np.diag(np.sign(np.diag(zs)) * new)
+    shape = np.asarray(geometry.shape, dtype=np.float64)
+    corners = np.stack(np.meshgrid(*[(0.0, n - 1.0) for n in shape], indexing="ij")).reshape(3, -1)
+    corners = np.concatenate([corners, np.ones((1, corners.shape[1]))])
+    out = np.linalg.solve(target, source) @ corners
+    # A 2.5 mm axis at 1 or 3 mm often spans exactly n + 0.5 voxels: round that tie half to even,
+    # as exact arithmetic does, not by float noise in the affine (which differs between readers).
+    grid_shape = np.round(np.round(np.ptp(out[:3] / out[3], axis=1) + 1.0, 6)).astype(int)
+    world = source @ corners
+    origin = None
+    for i in range(corners.shape[1]):
+        if np.allclose(np.min(out[:3] - out[:3, i:i + 1], axis=1), 0.0, rtol=MONAI_AFFINE_TOL):
+            origin = world[:3, i]
+            break
+    if origin is None:
+        origin = rzs @ (shape / 2.0) + source[:3, 3] - target[:3, :3] @ (grid_shape / 2.0)
+    target[:3, 3] = origin
+    index = np.linalg.solve(source, target)  # grid index -> scan index
+    grid = geometry.with_(spacing=tuple(float(v) for v in new), origin=tuple(float(v) for v in origin),
+                          shape=tuple(max(1, int(n)) for n in grid_shape))
+    return SpacingGrid(grid, tuple(float(v) for v in np.diag(index)[:3]), tuple(float(v) for v in index[:3, 3]))
+
+
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # (low, high, frac): out = in[low] * (1 - frac) + in[high] * frac
+
+
+def axis_taps(start: int, stop: int, scale: float, size: int, mode: str, offset: float = 0.0) -> Taps:
+    """Where output voxels start..stop-1 of one axis read an input axis of `size` voxels: output
+    voxel i lies at input coordinate i * scale + offset, clamped to the edge voxels (MONAI's border
+    padding)."""
+    x = np.clip(np.arange(start, stop, dtype=np.float64) * scale + offset, 0, size - 1)
+    if mode == "nearest":
+        low = np.rint(x).astype(np.int64)  # half to even, as grid_sample's nearest
+        return low, low, np.zeros(len(x))
+    if mode != "linear":
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    low = np.floor(x).astype(np.int64)
+    return low, np.minimum(low + 1, size - 1), x - low
+
+
+def taps_reaching(taps: Taps, start: int, stop: int) -> tuple[int, int]:
+    """The range of outputs whose taps read any of inputs start..stop-1 (taps are monotonic)."""
+    low, high, _ = taps
+    hit = np.flatnonzero((high >= start) & (low < stop))
+    return (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
 
 
 def memory_order(array: np.ndarray) -> tuple[int, int, int]:
@@ -98,57 +159,59 @@ def memory_order(array: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(a) for a in np.argsort(-strides, kind="stable"))
 
 
-def resample_array(array, shape: tuple[int, int, int], mode: str, device: str = "cpu") -> np.ndarray:
-    """Resample the last three axes of `array` (numpy, or a torch tensor on any device) to `shape`
-    on `device`; returns a C-contiguous numpy array on the host: float32 for mode 'linear', the
-    input's type for 'nearest'.
+def _in_memory_order(array: np.ndarray, taps: list[Taps]) -> tuple[np.ndarray, tuple[int, int, int], list[Taps]]:
+    """`array` as a view with positive strides, largest first, and `taps` moved to its axes:
+    base axis k is array axis order[k], read backwards where that axis runs against memory."""
+    order = memory_order(array)
+    base = array.transpose(order)
+    moved = []
+    for k in range(3):
+        low, high, frac = taps[order[k]]
+        if base.strides[k] < 0:
+            n = base.shape[k]
+            low, high = n - 1 - low, n - 1 - high
+        moved.append((low, high, frac))
+    flips = tuple(k for k in range(3) if base.strides[k] < 0)
+    return (np.flip(base, flips) if flips else base), order, moved
 
-    A numpy array is resampled in the order its axes lie in memory and the (small) result is put
-    back in order, so a transposed view of a large scan is never copied across memory.
-    """
+
+def _gather(tensor, axis: int, taps: Taps):
+    """One axis of separable interpolation on a torch tensor."""
     import torch
-    import torch.nn.functional as F
 
-    lead = array.ndim - 3
-    if isinstance(array, np.ndarray):
-        order = memory_order(array)
-        if order != (0, 1, 2):
-            moved = resample_array(array.transpose(*range(lead), *(lead + a for a in order)),
-                                   tuple(shape[a] for a in order), mode, device)
-            inverse = np.argsort(order)
-            return np.ascontiguousarray(moved.transpose(*range(lead), *(lead + int(a) for a in inverse)))
-        if tuple(array.shape[-3:]) == tuple(shape):
-            return np.ascontiguousarray(array, dtype=np.float32 if mode == "linear" else None)
-        tensor, dtype = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), array.dtype
-    else:
-        tensor, dtype = array, torch.empty(0, dtype=array.dtype).numpy().dtype
-    # Asynchronous only towards a GPU: a copy to the host must be complete before the CPU reads it.
-    tensor = tensor.to(device, torch.float32, non_blocking=str(device).startswith("cuda"))
-    tensor = tensor.reshape(1, -1, *array.shape[-3:])
-    if tuple(array.shape[-3:]) == tuple(shape):
-        out = tensor
-    elif mode == "linear":
-        out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)
-    elif mode == "nearest":
-        out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
-    else:
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    out = out.reshape(*array.shape[:lead], *shape).cpu().numpy()
-    # Linear interpolation makes fractions: only nearest keeps the input's type (labels).
-    return out if dtype == np.float32 or mode == "linear" else out.astype(dtype)
+    low, high, frac = taps
+    device = tensor.device
+    lo = tensor.index_select(axis, torch.from_numpy(low).to(device))
+    if not frac.any():  # nearest, or every output on an input voxel centre
+        return lo
+    hi = tensor.index_select(axis, torch.from_numpy(high).to(device))
+    shape = [1] * tensor.ndim
+    shape[axis] = -1
+    weight = torch.from_numpy(frac).to(device, torch.float32).reshape(shape)
+    return torch.lerp(lo.float(), hi.float(), weight)
 
 
-def resample_into(out: np.ndarray, source, mode: str, device: str = "cpu") -> None:
-    """Resample a 3D `source` (numpy or torch, small: the model grid) into the 3D view `out` (large:
-    a box of the scan's grid), working in the order `out` lies in memory so that filling a
-    transposed or flipped view costs no copy across memory."""
-    order = memory_order(out)
-    target = out.transpose(order)
-    if isinstance(source, np.ndarray):
-        moved = np.ascontiguousarray(source.transpose(order))
-    else:
-        moved = source.permute(*order).contiguous()
-    target[...] = resample_array(moved, target.shape, mode, device)
+def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu") -> np.ndarray:
+    """Sample a 3D numpy view (any strides, flips or type) at `taps`, one per axis, on `device`;
+    returns a C-contiguous array on the host: float32 for mode 'linear', the input's type for
+    'nearest'. The view is read in the order it lies in memory and only the slab the taps touch
+    is read, so a transposed or flipped view of a large scan is never copied."""
+    import torch
+
+    base, order, moved = _in_memory_order(array, taps)
+    first = [int(min(t[0].min(), t[1].min())) if len(t[0]) else 0 for t in moved]
+    last = [int(max(t[0].max(), t[1].max())) + 1 if len(t[0]) else 1 for t in moved]
+    slab = base[tuple(slice(a, b) for a, b in zip(first, last))]
+    tensor = torch.from_numpy(slab if slab.dtype != np.uint16 else slab.astype(np.int32)).to(device)
+    for k in (0, 1, 2):  # the slowest axis first: whole contiguous rows per tap on the largest data
+        low, high, frac = moved[k]
+        tensor = _gather(tensor, k, (low - first[k], high - first[k], frac))
+    if mode == "linear":
+        tensor = tensor.float()
+    out = tensor.cpu().numpy()
+    if out.dtype != array.dtype and mode == "nearest":
+        out = out.astype(array.dtype)
+    return np.ascontiguousarray(out.transpose(np.argsort(order)))
 
 
 def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -160,18 +223,16 @@ def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return array
 
 
-def body_bounding_box(array: np.ndarray, threshold: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Bounding box of voxels above `threshold`, with a small margin; the whole array if none."""
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The smallest box holding every True voxel of a 3D mask (MONAI's CropForeground, margin 0);
+    None when there is none."""
     start, stop = [], []
-    body = array > threshold
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        profile = body.any(axis=other)
-        hits = np.flatnonzero(profile)
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         if hits.size == 0:
-            return (0, 0, 0), tuple(array.shape)
-        start.append(max(0, int(hits[0]) - CROP_MARGIN_VOXELS))
-        stop.append(min(array.shape[axis], int(hits[-1]) + 1 + CROP_MARGIN_VOXELS))
+            return None
+        start.append(int(hits[0]))
+        stop.append(int(hits[-1]) + 1)
     return tuple(start), tuple(stop)
 
 
@@ -181,57 +242,90 @@ class PreprocessPlan:
 
     source: Geometry
     reorientation: Reorientation
-    crop_start: tuple[int, int, int]
+    spacing_grid: SpacingGrid  # MONAI's Spacing grid over the whole reoriented scan
+    crop_start: tuple[int, int, int]  # the body box on `grid`
     crop_stop: tuple[int, int, int]
-    resampled_shape: tuple[int, int, int]
     pad_before: tuple[int, int, int]
     pad_after: tuple[int, int, int]
-    model_geometry: Geometry  # the padded model-grid array's geometry
 
     @property
-    def cropped_geometry(self) -> Geometry:
-        return crop_geometry(reorient_geometry(self.source, self.reorientation), self.crop_start, self.crop_stop)
+    def grid(self) -> Geometry:
+        return self.spacing_grid.geometry
+
+    @property
+    def cropped_shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.crop_start, self.crop_stop))
+
+    @property
+    def model_geometry(self) -> Geometry:
+        """The geometry of the padded model-grid array the network sees."""
+        corner = np.asarray(self.crop_start, dtype=np.float64) - np.asarray(self.pad_before)
+        shape = tuple(n + b + a for n, b, a in zip(self.cropped_shape, self.pad_before, self.pad_after))
+        return self.grid.with_(origin=tuple(self.grid.index_to_world(corner)), shape=shape)
+
+    def grid_taps(self, mode: str, start, stop, size) -> list[Taps]:
+        """Taps of grid voxels start..stop-1 (per axis) into a reoriented scan of `size`."""
+        g = self.spacing_grid
+        return [axis_taps(a, b, c, n, mode, o) for a, b, c, n, o in zip(start, stop, g.scale, size, g.offset)]
+
+    def scan_taps(self, mode: str, size) -> list[Taps]:
+        """Taps of every voxel of a reoriented scan of `size` into the grid (the inverse mapping)."""
+        g = self.spacing_grid
+        return [axis_taps(0, n, 1.0 / c, m, mode, -o / c)
+                for n, c, o, m in zip(size, g.scale, g.offset, self.grid.shape)]
 
 
-def plan_preprocessing(image: Volume, spec: ModelSpec) -> PreprocessPlan:
-    r = canonical_reorientation(image.geometry)
-    canonical = reorient_geometry(image.geometry, r)
-    start, stop = body_bounding_box(reorient_array(image.array, r), spec.body_threshold_hu)
-    cropped = crop_geometry(canonical, start, stop)
-    shape = resampled_shape(cropped, spec.target_spacing)
-    pad_total = [max(0, roi - n) for roi, n in zip(spec.roi_size, shape)]
-    pad_before = tuple(p // 2 for p in pad_total)
-    pad_after = tuple(p - b for p, b in zip(pad_total, pad_before))
-    resampled = resample_geometry(cropped, shape)
-    padded = resampled.with_(
-        origin=tuple(resampled.index_to_world(-np.asarray(pad_before, dtype=np.float64))),
-        shape=tuple(n + b + a for n, b, a in zip(shape, pad_before, pad_after)))
-    return PreprocessPlan(image.geometry, r, start, stop, shape, pad_before, pad_after, padded)
-
-
-def _to_model_grid(array: np.ndarray, plan: PreprocessPlan, mode: str, pad_value: float,
-                   device: str = "cpu") -> np.ndarray:
-    r = plan.reorientation
-    region = reorient_array(array, r)[tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))]
-    out = resample_array(region, plan.resampled_shape, mode, device)
-    if any(plan.pad_before) or any(plan.pad_after):
-        out = np.pad(out, list(zip(plan.pad_before, plan.pad_after)), constant_values=pad_value)
-    return out
+def _pad_to_roi(array: np.ndarray, roi: tuple[int, int, int], value: float) -> tuple[np.ndarray, tuple, tuple]:
+    """Pad symmetrically (the odd voxel after) to at least `roi`, as MONAI's SpatialPad."""
+    total = [max(0, r - n) for r, n in zip(roi, array.shape)]
+    before = tuple(p // 2 for p in total)
+    after = tuple(p - b for p, b in zip(total, before))
+    if any(total):
+        array = np.pad(array, list(zip(before, after)), constant_values=value)
+    return array, before, after
 
 
 def prepare_image(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, PreprocessPlan]:
     """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it).
     `device` is where the resampling runs (a GPU when the backend has one)."""
-    plan = plan_preprocessing(image, spec)
-    region = _to_model_grid(image.array, plan, "linear", spec.hu_window[0], device)  # float32 from here
-    return hu_window(np.array(region, dtype=np.float32, copy=True), spec.hu_window), plan
+    r = canonical_reorientation(image.geometry)
+    canonical = reorient_geometry(image.geometry, r)
+    grid = spacing_grid(canonical, spec.target_spacing)
+    source = reorient_array(image.array, r)
+    threshold = spec.crop_threshold_hu
+    plan = PreprocessPlan(image.geometry, r, grid, (0, 0, 0), grid.geometry.shape, (0, 0, 0), (0, 0, 0))
+    taps = plan.grid_taps("linear", (0, 0, 0), grid.geometry.shape, source.shape)
+    # Only grid voxels that read a source voxel above the threshold can be above it after the
+    # (convex) linear interpolation: find them on the scan's own grid, resample just that block.
+    body = bounding_box(source > threshold)
+    if body is not None:
+        block = [taps_reaching(t, a, b) for t, a, b in zip(taps, *body)]
+        taps = [tuple(part[a:b] for part in t) for t, (a, b) in zip(taps, block)]
+    else:
+        block = [(0, m) for m in grid.geometry.shape]
+    resampled = resample(source, taps, "linear", device)
+    box = bounding_box(resampled > threshold) if resampled.size else None
+    if box is None:  # nothing above the threshold: keep the whole block
+        box = ((0, 0, 0), resampled.shape)
+    region = hu_window(np.array(resampled[tuple(slice(a, b) for a, b in zip(*box))], copy=True), spec.hu_window)
+    del resampled
+    array, pad_before, pad_after = _pad_to_roi(region, spec.roi_size, 0.0)
+    start = tuple(o + a for (o, _), a in zip(block, box[0]))
+    stop = tuple(o + b for (o, _), b in zip(block, box[1]))
+    return array, PreprocessPlan(image.geometry, r, grid, start, stop, pad_before, pad_after)
 
 
 def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
     """A label on the scan's grid -> uint8 label on the model grid (nearest neighbour)."""
     if not label.geometry.same_grid(plan.source, atol=1e-3):
         raise ValueError(f"label grid {label.geometry} differs from the image grid {plan.source}")
-    return _to_model_grid(label.array.astype(np.uint8, copy=False), plan, "nearest", 0).astype(np.uint8)
+    source = reorient_array(label.array, plan.reorientation)
+    taps = plan.grid_taps("nearest", plan.crop_start, plan.crop_stop, source.shape)
+    region = resample(source.astype(np.uint8, copy=False), taps, "nearest")
+    return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
+
+
+RESTORE_CHUNK_VOXELS = 1 << 23  # CPU: the last interpolation pass writes the scan in chunks this large
 
 
 def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
@@ -239,29 +333,64 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
     Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
-    nearest is for masks. Voxels outside the body crop get `fill` (one value or one per channel).
-    `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
+    nearest is for masks. As MONAI's `Invertd`: outside the body crop the grid holds `fill` (one
+    value or one per channel), and each scan voxel reads the grid at its own position, clamped to
+    the grid's edge. `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
     """
+    import torch
+    import torch.nn.functional as F
+
     if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
         raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
     fills = np.broadcast_to(np.asarray(fill, dtype=np.float64), (channels.shape[0],))
-    unpadded = channels[(slice(None),) + tuple(
-        slice(b, b + n) for b, n in zip(plan.pad_before, plan.resampled_shape))]
-    box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
-    import torch
-
-    device = "cpu"
-    if isinstance(channels, torch.Tensor):
-        device = str(channels.device)
-        dtype = np.float32 if channels.dtype.is_floating_point else torch.empty(0, dtype=channels.dtype).numpy().dtype
-    else:
-        dtype = channels.dtype
+    tensor = channels if isinstance(channels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(channels))
+    device = tensor.device
+    floating = tensor.dtype.is_floating_point
+    dtype = np.float32 if floating else torch.empty(0, dtype=tensor.dtype).numpy().dtype
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
-    source_shape = plan.source.shape
-    out = np.empty((channels.shape[0], *source_shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+    out = np.empty((channels.shape[0], *plan.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
     canonical = reorient_array(out, plan.reorientation)
+    crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.cropped_shape))]
+    # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
+    taps = plan.scan_taps(mode, canonical.shape[1:])
+    box = [taps_reaching(t, a, b) for t, a, b in zip(taps, plan.crop_start, plan.crop_stop)]
+    # Index the crop with a one-voxel ring of fill, which every tap outside the crop reads.
+    local = []
+    for t, (a, b), c0, n in zip(taps, box, plan.crop_start, plan.cropped_shape):
+        low, high, frac = (part[a:b] for part in t)
+        local.append((np.clip(low - c0 + 1, 0, n + 1), np.clip(high - c0 + 1, 0, n + 1), frac))
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
         out[c].fill(fills[c])
-        resample_into(canonical[c][box], unpadded[c], mode, device)
+        if any(a == b for a, b in box):
+            continue
+        ring = F.pad(crop[c][None], (1, 1, 1, 1, 1, 1), value=float(fills[c]))[0]
+        target = canonical[c][tuple(slice(a, b) for a, b in box)]
+        _resample_into(target, ring, local, device)
     return out
+
+
+def _resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None:
+    """Fill the 3D view `target` (large: a box of the scan's grid) from the torch tensor `source`
+    (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order;
+    the last, slowest-axis pass is written in chunks (on a CPU) so no full-size temporary is made."""
+    import torch
+
+    order = memory_order(target)
+    view = target.transpose(order)
+    flips = tuple(k for k in range(3) if view.strides[k] < 0)
+    base = np.flip(view, flips) if flips else view
+    # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
+    moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]]
+             for k in range(3)]
+    tensor = source.permute(*order)
+    for k in (2, 1):  # the fastest axes first, while the data is small
+        tensor = _gather(tensor, k, moved[k])
+    writable = torch.from_numpy(base)
+    rows = base.shape[0]
+    step = rows if str(device) != "cpu" else max(1, RESTORE_CHUNK_VOXELS // max(1, base[0].size))
+    low, high, frac = moved[0]
+    for start in range(0, rows, step):
+        part = slice(start, min(rows, start + step))
+        chunk = _gather(tensor, 0, (low[part], high[part], frac[part]))
+        writable[part].copy_(chunk.to(writable.dtype) if chunk.dtype != writable.dtype else chunk)

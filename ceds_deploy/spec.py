@@ -20,7 +20,9 @@ class ModelSpec:
     roi_size: tuple[int, int, int] = (112, 112, 80)
     target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hu_window: tuple[float, float] = (-210.0, 290.0)
-    body_threshold_hu: float = -500.0  # voxels above this are "body" for the foreground crop
+    # Voxels above this are "body" for the foreground crop; None: the HU window's low end, which is
+    # what the CEDS code's CropForeground keeps (scaled values above 0).
+    body_threshold_hu: float | None = None
     width: int = 16
     architecture: str = "ceds-vnet-dual-cbam"
     opset: int = 17
@@ -43,6 +45,10 @@ class ModelSpec:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
+
+    @property
+    def crop_threshold_hu(self) -> float:
+        return self.hu_window[0] if self.body_threshold_hu is None else float(self.body_threshold_hu)
 
     @property
     def num_classes(self) -> int:

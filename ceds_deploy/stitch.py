@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ceds_deploy.windows import WindowPlan, gaussian_importance
+from ceds_deploy.windows import WindowPlan, blend_weights
 
 BACKGROUND_LOGIT = 10.0  # voxels no window covered (air) are confidently background
 UNCOVERED_CONFIDENCE = 1.0
@@ -100,24 +100,24 @@ def predict_cases(
     batch_size: int,
     num_classes: int = 2,
     mirror: bool = False,
-    weights: np.ndarray | None = None,
+    blend: str = "constant",
     accumulate_on: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[CaseJob, torch.Tensor, torch.Tensor]]:
     """Run `predict` over the windows of every job, `batch_size` windows at a time across cases,
     yielding (job, seg_logits, confidence) for each case as soon as its last window is stitched.
 
-    `weights` are the blending weights for one window (default: Gaussian, sigma = roi / 8).
+    `blend` names the windows' blending weights (`windows.blend_weights`).
     `on_batch(n)` is called after each batch with the number of windows computed (for progress).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    blend_weights((1, 1, 1), blend)  # an unknown mode fails here, before any window runs
     weight_cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def weights_for(roi: tuple[int, int, int]) -> torch.Tensor:
         if roi not in weight_cache:
-            w = weights if weights is not None else gaussian_importance(roi)
-            weight_cache[roi] = torch.as_tensor(w, dtype=torch.float32, device=accumulate_on)
+            weight_cache[roi] = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
         return weight_cache[roi]
 
     pending: list[CaseJob] = []  # started, not finished, in order
@@ -171,11 +171,11 @@ def predict_cases(
 
 
 def sliding_window_predict(image: np.ndarray, plan: WindowPlan, predict: Predictor, *, batch_size: int,
-                           num_classes: int = 2, mirror: bool = False, weights: np.ndarray | None = None,
+                           num_classes: int = 2, mirror: bool = False, blend: str = "constant",
                            accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
     job = CaseJob(key=None, image=image, plan=plan)
     for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
-                                      mirror=mirror, weights=weights, accumulate_on=accumulate_on):
+                                      mirror=mirror, blend=blend, accumulate_on=accumulate_on):
         return seg, conf
     raise RuntimeError("unreachable: predict_cases yields every job")

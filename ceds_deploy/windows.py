@@ -1,4 +1,4 @@
-"""Sliding-window planning and Gaussian importance weights (pure numpy, no model)."""
+"""Sliding-window planning and blending weights (pure numpy, no model)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,16 @@ def gaussian_importance(roi: tuple[int, int, int], sigma_scale: float = 0.125) -
 
 def constant_importance(roi: tuple[int, int, int]) -> np.ndarray:
     return np.ones(roi, dtype=np.float32)
+
+
+BLEND_MODES = ("constant", "gaussian")
+
+
+def blend_weights(roi: tuple[int, int, int], blend: str) -> np.ndarray:
+    """One window's blending weights: "constant" (a plain average where windows overlap, the CEDS
+    code's validation and MONAI's default) or "gaussian" (the window centre counts most, as nnU-Net)."""
+    if blend == "constant":
+        return constant_importance(roi)
+    if blend == "gaussian":
+        return gaussian_importance(roi)
+    raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")

@@ -12,7 +12,6 @@ from ceds_deploy.preprocess import (
     prepare_label,
     reorient_array,
     reorient_geometry,
-    resample_geometry,
     restore_to_source,
     undo_reorient_array,
 )
@@ -50,14 +49,55 @@ def test_hu_window_scales_to_unit_range():
     np.testing.assert_allclose(hu_window(hu, (-210, 290)), [0, 0, 0.5, 1, 1])
 
 
-def test_resample_geometry_keeps_the_physical_box():
-    g = GEOMETRIES["oblique"]
-    new = resample_geometry(g, (20, 17, 44))
-    # The outer corners of the voxel boxes coincide.
-    for corner in [np.zeros(3), np.asarray(g.shape, float)]:
-        old_world = g.index_to_world(corner - 0.5)
-        new_corner = corner / np.asarray(g.shape) * np.asarray(new.shape)
-        np.testing.assert_allclose(new.index_to_world(new_corner - 0.5), old_world, atol=1e-9)
+def _monai_reference(path, spec):
+    """The CEDS code's pre-processing (MONAI), the same as benchmarks/end_to_end.py's reference way."""
+    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd,
+                                  ScaleIntensityRanged, Spacingd, SpatialPadd)
+
+    low, high = spec.hu_window
+    load = Compose([LoadImaged("image", reader="NibabelReader", image_only=False), EnsureChannelFirstd("image")])
+    prepare = Compose([Orientationd("image", axcodes="LPS"),
+                       Spacingd("image", pixdim=spec.target_spacing, mode="bilinear"),
+                       ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+                       CropForegroundd("image", source_key="image"), SpatialPadd("image", spatial_size=spec.roi_size)])
+    return prepare, prepare(load({"image": str(path)}))
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 2.0, 3.0)])
+def test_model_input_and_restore_equal_the_ceds_codes_monai_transforms(tmp_path, name, spacing):
+    """prepare_image gives the array MONAI's Orientation, Spacing, ScaleIntensityRange,
+    CropForeground and SpatialPad give, and restore_to_source what Invertd gives back."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from ceds_deploy.io import read_scan, write_volume
+
+    spec = SPEC.replace(target_spacing=spacing, roi_size=(16, 16, 16))
+    image, _ = sphere_scan(GEOMETRIES[name], radius_mm=8, body_mm=14)
+    path = tmp_path / "scan.nii.gz"
+    write_volume(path, np.round(image.array).astype(np.int16), image.geometry)
+    prepare, data = _monai_reference(path, spec)
+    ours, plan = prepare_image(read_scan(path, dtype=None), spec)
+    reference = data["image"][0].numpy()
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).max() < 1e-5
+    np.testing.assert_allclose(plan.model_geometry.affine[:3], _lps_affine(data["image"].affine)[:3], atol=1e-4)
+    # Back onto the scan's grid: a smooth field of two channels, zero outside the crop as Invertd pads.
+    grid = np.indices(ours.shape).astype(np.float32)
+    field = np.stack([np.sin(grid.sum(0) * 0.3), np.cos(grid[0] * 0.2)]).astype(np.float32)
+    data["pred"] = MetaTensor(torch.from_numpy(field), meta=data["image"].meta,
+                              applied_operations=data["image"].applied_operations)
+    inverted = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"].numpy()
+    restored = restore_to_source(field, plan, fill=0.0)
+    assert restored.shape == inverted.shape
+    assert np.abs(restored - inverted).max() < 1e-5
+
+
+def _lps_affine(ras_affine) -> np.ndarray:
+    """MONAI's affine (nibabel's RAS world) in ITK's LPS world."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ras_affine, dtype=np.float64)
 
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
@@ -66,7 +106,7 @@ def test_model_grid_is_at_target_spacing_and_keeps_the_mass_in_place(name):
     array, plan = prepare_image(image, SPEC)
     assert array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
     assert all(n >= r for n, r in zip(array.shape, SPEC.roi_size))
-    np.testing.assert_allclose(plan.model_geometry.spacing, 1.0, atol=0.05)
+    np.testing.assert_allclose(plan.model_geometry.spacing, 1.0, atol=1e-9)
     model_label = prepare_label(label, plan)
     centre_model = plan.model_geometry.index_to_world(np.argwhere(model_label > 0).mean(0))
     centre_source = image.geometry.index_to_world(np.argwhere(label.array > 0).mean(0))
@@ -154,31 +194,29 @@ def test_layout_and_stored_type_do_not_change_the_model_input(name):
 
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
-def test_restore_is_laid_out_like_the_scan_and_equals_a_plain_resampling(name):
+def test_restore_is_laid_out_like_the_scan_and_fills_only_outside_the_body(name):
     """restore_to_source fills the scan's grid in memory order (x fastest, what the NIfTI writer
-    takes without a copy) and gives what resampling the crop in array order would."""
-    import torch.nn.functional as F
-    import torch
-
-    image, _ = sphere_scan(GEOMETRIES[name])
+    takes without a copy); the fill appears only where no grid voxel of the crop is read."""
+    image, _ = sphere_scan(GEOMETRIES[name], radius_mm=6, body_mm=14)
     array, plan = prepare_image(image, SPEC)
     restored = restore_to_source(array[None], plan, fill=-1.0)[0]
     assert restored.T.flags.c_contiguous
-    unpadded = array[tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.resampled_shape))]
-    expected = F.interpolate(torch.from_numpy(np.ascontiguousarray(unpadded))[None, None],
-                             size=plan.cropped_geometry.shape, mode="trilinear", align_corners=False)[0, 0].numpy()
-    canonical = reorient_array(restored, plan.reorientation)
-    box = tuple(slice(a, b) for a, b in zip(plan.crop_start, plan.crop_stop))
-    assert np.abs(canonical[box] - expected).max() < 1e-5
-    outside = np.ones(canonical.shape, bool)
-    outside[box] = False
-    assert (canonical[outside] == -1.0).all()
+    body = image.array > SPEC.crop_threshold_hu
+    assert (restored[body] > 0).mean() > 0.95  # the body came back (values in (0, 1])
+    assert (restored[~body] == -1.0).any()  # air far from the body keeps the fill
 
 
-def test_nearest_resampling_of_a_tensor_keeps_its_integer_type():
-    import torch
+def test_resampling_reads_a_flipped_int16_view_in_place_and_keeps_nearest_types():
+    from ceds_deploy.preprocess import axis_taps, resample
 
-    from ceds_deploy.preprocess import resample_array
-
-    out = resample_array(torch.full((4, 4, 4), -1000, dtype=torch.int16), (2, 2, 2), "nearest")
-    assert out.dtype == np.int16 and (out == -1000).all()
+    base = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    view = base.T[::-1]  # (7, 6, 5), x fastest and flipped, as a reoriented ITK buffer
+    taps = [axis_taps(0, n, 1.0, n, "nearest") for n in view.shape]
+    same = resample(view, taps, "nearest")
+    assert same.dtype == np.int16 and same.flags.c_contiguous
+    np.testing.assert_array_equal(same, view)
+    halves = [axis_taps(0, 2 * n - 1, 0.5, n, "linear") for n in view.shape]
+    upsampled = resample(view, halves, "linear")
+    assert upsampled.dtype == np.float32
+    np.testing.assert_array_equal(upsampled[::2, ::2, ::2], view)
+    np.testing.assert_allclose(upsampled[1, 0, 0], (float(view[0, 0, 0]) + view[1, 0, 0]) / 2)

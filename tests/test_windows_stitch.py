@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ceds_deploy.stitch import CaseJob, WindowOutputs, predict_cases, sliding_window_predict
-from ceds_deploy.windows import constant_importance, gaussian_importance, plan_windows, windows_with_content
+from ceds_deploy.windows import blend_weights, gaussian_importance, plan_windows, windows_with_content
 
 
 @pytest.mark.parametrize("shape,roi,overlap", [((70, 60, 50), (32, 32, 16), 0.25), ((224, 224, 160), (112, 112, 80), 0.25),
@@ -54,7 +54,8 @@ def _net_predictor(net):
     return predict, wrapper
 
 
-def test_stitched_logits_equal_monai_sliding_window_inference():
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_stitched_logits_equal_monai_sliding_window_inference(blend):
     from monai.inferers import sliding_window_inference
 
     from ceds_deploy.network import CedsNet, CedsNetConfig
@@ -63,10 +64,10 @@ def test_stitched_logits_equal_monai_sliding_window_inference():
     predict, wrapper = _net_predictor(CedsNet(CedsNetConfig(width=4)))
     image = np.random.default_rng(0).random((48, 40, 36), dtype=np.float32)
     plan = plan_windows(image.shape, (32, 32, 32), 0.25)
-    seg, conf = sliding_window_predict(image, plan, predict, batch_size=3)
+    seg, conf = sliding_window_predict(image, plan, predict, batch_size=3, blend=blend)
     with torch.inference_mode():
         reference = sliding_window_inference(torch.from_numpy(image)[None, None], (32, 32, 32), 4,
-                                             lambda x: wrapper(x)[0], overlap=0.25, mode="gaussian")
+                                             lambda x: wrapper(x)[0], overlap=0.25, mode=blend)
     assert seg.shape == (2, 48, 40, 36) and conf.shape == (1, 48, 40, 36)
     assert float((seg - reference[0]).abs().max()) <= 1e-4
 
@@ -78,11 +79,20 @@ def test_identity_predictor_stitches_exactly():
     def identity(batch):
         return WindowOutputs(torch.cat([batch, -batch], 1), batch.clone())
 
-    for weights in (None, constant_importance((16, 16, 16))):
-        seg, conf = sliding_window_predict(image, plan, identity, batch_size=4, weights=weights)
+    for blend in ("constant", "gaussian"):
+        seg, conf = sliding_window_predict(image, plan, identity, batch_size=4, blend=blend)
         np.testing.assert_allclose(seg[0].numpy(), image, atol=1e-6, rtol=0)
         np.testing.assert_allclose(seg[1].numpy(), -image, atol=1e-6, rtol=0)
         np.testing.assert_allclose(conf[0].numpy(), image, atol=1e-6, rtol=0)
+
+
+def test_unknown_blend_is_refused_before_any_window_runs():
+    calls = []
+    with pytest.raises(ValueError, match="blend must be one of constant, gaussian, got 'cosine'"):
+        sliding_window_predict(np.zeros((16, 16, 16), np.float32), plan_windows((16, 16, 16), (16, 16, 16), 0.0),
+                               lambda b: calls.append(b), batch_size=1, blend="cosine")
+    assert not calls
+    assert blend_weights((4, 4, 4), "constant").min() == 1.0
 
 
 def test_constant_predictor_stitches_exactly():
@@ -110,7 +120,7 @@ def test_windows_of_the_next_case_fill_the_batch():
     images = [rng.random(s, dtype=np.float32) for s in [(16, 16, 24), (16, 16, 40), (32, 16, 16)]]
     jobs = [CaseJob(key=i, image=im, plan=plan_windows(im.shape, (16, 16, 16), 0.0)) for i, im in enumerate(images)]
     counts = [len(j.plan) for j in jobs]  # 2, 3, 2 windows
-    finished = list(predict_cases(iter(jobs), record, batch_size=4, weights=constant_importance((16, 16, 16))))
+    finished = list(predict_cases(iter(jobs), record, batch_size=4, blend="constant"))
     assert sizes == [4, 3] and sum(counts) == 7
     assert [job.key for job, _, _ in finished] == [0, 1, 2]
     for (job, seg, _), image in zip(finished, images):

@@ -67,7 +67,7 @@ def validate(networks: dict[str, object], cases: Sequence[LabeledCase], spec: Mo
     for n, case in enumerate(cases):
         image = read_scan(case.image)
         label = read_label(case, image).array
-        body = image.array > spec.body_threshold_hu
+        body = image.array > spec.crop_threshold_hu
         for name, net in networks.items():
             with TorchBackend.from_module(net, spec, device=device, max_batch_size=batch_size,
                                           precision="fp32") as backend:

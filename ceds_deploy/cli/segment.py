@@ -19,6 +19,9 @@ def segment(
     device: DeviceOption = "cpu",
     overlap: Annotated[float, typer.Option(help="Window overlap in [0, 1); each step up multiplies the "
                                            "window count.")] = 0.25,
+    blend: Annotated[str, typer.Option(help="How overlapping windows are averaged: constant (the CEDS "
+                                       "validation's, MONAI's default) or gaussian (window centres count "
+                                       "most, as nnU-Net).")] = "constant",
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per backend call (default: on a "
                                                       "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
                                                       "on a GPU the backend's).")] = None,
@@ -62,7 +65,7 @@ def segment(
     try:
         from ceds_deploy.pipeline import SegmentOptions
 
-        options = SegmentOptions(overlap=overlap, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
+        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
                                  window=window, io_workers=io_workers, largest_component=largest_component)
