@@ -74,11 +74,6 @@ def reorient_geometry(geometry: Geometry, r: Reorientation) -> Geometry:
                     direction, shape)
 
 
-def crop_geometry(geometry: Geometry, start: tuple[int, ...], stop: tuple[int, ...]) -> Geometry:
-    return geometry.with_(origin=tuple(geometry.index_to_world(np.asarray(start))),
-                          shape=tuple(int(b - a) for a, b in zip(start, stop)))
-
-
 MONAI_AFFINE_TOL = 1e-3  # monai.data.utils.AFFINE_TOL
 
 
@@ -90,6 +85,15 @@ class SpacingGrid:
     geometry: Geometry
     scale: tuple[float, float, float]
     offset: tuple[float, float, float]
+
+    def taps_into_scan(self, mode: str, start, stop, size) -> list[Taps]:
+        """Taps of grid voxels start..stop-1 (per axis) into a reoriented scan of `size`."""
+        return [axis_taps(a, b, c, n, mode, o) for a, b, c, n, o in zip(start, stop, self.scale, size, self.offset)]
+
+    def taps_from_scan(self, mode: str, size) -> list[Taps]:
+        """Taps of every voxel of a reoriented scan of `size` into the grid (the inverse mapping)."""
+        return [axis_taps(0, n, 1.0 / c, m, mode, -o / c)
+                for n, c, o, m in zip(size, self.scale, self.offset, self.geometry.shape)]
 
 
 def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> SpacingGrid:
@@ -164,14 +168,14 @@ def _in_memory_order(array: np.ndarray, taps: list[Taps]) -> tuple[np.ndarray, t
     base axis k is array axis order[k], read backwards where that axis runs against memory."""
     order = memory_order(array)
     base = array.transpose(order)
+    flips = tuple(k for k in range(3) if base.strides[k] < 0)
     moved = []
     for k in range(3):
         low, high, frac = taps[order[k]]
-        if base.strides[k] < 0:
+        if k in flips:
             n = base.shape[k]
             low, high = n - 1 - low, n - 1 - high
         moved.append((low, high, frac))
-    flips = tuple(k for k in range(3) if base.strides[k] < 0)
     return (np.flip(base, flips) if flips else base), order, moved
 
 
@@ -263,17 +267,6 @@ class PreprocessPlan:
         shape = tuple(n + b + a for n, b, a in zip(self.cropped_shape, self.pad_before, self.pad_after))
         return self.grid.with_(origin=tuple(self.grid.index_to_world(corner)), shape=shape)
 
-    def grid_taps(self, mode: str, start, stop, size) -> list[Taps]:
-        """Taps of grid voxels start..stop-1 (per axis) into a reoriented scan of `size`."""
-        g = self.spacing_grid
-        return [axis_taps(a, b, c, n, mode, o) for a, b, c, n, o in zip(start, stop, g.scale, size, g.offset)]
-
-    def scan_taps(self, mode: str, size) -> list[Taps]:
-        """Taps of every voxel of a reoriented scan of `size` into the grid (the inverse mapping)."""
-        g = self.spacing_grid
-        return [axis_taps(0, n, 1.0 / c, m, mode, -o / c)
-                for n, c, o, m in zip(size, g.scale, g.offset, self.grid.shape)]
-
 
 def _pad_to_roi(array: np.ndarray, roi: tuple[int, int, int], value: float) -> tuple[np.ndarray, tuple, tuple]:
     """Pad symmetrically (the odd voxel after) to at least `roi`, as MONAI's SpatialPad."""
@@ -293,8 +286,7 @@ def prepare_image(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[
     grid = spacing_grid(canonical, spec.target_spacing)
     source = reorient_array(image.array, r)
     threshold = spec.crop_threshold_hu
-    plan = PreprocessPlan(image.geometry, r, grid, (0, 0, 0), grid.geometry.shape, (0, 0, 0), (0, 0, 0))
-    taps = plan.grid_taps("linear", (0, 0, 0), grid.geometry.shape, source.shape)
+    taps = grid.taps_into_scan("linear", (0, 0, 0), grid.geometry.shape, source.shape)
     # Only grid voxels that read a source voxel above the threshold can be above it after the
     # (convex) linear interpolation: find them on the scan's own grid, resample just that block.
     body = bounding_box(source > threshold)
@@ -320,7 +312,7 @@ def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
     if not label.geometry.same_grid(plan.source, atol=1e-3):
         raise ValueError(f"label grid {label.geometry} differs from the image grid {plan.source}")
     source = reorient_array(label.array, plan.reorientation)
-    taps = plan.grid_taps("nearest", plan.crop_start, plan.crop_stop, source.shape)
+    taps = plan.spacing_grid.taps_into_scan("nearest", plan.crop_start, plan.crop_stop, source.shape)
     region = resample(source.astype(np.uint8, copy=False), taps, "nearest")
     return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
 
@@ -353,7 +345,7 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     canonical = reorient_array(out, plan.reorientation)
     crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.cropped_shape))]
     # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
-    taps = plan.scan_taps(mode, canonical.shape[1:])
+    taps = plan.spacing_grid.taps_from_scan(mode, canonical.shape[1:])
     box = [taps_reaching(t, a, b) for t, a, b in zip(taps, plan.crop_start, plan.crop_stop)]
     # Index the crop with a one-voxel ring of fill, which every tap outside the crop reads.
     local = []
