@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             "reference_s": reference_seconds, "ceds_segment_s": ours_seconds,
             "speedup": reference_seconds / ours_seconds,
             "mask_dice": dice(mask > 0, reference["mask"] > 0), "dice_vs_ours_default": dice_vs_default,
-            "prob_max_abs_diff": float(np.abs(probability - reference["probability"].astype(np.float32)).max()),
+            # In the body: outside the body crop Invertd pads zero logits (probability 0.5 in the air).
+            "prob_max_abs_diff": float(np.abs(probability - reference["probability"].astype(np.float32))[
+                source.array > spec.crop_threshold_hu].max()),
             "dice_vs_truth_ours": truth_dice(args.work, path, mask),
             "dice_vs_truth_reference": truth_dice(args.work, path, reference["mask"]),
             "tumour_voxels": int(mask.sum()), "windows_ours": row.windows,
