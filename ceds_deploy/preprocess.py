@@ -131,6 +131,8 @@ def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> Spa
     return SpacingGrid(grid, tuple(float(v) for v in np.diag(index)[:3]), tuple(float(v) for v in index[:3, 3]))
 
 
+SCAN_CHUNK_VOXELS = 1 << 23  # CPU: the scan is read and filled in chunks of this many voxels
+
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # (low, high, frac): out = in[low] * (1 - frac) + in[high] * frac
 
 
@@ -206,10 +208,21 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     first = [int(min(t[0].min(), t[1].min())) if len(t[0]) else 0 for t in moved]
     last = [int(max(t[0].max(), t[1].max())) + 1 if len(t[0]) else 1 for t in moved]
     slab = base[tuple(slice(a, b) for a, b in zip(first, last))]
-    tensor = torch.from_numpy(slab if slab.dtype != np.uint16 else slab.astype(np.int32)).to(device)
-    for k in (0, 1, 2):  # the slowest axis first: whole contiguous rows per tap on the largest data
-        low, high, frac = moved[k]
-        tensor = _gather(tensor, k, (low - first[k], high - first[k], frac))
+    tensor = torch.from_numpy(slab if slab.dtype != np.uint16 else slab.astype(np.int32))
+    moved = [(low - a, high - a, frac) for (low, high, frac), a in zip(moved, first)]
+    rows = len(moved[0][0])
+    if rows == 0 or not len(moved[1][0]) or not len(moved[2][0]):
+        return np.empty(tuple(len(t[0]) for t in taps), dtype=np.float32 if mode == "linear" else array.dtype)
+    # Output rows in chunks (all at once on a GPU), so no temporary is larger than a chunk of the
+    # scan: each reads its few slowest-axis rows (whole contiguous planes), then narrows them.
+    step = rows if str(device) != "cpu" else max(1, SCAN_CHUNK_VOXELS // max(1, slab[0].size))
+    chunks = []
+    for start in range(0, rows, step):
+        low, high, frac = (part[start:start + step] for part in moved[0])
+        a, b = int(min(low.min(), high.min())), int(max(low.max(), high.max())) + 1
+        chunk = _gather(tensor[a:b].to(device), 0, (low - a, high - a, frac))
+        chunks.append(_gather(_gather(chunk, 1, moved[1]), 2, moved[2]))
+    tensor = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
     if mode == "linear":
         tensor = tensor.float()
     out = tensor.cpu().numpy()
@@ -317,7 +330,6 @@ def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
     return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
 
 
-RESTORE_CHUNK_VOXELS = 1 << 23  # CPU: the last interpolation pass writes the scan in chunks this large
 
 
 def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
@@ -364,8 +376,7 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
 
 def _resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None:
     """Fill the 3D view `target` (large: a box of the scan's grid) from the torch tensor `source`
-    (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order;
-    the last, slowest-axis pass is written in chunks (on a CPU) so no full-size temporary is made."""
+    (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order."""
     import torch
 
     order = memory_order(target)
@@ -375,14 +386,16 @@ def _resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None
     # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
     moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]]
              for k in range(3)]
-    tensor = source.permute(*order)
-    for k in (2, 1):  # the fastest axes first, while the data is small
-        tensor = _gather(tensor, k, moved[k])
+    source = source.permute(*order)
     writable = torch.from_numpy(base)
     rows = base.shape[0]
-    step = rows if str(device) != "cpu" else max(1, RESTORE_CHUNK_VOXELS // max(1, base[0].size))
+    # Row chunks of the scan (all of it on a GPU): each reads a few grid rows, then widens them, so
+    # no temporary is larger than a chunk; the last pass copies whole contiguous rows.
+    step = rows if str(device) != "cpu" else max(1, SCAN_CHUNK_VOXELS // max(1, base[0].size))
     low, high, frac = moved[0]
     for start in range(0, rows, step):
         part = slice(start, min(rows, start + step))
-        chunk = _gather(tensor, 0, (low[part], high[part], frac[part]))
+        first, last = int(min(low[part].min(), high[part].min())), int(max(low[part].max(), high[part].max())) + 1
+        chunk = _gather(source[first:last], 0, (low[part] - first, high[part] - first, frac[part]))
+        chunk = _gather(_gather(chunk, 2, moved[2]), 1, moved[1])
         writable[part].copy_(chunk.to(writable.dtype) if chunk.dtype != writable.dtype else chunk)

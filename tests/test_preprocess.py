@@ -220,3 +220,17 @@ def test_resampling_reads_a_flipped_int16_view_in_place_and_keeps_nearest_types(
     assert upsampled.dtype == np.float32
     np.testing.assert_array_equal(upsampled[::2, ::2, ::2], view)
     np.testing.assert_allclose(upsampled[1, 0, 0], (float(view[0, 0, 0]) + view[1, 0, 0]) / 2)
+
+
+@pytest.mark.parametrize("name", ["permuted_flipped", "oblique"])
+def test_reading_and_filling_the_scan_in_chunks_changes_nothing(monkeypatch, name):
+    import ceds_deploy.preprocess as preprocess
+
+    image, _ = sphere_scan(GEOMETRIES[name])
+    whole, plan = prepare_image(image, SPEC)
+    restored = restore_to_source(np.stack([whole, 1 - whole]), plan, fill=-1.0)
+    monkeypatch.setattr(preprocess, "SCAN_CHUNK_VOXELS", 100)  # a few rows a chunk
+    chunked, same_plan = prepare_image(image, SPEC)
+    assert same_plan == plan
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(restore_to_source(np.stack([chunked, 1 - chunked]), plan, fill=-1.0), restored)
