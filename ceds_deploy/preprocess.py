@@ -101,7 +101,11 @@ def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> Spa
     computed as `monai.data.utils.zoom_affine` and `compute_shape_offset` do: the directions kept,
     the new spacing (or the old one where it is within 1e-3 of it), the voxel centres' extent
     rounded half to even, and the first voxel on the scan's first voxel, or, where the check that
-    this corner is the smallest fails (float noise in an oblique affine), both grids centred."""
+    this corner is the smallest fails (float noise in an oblique affine), both grids centred.
+    Where the extent is an exact n + 0.5 voxels, MONAI's shape follows the float noise of the
+    affine its reader made; ours rounds half to even, so such a grid can differ by one voxel.
+    Directions are taken as orthonormal (MONAI orthonormalises a sheared affine; scanners do not
+    write those)."""
     old = np.asarray(geometry.spacing, dtype=np.float64)
     new = np.where(np.abs(old - np.asarray(spacing)) <= MONAI_AFFINE_TOL, old, np.asarray(spacing, dtype=np.float64))
     source = geometry.affine
@@ -132,6 +136,12 @@ def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> Spa
 
 
 SCAN_CHUNK_VOXELS = 1 << 23  # CPU: the scan is read and filled in chunks of this many voxels
+GPU_SCAN_CHUNK_VOXELS = 1 << 28  # GPU: one chunk for any usual scan, bounded for small cards
+
+
+def _chunk_rows(device, plane_voxels: int) -> int:
+    limit = SCAN_CHUNK_VOXELS if str(device) == "cpu" else GPU_SCAN_CHUNK_VOXELS
+    return max(1, limit // max(1, plane_voxels))
 
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # (low, high, frac): out = in[low] * (1 - frac) + in[high] * frac
 
@@ -142,7 +152,7 @@ def axis_taps(start: int, stop: int, scale: float, size: int, mode: str, offset:
     padding)."""
     x = np.clip(np.arange(start, stop, dtype=np.float64) * scale + offset, 0, size - 1)
     if mode == "nearest":
-        low = np.rint(x).astype(np.int64)  # half to even, as grid_sample's nearest
+        low = np.floor(x + 0.5).astype(np.int64)  # ties up, as MONAI's Spacing (nearest) gives
         return low, low, np.zeros(len(x))
     if mode != "linear":
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
@@ -208,27 +218,26 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     first = [int(min(t[0].min(), t[1].min())) if len(t[0]) else 0 for t in moved]
     last = [int(max(t[0].max(), t[1].max())) + 1 if len(t[0]) else 1 for t in moved]
     slab = base[tuple(slice(a, b) for a, b in zip(first, last))]
-    tensor = torch.from_numpy(slab if slab.dtype != np.uint16 else slab.astype(np.int32))
     moved = [(low - a, high - a, frac) for (low, high, frac), a in zip(moved, first)]
     rows = len(moved[0][0])
     if rows == 0 or not len(moved[1][0]) or not len(moved[2][0]):
         return np.empty(tuple(len(t[0]) for t in taps), dtype=np.float32 if mode == "linear" else array.dtype)
-    # Output rows in chunks (all at once on a GPU), so no temporary is larger than a chunk of the
-    # scan: each reads its few slowest-axis rows (whole contiguous planes), then narrows them.
-    step = rows if str(device) != "cpu" else max(1, SCAN_CHUNK_VOXELS // max(1, slab[0].size))
+    # Output rows in chunks, so no temporary is larger than a chunk of the scan: each reads its
+    # few slowest-axis rows (whole contiguous planes), then narrows them.
+    step = _chunk_rows(device, slab[0].size)
     chunks = []
     for start in range(0, rows, step):
         low, high, frac = (part[start:start + step] for part in moved[0])
         a, b = int(min(low.min(), high.min())), int(max(low.max(), high.max())) + 1
-        chunk = _gather(tensor[a:b].to(device), 0, (low - a, high - a, frac))
+        rows_read = slab[a:b] if slab.dtype != np.uint16 else slab[a:b].astype(np.int32)  # torch lacks uint16 gathers
+        chunk = _gather(torch.from_numpy(rows_read).to(device), 0, (low - a, high - a, frac))
         chunks.append(_gather(_gather(chunk, 1, moved[1]), 2, moved[2]))
     tensor = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
     if mode == "linear":
         tensor = tensor.float()
-    out = tensor.cpu().numpy()
-    if out.dtype != array.dtype and mode == "nearest":
-        out = out.astype(array.dtype)
-    return np.ascontiguousarray(out.transpose(np.argsort(order)))
+    # Back to `array`'s axis order on the device, where the copy is cheapest.
+    out = tensor.permute(*(int(a) for a in np.argsort(order))).contiguous().cpu().numpy()
+    return out.astype(array.dtype) if out.dtype != array.dtype and mode == "nearest" else out
 
 
 def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -310,7 +319,7 @@ def prepare_image(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[
         block = [(0, m) for m in grid.geometry.shape]
     resampled = resample(source, taps, "linear", device)
     box = bounding_box(resampled > threshold) if resampled.size else None
-    if box is None:  # nothing above the threshold: keep the whole block
+    if box is None:  # nothing above the threshold: keep the whole block (MONAI would crop to nothing)
         box = ((0, 0, 0), resampled.shape)
     region = hu_window(np.array(resampled[tuple(slice(a, b) for a, b in zip(*box))], copy=True), spec.hu_window)
     del resampled
@@ -350,7 +359,8 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     tensor = channels if isinstance(channels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(channels))
     device = tensor.device
     floating = tensor.dtype.is_floating_point
-    dtype = np.float32 if floating else torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    # Linear interpolation makes fractions: only nearest keeps an integer type.
+    dtype = np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
     out = np.empty((channels.shape[0], *plan.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
@@ -389,9 +399,9 @@ def _resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None
     source = source.permute(*order)
     writable = torch.from_numpy(base)
     rows = base.shape[0]
-    # Row chunks of the scan (all of it on a GPU): each reads a few grid rows, then widens them, so
-    # no temporary is larger than a chunk; the last pass copies whole contiguous rows.
-    step = rows if str(device) != "cpu" else max(1, SCAN_CHUNK_VOXELS // max(1, base[0].size))
+    # Row chunks of the scan: each reads a few grid rows, then widens them, so no temporary is
+    # larger than a chunk; the last pass copies whole contiguous rows.
+    step = _chunk_rows(device, base[0].size)
     low, high, frac = moved[0]
     for start in range(0, rows, step):
         part = slice(start, min(rows, start + step))
