@@ -39,26 +39,33 @@ def make_scans(folder: Path, cases: int, size: str, seed: int) -> list[Path]:
     return paths
 
 
-def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> dict:
-    """The CEDS reference validation path, timed per stage; returns mask, probability, times.
-    `blend` other than the reference's "constant" is for diagnosing where the two ways differ."""
-    import torch
-    from monai.data import MetaTensor
-    from monai.inferers import sliding_window_inference
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, ScaleIntensityRanged, Spacingd, SpatialPadd)
-
-    from ceds_deploy.io import read_scan, write_volume
+def reference_preprocessing(spec):
+    """The CEDS code's pre-processing, after loading: MONAI Orientation, Spacing,
+    ScaleIntensityRange, CropForeground and SpatialPad (Invertd undoes it)."""
+    from monai.transforms import Compose, CropForegroundd, Orientationd, ScaleIntensityRanged, Spacingd, SpatialPadd
 
     low, high = spec.hu_window
-    load = Compose([LoadImaged("image", reader="NibabelReader", image_only=False), EnsureChannelFirstd("image")])
-    prepare = Compose([
+    return Compose([
         Orientationd("image", axcodes="LPS"),  # the array order ceds-deploy's canonical grid uses
         Spacingd("image", pixdim=spec.target_spacing, mode="bilinear"),
         ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd("image", source_key="image"),
         SpatialPadd("image", spatial_size=spec.roi_size),
     ])
+
+
+def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> dict:
+    """The CEDS reference validation path, timed per stage; returns mask, probability, times.
+    `blend` other than the reference's "constant" is for diagnosing where the two ways differ."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
+
+    from ceds_deploy.io import read_scan, write_volume
+
+    load = Compose([LoadImaged("image", reader="NibabelReader", image_only=False), EnsureChannelFirstd("image")])
+    prepare = reference_preprocessing(spec)
     times = {}
     t = time.perf_counter()
     data = load({"image": str(path)})

@@ -24,26 +24,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
-from benchmarks.end_to_end import make_scans  # noqa: E402
+from benchmarks.end_to_end import make_scans, reference_preprocessing  # noqa: E402
 
 
 def reference_window_count(path: Path, spec) -> tuple[int, tuple[int, ...]]:
     """Windows of the reference way: its pre-processing, then MONAI's dense grid (our plan_windows
     reproduces sliding_window_inference's positions; tests/test_windows_stitch.py checks it)."""
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd,
-                                  ScaleIntensityRanged, Spacingd, SpatialPadd)
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
     from ceds_deploy.windows import plan_windows
 
-    low, high = spec.hu_window
-    data = Compose([
-        LoadImaged("image", reader="NibabelReader"), EnsureChannelFirstd("image"),
-        Orientationd("image", axcodes="LPS"),
-        Spacingd("image", pixdim=spec.target_spacing, mode="bilinear"),
-        ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-        CropForegroundd("image", source_key="image"),
-        SpatialPadd("image", spatial_size=spec.roi_size),
-    ])({"image": str(path)})
+    load = Compose([LoadImaged("image", reader="NibabelReader"), EnsureChannelFirstd("image")])
+    data = reference_preprocessing(spec)(load({"image": str(path)}))
     shape = tuple(int(n) for n in data["image"].shape[1:])
     return len(plan_windows(shape, spec.roi_size, 0.25)), shape
 

@@ -75,6 +75,7 @@ def reorient_geometry(geometry: Geometry, r: Reorientation) -> Geometry:
 
 
 MONAI_AFFINE_TOL = 1e-3  # monai.data.utils.AFFINE_TOL
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # (low, high, frac): out = in[low] * (1 - frac) + in[high] * frac
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,6 @@ def spacing_grid(geometry: Geometry, spacing: tuple[float, float, float]) -> Spa
     return SpacingGrid(grid, tuple(float(v) for v in np.diag(index)[:3]), tuple(float(v) for v in index[:3, 3]))
 
 
-SCAN_CHUNK_VOXELS = 1 << 23  # CPU: the scan is read and filled in chunks of this many voxels
-GPU_SCAN_CHUNK_VOXELS = 1 << 28  # GPU: one chunk for any usual scan, bounded for small cards
-
-
-def _chunk_rows(device, plane_voxels: int) -> int:
-    limit = SCAN_CHUNK_VOXELS if str(device) == "cpu" else GPU_SCAN_CHUNK_VOXELS
-    return max(1, limit // max(1, plane_voxels))
-
-Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # (low, high, frac): out = in[low] * (1 - frac) + in[high] * frac
-
-
 def axis_taps(start: int, stop: int, scale: float, size: int, mode: str, offset: float = 0.0) -> Taps:
     """Where output voxels start..stop-1 of one axis read an input axis of `size` voxels: output
     voxel i lies at input coordinate i * scale + offset, clamped to the edge voxels (MONAI's border
@@ -175,20 +165,22 @@ def memory_order(array: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(a) for a in np.argsort(-strides, kind="stable"))
 
 
-def _in_memory_order(array: np.ndarray, taps: list[Taps]) -> tuple[np.ndarray, tuple[int, int, int], list[Taps]]:
-    """`array` as a view with positive strides, largest first, and `taps` moved to its axes:
-    base axis k is array axis order[k], read backwards where that axis runs against memory."""
+def _memory_view(array: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int], tuple[int, ...]]:
+    """`array` as a view with positive strides, the largest first: base axis k is array axis
+    order[k], reversed for k in `flips` (where that axis runs against memory)."""
     order = memory_order(array)
-    base = array.transpose(order)
-    flips = tuple(k for k in range(3) if base.strides[k] < 0)
-    moved = []
-    for k in range(3):
-        low, high, frac = taps[order[k]]
-        if k in flips:
-            n = base.shape[k]
-            low, high = n - 1 - low, n - 1 - high
-        moved.append((low, high, frac))
-    return (np.flip(base, flips) if flips else base), order, moved
+    view = array.transpose(order)
+    flips = tuple(k for k in range(3) if view.strides[k] < 0)
+    return (np.flip(view, flips) if flips else view), order, flips
+
+
+SCAN_CHUNK_VOXELS = 1 << 23  # CPU: the scan is read and filled in chunks of this many voxels
+GPU_SCAN_CHUNK_VOXELS = 1 << 28  # GPU: one chunk for any usual scan, bounded for small cards
+
+
+def _chunk_rows(device, plane_voxels: int) -> int:
+    limit = SCAN_CHUNK_VOXELS if str(device) == "cpu" else GPU_SCAN_CHUNK_VOXELS
+    return max(1, limit // max(1, plane_voxels))
 
 
 def _gather(tensor, axis: int, taps: Taps):
@@ -214,7 +206,13 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     is read, so a transposed or flipped view of a large scan is never copied."""
     import torch
 
-    base, order, moved = _in_memory_order(array, taps)
+    base, order, flips = _memory_view(array)
+    moved = []  # the taps on base axes; a reversed axis reads input n - 1 - i for i
+    for k in range(3):
+        low, high, frac = taps[order[k]]
+        if k in flips:
+            low, high = base.shape[k] - 1 - low, base.shape[k] - 1 - high
+        moved.append((low, high, frac))
     first = [int(min(t[0].min(), t[1].min())) if len(t[0]) else 0 for t in moved]
     last = [int(max(t[0].max(), t[1].max())) + 1 if len(t[0]) else 1 for t in moved]
     slab = base[tuple(slice(a, b) for a, b in zip(first, last))]
@@ -339,8 +337,6 @@ def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
     return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
 
 
-
-
 def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
                       mode: str = "linear") -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
@@ -389,10 +385,7 @@ def _resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None
     (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order."""
     import torch
 
-    order = memory_order(target)
-    view = target.transpose(order)
-    flips = tuple(k for k in range(3) if view.strides[k] < 0)
-    base = np.flip(view, flips) if flips else view
+    base, order, flips = _memory_view(target)
     # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
     moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]]
              for k in range(3)]
