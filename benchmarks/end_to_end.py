@@ -15,6 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +103,14 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     import torch
     from monai.inferers import sliding_window_inference
 
+    from ceds_deploy.inference.scheduler import sliding_window_predict
+    from ceds_deploy.inference.segment import window_plan_for
     from ceds_deploy.io import read_scan
-    from ceds_deploy.pipeline import window_plan_for
-    from ceds_deploy.postprocess import restore_prediction
-    from ceds_deploy.preprocess import prepare_image
-    from ceds_deploy.stitch import sliding_window_predict
+    from ceds_deploy.transforms.preprocess import prepare_scan
+    from ceds_deploy.transforms.restore import restore_prediction
 
     gaussian_reference = reference_way(path, net, spec, out, blend="gaussian")["mask"] > 0
-    image, plan = prepare_image(read_scan(path, dtype=None), spec)
+    image, plan = prepare_scan(read_scan(path, dtype=None), spec)
     with torch.inference_mode():
         logits = sliding_window_inference(torch.from_numpy(image)[None, None], spec.roi_size, 4,
                                           lambda x: net(x)[0], overlap=0.25, mode="constant")[0]
@@ -174,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends import create_backend
     from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.inference import SegmentOptions, segment_folder, segment_volume
     from ceds_deploy.io import read_scan
     from ceds_deploy.network import CedsInference
-    from ceds_deploy.pipeline import SegmentOptions, segment_folder, segment_volume
 
     scans = make_scans(args.work / "scans", args.cases, args.size, args.seed)
     spec = read_spec(args.model)
@@ -228,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             run = segment_folder(single, ours_out, backend, options)
             ours_seconds = time.perf_counter() - start
             # Untimed: the tumour probability for the agreement check, through the same code.
-            probability = segment_volume(source, backend, keep_probabilities=True, overlap=options.overlap,
-                                         skip_air=options.skip_air, window=options.window).probabilities
+            probability = segment_volume(source, backend, replace(options, save_probabilities=True)).probabilities
         row = next(r for r in run.rows if r.status == "ok")
         case = row.case
         mask = read_scan(ours_out / f"{case}.nii.gz", dtype=None).array

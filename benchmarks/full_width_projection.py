@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
 from benchmarks.end_to_end import make_scans, reference_preprocessing  # noqa: E402
@@ -32,7 +30,7 @@ def reference_window_count(path: Path, spec) -> tuple[int, tuple[int, ...]]:
     reproduces sliding_window_inference's positions; tests/test_windows_stitch.py checks it)."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-    from ceds_deploy.windows import plan_windows
+    from ceds_deploy.inference.windows import plan_windows
 
     load = Compose([LoadImaged("image", reader="NibabelReader"), EnsureChannelFirstd("image")])
     data = reference_preprocessing(spec)(load({"image": str(path)}))
@@ -41,11 +39,11 @@ def reference_window_count(path: Path, spec) -> tuple[int, tuple[int, ...]]:
 
 
 def ours_window_count(path: Path, spec, overlap: float, skip_air: bool) -> tuple[int, tuple[int, ...]]:
+    from ceds_deploy.inference.segment import window_plan_for
     from ceds_deploy.io import read_scan
-    from ceds_deploy.pipeline import window_plan_for
-    from ceds_deploy.preprocess import prepare_image
+    from ceds_deploy.transforms.preprocess import prepare_scan
 
-    image, _ = prepare_image(read_scan(path, dtype=None), spec)
+    image, _ = prepare_scan(read_scan(path, dtype=None), spec)
     return len(window_plan_for(image, spec, overlap, skip_air)), image.shape
 
 

@@ -104,7 +104,7 @@ def end_to_end(scans: Path, checkpoint: Path, out: Path, precision: str, graph: 
 
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends import create_backend
-    from ceds_deploy.pipeline import SegmentOptions, segment_folder
+    from ceds_deploy.inference import SegmentOptions, segment_folder
 
     spec = read_spec(checkpoint)
     cuda = device.startswith("cuda")

@@ -29,14 +29,14 @@ def phantom_windows(spec, count: int, seed: int, size: str) -> np.ndarray:
     """`count` windows of the model's ROI, cut at random from pre-processed phantoms, each holding
     some body (what `ceds segment` computes after skipping air windows)."""
     from ceds_deploy.phantoms import make_case
-    from ceds_deploy.preprocess import prepare_image
+    from ceds_deploy.transforms.preprocess import prepare_scan
 
     rng = np.random.default_rng(seed)
     roi = spec.roi_size
     windows, case = [], 0
     while len(windows) < count:
         image, _ = make_case(3000 + case, seed=seed, size=size)
-        array, _ = prepare_image(image, spec)
+        array, _ = prepare_scan(image, spec)
         for _ in range(4):
             start = [int(rng.integers(0, n - r + 1)) for n, r in zip(array.shape, roi)]
             window = array[tuple(slice(s, s + r) for s, r in zip(start, roi))]
@@ -47,8 +47,13 @@ def phantom_windows(spec, count: int, seed: int, size: str) -> np.ndarray:
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, fmt: str) -> float:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Windows(CalibrationDataReader):
         def __init__(self) -> None:

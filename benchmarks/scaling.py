@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import json, resource, sys, time
 from pathlib import Path
 from ceds_deploy.artifacts import read_spec, artifact_kind
 from ceds_deploy.backends import create_backend, resolve_backend
-from ceds_deploy.pipeline import SegmentOptions, segment_folder
+from ceds_deploy.inference import SegmentOptions, segment_folder
 scan, out, model, backend = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 spec = read_spec(model)
 name, _ = resolve_backend(backend, artifact_kind(model), "cpu")
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ceds_deploy.io import write_volume
     from ceds_deploy.phantoms import make_case
-    from ceds_deploy.preprocess import canonical_reorientation, reorient_array, reorient_geometry
+    from ceds_deploy.transforms.orientation import canonical_reorientation, reorient_array, reorient_geometry
     from ceds_deploy.volume import Volume
 
     image, _ = make_case(2000, seed=3, size="full")

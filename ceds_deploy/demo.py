@@ -148,8 +148,8 @@ def _export(out: Path) -> str:
 
 
 def _segment(out: Path, console) -> str:
-    from ceds_deploy.pipeline import SegmentOptions
-    from ceds_deploy.segment_run import run_segment
+    from ceds_deploy.inference import SegmentOptions
+    from ceds_deploy.cli.segment import run_segment
 
     seg = out / "segment"
     if (seg / DONE_MARKER).exists():
@@ -189,7 +189,7 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, fresh: bool 
     scores = {}
 
     def evaluate() -> str:
-        from ceds_deploy.evaluate import evaluate_folder
+        from ceds_deploy.qa.evaluate import evaluate_folder
 
         scores["report"] = evaluate_folder(out / "segment", out / "data" / "labelsTs")
         return f"scored against labelsTs -> {out / 'segment' / 'evaluation.csv'}"

@@ -1,4 +1,10 @@
-"""The project's exceptions. The CLI prints these as one red line; anything else is a bug."""
+"""The project's exceptions, one hierarchy under `CedsError`.
+
+The CLI prints a `CedsError` as one red line naming the file or value and what is wrong (exit 1;
+`ConfigError` raised while parsing options exits 2). Anything else reaching the CLI is a bug.
+`ConfigError` is also a `ValueError`, `BackendError` and `UsageError` are `RuntimeError`s, so callers that catch the
+built-in types keep working.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,10 @@ class ScanError(CedsError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutputError(CedsError):
+    """An output folder or file that cannot be written (inside the input, read-only, full, locked)."""
+
+
 class ModelInputError(CedsError):
     """A tensor given to the network or a backend has the wrong shape or dtype."""
 
@@ -28,9 +38,18 @@ class BackendUnavailableError(CedsError):
     """A backend the user asked for cannot run here (package or device missing)."""
 
 
+class BackendError(CedsError, RuntimeError):
+    """A backend that failed while running (wrong outputs, used before activation, out of memory)."""
+
+
+class UsageError(CedsError, RuntimeError):
+    """The library called in a way it does not support (a network in train mode given to inference,
+    a backend used before `activate()`)."""
+
+
 class DatasetError(CedsError):
     """A training dataset folder that is inconsistent (missing files, bad labels, ...)."""
 
 
-class ConfigError(CedsError):
+class ConfigError(CedsError, ValueError):
     """A configuration value outside its allowed range."""

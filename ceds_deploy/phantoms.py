@@ -176,8 +176,8 @@ def reorient_geometry(geometry: Geometry, flips: tuple[int, ...],
                       perm: tuple[int, int, int]) -> Geometry:
     """The geometry of an array after flipping the given axes and then permuting them (new axis
     b = old axis perm[b]): every voxel keeps its world position."""
-    from ceds_deploy.preprocess import Reorientation
-    from ceds_deploy.preprocess import reorient_geometry as reorient_grid
+    from ceds_deploy.transforms.orientation import Reorientation
+    from ceds_deploy.transforms.orientation import reorient_geometry as reorient_grid
 
     perm = tuple(int(p) for p in perm)
     return reorient_grid(geometry, Reorientation(perm, tuple(perm[b] in flips for b in range(3))))

@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 
 from ceds_deploy import __version__
-from ceds_deploy.errors import ArtifactError
+from ceds_deploy.errors import ArtifactError, ConfigError
 
 SPEC_FORMAT = 1
 
@@ -38,13 +38,13 @@ class ModelSpec:
         object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
         object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
         if len(self.roi_size) != 3 or any(v <= 0 or v % 16 for v in self.roi_size):
-            raise ValueError(f"roi_size must be 3 positive multiples of 16, got {self.roi_size}")
+            raise ConfigError(f"roi_size must be 3 positive multiples of 16, got {self.roi_size}")
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-            raise ValueError(f"target_spacing must be 3 positive values, got {self.target_spacing}")
+            raise ConfigError(f"target_spacing must be 3 positive values, got {self.target_spacing}")
         if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
-            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+            raise ConfigError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.width <= 0:
-            raise ValueError(f"width must be positive, got {self.width}")
+            raise ConfigError(f"width must be positive, got {self.width}")
 
     @property
     def crop_threshold_hu(self) -> float:
@@ -61,7 +61,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -75,7 +75,7 @@ class ModelSpec:
             raise ArtifactError(f"invalid model spec: {err}") from err
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -84,9 +84,13 @@ class ModelSpec:
             raise ArtifactError("model spec JSON must be an object")
         return cls.from_dict(data)
 
-    def replace(self, **changes) -> "ModelSpec":
+    def replace(self, **changes) -> ModelSpec:
         return replace(self, **changes)
 
 # Where each artifact keeps its spec.
 ONNX_SPEC_KEY = "ceds.model_spec"  # ONNX metadata_props key holding ModelSpec JSON
 ENGINE_SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
+
+# The network's tensor names in every artifact (ONNX graph, TensorRT engine).
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("seg_logits", "confidence")

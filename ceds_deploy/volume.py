@@ -11,19 +11,23 @@ Conventions (the same as ITK/SimpleITK and DICOM):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-Triple = tuple[float, float, float]
-Matrix3 = tuple[Triple, Triple, Triple]
+from ceds_deploy.errors import ConfigError
+
+Triple = tuple[float, ...]  # three values; normalised to floats in Geometry.__post_init__
+Matrix3 = tuple[Triple, ...]
 
 
 @dataclass(frozen=True)
 class Geometry:
     spacing: Triple
     origin: Triple
-    direction: Matrix3  # rows of the 3x3 matrix; column a is the world direction of array axis a
-    shape: tuple[int, int, int]
+    direction: Matrix3 | npt.ArrayLike  # 3x3, stored as rows; column a is the world direction of array axis a
+    shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
         # Normalise to plain float/int tuples so equality and hashing behave.
@@ -33,9 +37,9 @@ class Geometry:
         object.__setattr__(self, "direction", tuple(tuple(float(v) for v in r) for r in rows))
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.shape) != 3:
-            raise ValueError(f"geometry needs 3 spacings, origins and sizes, got {self}")
+            raise ConfigError(f"geometry needs 3 spacings, origins and sizes, got {self}")
         if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+            raise ConfigError(f"spacing must be positive, got {self.spacing}")
 
     @property
     def direction_matrix(self) -> np.ndarray:
@@ -50,14 +54,15 @@ class Geometry:
         return a
 
     @classmethod
-    def from_affine(cls, affine: np.ndarray, shape: tuple[int, int, int]) -> "Geometry":
+    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
         affine = np.asarray(affine, dtype=np.float64)
         linear = affine[:3, :3]
         spacing = np.linalg.norm(linear, axis=0)
         return cls(tuple(spacing), tuple(affine[:3, 3]), linear / spacing[None, :], shape)
 
-    def with_(self, **changes) -> "Geometry":
-        values = {"spacing": self.spacing, "origin": self.origin, "direction": self.direction,
+    def with_(self, **changes: Any) -> Geometry:
+        """A copy with some of spacing, origin, direction or shape replaced."""
+        values: dict[str, Any] = {"spacing": self.spacing, "origin": self.origin, "direction": self.direction,
                   "shape": self.shape}
         values.update(changes)
         return Geometry(**values)
@@ -66,7 +71,7 @@ class Geometry:
         index = np.asarray(index, dtype=np.float64)
         return np.asarray(self.origin) + (index * np.asarray(self.spacing)) @ self.direction_matrix.T
 
-    def same_grid(self, other: "Geometry", atol: float = 1e-5) -> bool:
+    def same_grid(self, other: Geometry, atol: float = 1e-5) -> bool:
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
     @property
@@ -83,11 +88,11 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or tuple(self.array.shape) != self.geometry.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"array shape {self.array.shape} does not match geometry shape {self.geometry.shape}")
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return self.geometry.shape
 
     @property

@@ -80,13 +80,13 @@ def phantom_windows(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray | 
     if count < 1 or importlib.util.find_spec("ceds_deploy.phantoms") is None:
         return None
     from ceds_deploy.phantoms import make_case
-    from ceds_deploy.preprocess import prepare_image, prepare_label
+    from ceds_deploy.transforms.preprocess import prepare_scan, prepare_label
 
     roi = np.asarray(spec.roi_size)
     out = np.empty((count, 1, *spec.roi_size), dtype=np.float32)
     for i in range(count):
         image, label = make_case(i, seed, size="small")
-        array, plan = prepare_image(image, spec)
+        array, plan = prepare_scan(image, spec)
         mask = prepare_label(label, plan)
         centre = np.argwhere(mask).mean(axis=0) if mask.any() else np.asarray(array.shape) / 2
         start = np.clip(np.round(centre - roi / 2).astype(int), 0, np.asarray(array.shape) - roi)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ceds_deploy.errors import CedsError
-from ceds_deploy.evaluate import evaluate_folder, hausdorff95, is_prediction_file
 from ceds_deploy.io import write_volume
+from ceds_deploy.qa.evaluate import evaluate_folder, is_prediction_file
+from ceds_deploy.qa.metrics import hausdorff95
 from ceds_deploy.volume import Geometry
 
 # Anisotropic, and not LPS-aligned: metrics must use the spacing of each array axis.
@@ -146,7 +147,7 @@ def test_csv_is_written_with_rows_means_and_inf(tmp_path):
 
 
 def test_segment_side_files_are_not_predictions(tmp_path):
-    from ceds_deploy import pipeline
+    from ceds_deploy.inference import outputs as pipeline
 
     blob = box((10, 10, 6), (6, 6, 4))
     write_pair(tmp_path, "case1", blob, blob)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ceds_deploy.backends import create_backend
+from ceds_deploy.inference import SegmentOptions, segment_volume
 from ceds_deploy.phantoms import make_case
-from ceds_deploy.pipeline import segment_volume
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -36,7 +36,7 @@ def test_gpu_preprocessing_stitching_and_restore_match_the_cpu(tiny_checkpoint, 
     results = {}
     for device in ("cpu", "cuda"):
         with create_backend("torch", tiny_checkpoint, tiny_spec, device=device, max_batch_size=2, precision="fp32") as b:
-            results[device] = segment_volume(image, b, keep_probabilities=True)
+            results[device] = segment_volume(image, b, SegmentOptions(save_probabilities=True))
     cpu, gpu = results["cpu"], results["cuda"]
     assert gpu.windows == cpu.windows
     assert np.abs(gpu.probabilities - cpu.probabilities).max() < 1e-3

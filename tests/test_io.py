@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GEOMETRIES, sphere_scan, write_dicom_series
 
 from ceds_deploy.errors import ScanError
-from ceds_deploy.preprocess import canonical_reorientation, reorient_array, reorient_geometry
 from ceds_deploy.io import case_id, find_scans, read_scan, write_volume
+from ceds_deploy.transforms.orientation import canonical_reorientation, reorient_array, reorient_geometry
 from ceds_deploy.volume import Geometry
-
-from helpers import GEOMETRIES, sphere_scan, write_dicom_series
 
 FORMATS = [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -180,7 +179,7 @@ def test_find_scans_lists_images_and_skips_the_rest(tmp_path):
 def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch, name):
     import SimpleITK as sitk
 
-    import ceds_deploy.io as io
+    import ceds_deploy.io.write as io_write
 
     g = GEOMETRIES["axial_lps"]
 
@@ -189,7 +188,7 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch, name):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sitk, "WriteImage", broken_write)  # .mha
-    monkeypatch.setattr(io, "write_nifti", lambda path, array, geometry: broken_write(None, path))  # .nii.gz
+    monkeypatch.setattr(io_write, "write_nifti", lambda path, array, geometry: broken_write(None, path))  # .nii.gz
     with pytest.raises(KeyboardInterrupt):
         write_volume(tmp_path / name, np.zeros(g.shape, np.float32), g)
     assert os.listdir(tmp_path) == []
@@ -209,7 +208,7 @@ def test_fast_nifti_writer_matches_itk(tmp_path, name):
     import SimpleITK as sitk
 
     from ceds_deploy.io import to_sitk
-    from ceds_deploy.nifti_write import write_nifti
+    from ceds_deploy.io.nifti import write_nifti
 
     image, _ = sphere_scan(GEOMETRIES[name])
     array = np.asfortranarray(image.array)  # the layout read_scan and restore_to_source return

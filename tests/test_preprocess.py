@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import GEOMETRIES, sphere_scan
 
-from ceds_deploy.preprocess import (
+from ceds_deploy.spec import ModelSpec
+from ceds_deploy.transforms.orientation import (
     canonical_reorientation,
-    hu_window,
-    prepare_image,
-    prepare_label,
     reorient_array,
     reorient_geometry,
-    restore_to_source,
     undo_reorient_array,
 )
-from ceds_deploy.spec import ModelSpec
+from ceds_deploy.transforms.preprocess import hu_window, prepare_label, prepare_scan
+from ceds_deploy.transforms.restore import restore_to_source
 from ceds_deploy.volume import Volume
-
-from helpers import GEOMETRIES, sphere_scan
 
 SPEC = ModelSpec(roi_size=(32, 32, 32), target_spacing=(1.0, 1.0, 1.0), width=4)
 
@@ -52,8 +49,16 @@ def test_hu_window_scales_to_unit_range():
 def _monai_reference(image_path, label_path, spec):
     """The CEDS code's pre-processing (MONAI), the same as benchmarks/end_to_end.py's reference way,
     with the label resampled (nearest) and cropped alongside, as its training does."""
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd,
-                                  ScaleIntensityRanged, Spacingd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+        SpatialPadd,
+    )
 
     keys = ["image", "label"]
     low, high = spec.hu_window
@@ -68,7 +73,7 @@ def _monai_reference(image_path, label_path, spec):
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 2.0, 3.0)])
 def test_model_input_and_restore_equal_the_ceds_codes_monai_transforms(tmp_path, name, spacing):
-    """prepare_image gives the array MONAI's Orientation, Spacing, ScaleIntensityRange,
+    """prepare_scan gives the array MONAI's Orientation, Spacing, ScaleIntensityRange,
     CropForeground and SpatialPad give, and restore_to_source what Invertd gives back."""
     import torch
     from monai.data import MetaTensor
@@ -82,7 +87,7 @@ def test_model_input_and_restore_equal_the_ceds_codes_monai_transforms(tmp_path,
     write_volume(path, np.round(image.array).astype(np.int16), image.geometry)
     write_volume(label_path, label.array, label.geometry)
     prepare, data = _monai_reference(path, label_path, spec)
-    ours, plan = prepare_image(read_scan(path, dtype=None), spec)
+    ours, plan = prepare_scan(read_scan(path, dtype=None), spec)
     reference = data["image"][0].numpy()
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).max() < 1e-5
@@ -110,7 +115,7 @@ def _lps_affine(ras_affine) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_model_grid_is_at_target_spacing_and_keeps_the_mass_in_place(name):
     image, label = sphere_scan(GEOMETRIES[name], radius_mm=12)
-    array, plan = prepare_image(image, SPEC)
+    array, plan = prepare_scan(image, SPEC)
     assert array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
     assert all(n >= r for n, r in zip(array.shape, SPEC.roi_size))
     np.testing.assert_allclose(plan.model_geometry.spacing, 1.0, atol=1e-9)
@@ -123,7 +128,7 @@ def test_model_grid_is_at_target_spacing_and_keeps_the_mass_in_place(name):
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_label_there_and_back_keeps_dice(name):
     image, label = sphere_scan(GEOMETRIES[name], radius_mm=14)
-    _, plan = prepare_image(image, SPEC)
+    _, plan = prepare_scan(image, SPEC)
     model_label = prepare_label(label, plan)
     back = restore_to_source(model_label[None].astype(np.float32), plan, fill=0, mode="nearest")[0]
     assert back.shape == label.shape
@@ -132,7 +137,7 @@ def test_label_there_and_back_keeps_dice(name):
 
 def test_probabilities_restored_by_linear_resampling_beat_nearest():
     image, label = sphere_scan(GEOMETRIES["axial_lps"], radius_mm=14)
-    _, plan = prepare_image(image, SPEC)
+    _, plan = prepare_scan(image, SPEC)
     soft = prepare_label(label, plan).astype(np.float32)
     linear = restore_to_source(soft[None], plan, fill=0, mode="linear")[0] > 0.5
     assert dice(linear, label.array > 0) >= 0.95
@@ -140,7 +145,7 @@ def test_probabilities_restored_by_linear_resampling_beat_nearest():
 
 def test_restored_outside_the_body_crop_gets_the_fill_value():
     image, _ = sphere_scan(GEOMETRIES["axial_lps"], radius_mm=4, body_mm=8)
-    _, plan = prepare_image(image, SPEC)
+    _, plan = prepare_scan(image, SPEC)
     assert plan.crop_stop[0] - plan.crop_start[0] < image.shape[0]  # the crop removed air
     ones = np.ones((1, *plan.model_geometry.shape), np.float32)
     back = restore_to_source(ones, plan, fill=-7.0)[0]
@@ -150,7 +155,7 @@ def test_restored_outside_the_body_crop_gets_the_fill_value():
 def test_small_scan_is_padded_to_the_roi():
     image, _ = sphere_scan(GEOMETRIES["axial_lps"], body_mm=10)
     big = ModelSpec(roi_size=(64, 64, 64), target_spacing=(1.0, 1.0, 1.0))
-    array, plan = prepare_image(image, big)
+    array, plan = prepare_scan(image, big)
     assert array.shape == (64, 64, 64)
     assert sum(plan.pad_before) + sum(plan.pad_after) > 0
     back = restore_to_source(array[None], plan, fill=0.0)[0]
@@ -159,7 +164,7 @@ def test_small_scan_is_padded_to_the_roi():
 
 def test_label_on_another_grid_is_refused():
     image, label = sphere_scan(GEOMETRIES["axial_lps"])
-    _, plan = prepare_image(image, SPEC)
+    _, plan = prepare_scan(image, SPEC)
     moved = Volume(label.array, label.geometry.with_(origin=(0.0, 0.0, 0.0)))
     with pytest.raises(ValueError, match="label grid"):
         prepare_label(moved, plan)
@@ -169,7 +174,7 @@ def test_phantom_label_round_trip_dice():
     phantoms = pytest.importorskip("ceds_deploy.phantoms")
     for index in range(3):
         image, label = phantoms.make_case(index, seed=1, size="small")
-        _, plan = prepare_image(image, SPEC)
+        _, plan = prepare_scan(image, SPEC)
         back = restore_to_source(prepare_label(label, plan)[None].astype(np.float32), plan, 0, "nearest")[0]
         assert dice(back > 0.5, label.array > 0) >= 0.98, index
 
@@ -178,7 +183,7 @@ def test_restore_from_a_torch_tensor_equals_restore_from_numpy():
     import torch
 
     image, _ = sphere_scan(GEOMETRIES["oblique"])
-    array, plan = prepare_image(image, SPEC)
+    array, plan = prepare_scan(image, SPEC)
     channels = np.stack([array, 1 - array])
     from_numpy = restore_to_source(channels, plan, fill=(0.0, 1.0))
     from_torch = restore_to_source(torch.from_numpy(channels), plan, fill=(0.0, 1.0))
@@ -193,9 +198,9 @@ def test_layout_and_stored_type_do_not_change_the_model_input(name):
     same input as a C-ordered float32 copy (the resampling walks memory order, never rounds)."""
     image, _ = sphere_scan(GEOMETRIES[name])
     hu = np.round(image.array)
-    reference, plan = prepare_image(Volume(np.ascontiguousarray(hu, dtype=np.float32), image.geometry), SPEC)
+    reference, plan = prepare_scan(Volume(np.ascontiguousarray(hu, dtype=np.float32), image.geometry), SPEC)
     stored = Volume(np.asfortranarray(hu.astype(np.int16)), image.geometry)
-    array, same_plan = prepare_image(stored, SPEC)
+    array, same_plan = prepare_scan(stored, SPEC)
     assert same_plan == plan and array.dtype == np.float32 and array.flags.c_contiguous
     assert np.abs(array - reference).max() < 1e-6
 
@@ -205,7 +210,7 @@ def test_restore_is_laid_out_like_the_scan_and_fills_only_outside_the_body(name)
     """restore_to_source fills the scan's grid in memory order (x fastest, what the NIfTI writer
     takes without a copy); the fill appears only where no grid voxel of the crop is read."""
     image, _ = sphere_scan(GEOMETRIES[name], radius_mm=6, body_mm=14)
-    array, plan = prepare_image(image, SPEC)
+    array, plan = prepare_scan(image, SPEC)
     restored = restore_to_source(array[None], plan, fill=-1.0)[0]
     assert restored.T.flags.c_contiguous
     body = image.array > SPEC.crop_threshold_hu
@@ -214,7 +219,8 @@ def test_restore_is_laid_out_like_the_scan_and_fills_only_outside_the_body(name)
 
 
 def test_resampling_reads_a_flipped_int16_view_in_place_and_keeps_nearest_types():
-    from ceds_deploy.preprocess import axis_taps, resample
+    from ceds_deploy.transforms.resample import resample
+    from ceds_deploy.transforms.spacing import axis_taps
 
     base = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
     view = base.T[::-1]  # (7, 6, 5), x fastest and flipped, as a reoriented ITK buffer
@@ -231,13 +237,13 @@ def test_resampling_reads_a_flipped_int16_view_in_place_and_keeps_nearest_types(
 
 @pytest.mark.parametrize("name", ["permuted_flipped", "oblique"])
 def test_reading_and_filling_the_scan_in_chunks_changes_nothing(monkeypatch, name):
-    import ceds_deploy.preprocess as preprocess
+    import ceds_deploy.transforms.resample as resample_module
 
     image, _ = sphere_scan(GEOMETRIES[name])
-    whole, plan = prepare_image(image, SPEC)
+    whole, plan = prepare_scan(image, SPEC)
     restored = restore_to_source(np.stack([whole, 1 - whole]), plan, fill=-1.0)
-    monkeypatch.setattr(preprocess, "SCAN_CHUNK_VOXELS", 100)  # a few rows a chunk
-    chunked, same_plan = prepare_image(image, SPEC)
+    monkeypatch.setattr(resample_module, "SCAN_CHUNK_VOXELS", 100)  # a few rows a chunk
+    chunked, same_plan = prepare_scan(image, SPEC)
     assert same_plan == plan
     np.testing.assert_array_equal(chunked, whole)
     np.testing.assert_array_equal(restore_to_source(np.stack([chunked, 1 - chunked]), plan, fill=-1.0), restored)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GEOMETRIES, sphere_scan
 from typer.testing import CliRunner
 
 from ceds_deploy.cli.app import app, main
+from ceds_deploy.inference import SegmentOptions, segment_folder
+from ceds_deploy.inference.folder import shard_cases
+from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.io import read_scan, write_volume
-from ceds_deploy.pipeline import SegmentOptions, segment_folder, shard_cases
 from ceds_deploy.spec import ModelSpec
-from ceds_deploy.report import CaseRow
-
-from helpers import GEOMETRIES, sphere_scan
 
 runner = CliRunner()
 
@@ -169,7 +169,6 @@ def test_report_rows_flatten_stage_seconds():
 
 def test_interrupted_run_leaves_no_partial_outputs(scan_folder, tiny_checkpoint, tmp_path, monkeypatch):
     """Ctrl-C in the middle of a folder: finished cases are complete, nothing half-written exists."""
-    import ceds_deploy.pipeline as pipeline
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends.torch_backend import TorchBackend
 
@@ -196,7 +195,7 @@ def test_interrupted_run_leaves_no_partial_outputs(scan_folder, tiny_checkpoint,
 
 
 def test_larger_inference_window_is_clamped_to_the_image():
-    from ceds_deploy.pipeline import inference_window
+    from ceds_deploy.inference.segment import inference_window
     from ceds_deploy.spec import ModelSpec
 
     spec = ModelSpec(roi_size=(32, 32, 32))
@@ -210,14 +209,13 @@ def test_larger_inference_window_is_clamped_to_the_image():
 def test_larger_window_runs_fewer_windows_on_the_same_grid(tiny_checkpoint):
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends.torch_backend import TorchBackend
-    from ceds_deploy.pipeline import segment_volume
-
+    from ceds_deploy.inference import segment_volume
     from ceds_deploy.volume import Geometry
 
     image, _ = sphere_scan(Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), np.eye(3), (128, 128, 52)), body_mm=60)
     with TorchBackend(tiny_checkpoint, read_spec(tiny_checkpoint)) as backend:
         small = segment_volume(image, backend)
-        large = segment_volume(image, backend, window=(64, 64, 64))
+        large = segment_volume(image, backend, SegmentOptions(window=(64, 64, 64)))
     assert large.windows < small.windows
     assert large.mask.shape == small.mask.shape == image.shape
 
@@ -249,7 +247,7 @@ def test_several_io_workers_give_the_same_outputs_and_survive_a_bad_scan(scan_fo
 
 
 def test_largest_component_keeps_the_biggest_region_only():
-    from ceds_deploy.postprocess import keep_largest_component
+    from ceds_deploy.transforms.restore import keep_largest_component
 
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[2:8, 2:8, 2:8] = 1  # 216 voxels
@@ -281,11 +279,11 @@ def test_restore_prediction_keeps_the_largest_region_only_when_asked(tiny_spec):
     import torch
     from scipy import ndimage
 
-    from ceds_deploy.postprocess import restore_prediction
-    from ceds_deploy.preprocess import prepare_image
+    from ceds_deploy.transforms.preprocess import prepare_scan
+    from ceds_deploy.transforms.restore import restore_prediction
 
     image, _ = sphere_scan(GEOMETRIES["axial_lps"], body_mm=80.0)
-    _, plan = prepare_image(image, tiny_spec)
+    _, plan = prepare_scan(image, tiny_spec)
     seg = torch.zeros((2, *plan.model_geometry.shape))
     seg[0] = 5.0  # background everywhere ...
     seg[0, 2:8, 2:8, 2:8] = -5.0  # ... except a large block
@@ -312,14 +310,14 @@ def test_cpu_default_batch_follows_the_window_size():
 
 def test_larger_cpu_windows_lower_the_default_batch():
     from ceds_deploy.backends.torch_backend import TorchBackend
+    from ceds_deploy.inference.segment import batch_size_for
     from ceds_deploy.network import CedsNet, CedsNetConfig
-    from ceds_deploy.pipeline import batch_size_for
 
     backend = TorchBackend.from_module(CedsNet(CedsNetConfig(width=4)), ModelSpec(roi_size=(32, 32, 32), width=4))
     assert backend.max_batch_size == 4
-    assert batch_size_for(backend, None, None) == 4
-    assert batch_size_for(backend, None, (64, 64, 64)) == 1
-    assert batch_size_for(backend, 3, (64, 64, 64)) == 3  # asked for: kept
+    assert batch_size_for(backend, SegmentOptions()) == 4
+    assert batch_size_for(backend, SegmentOptions(window=(64, 64, 64))) == 1
+    assert batch_size_for(backend, SegmentOptions(batch_size=3, window=(64, 64, 64))) == 3  # asked for: kept
 
 
 def test_cpu_channels_last_only_for_narrow_networks():

@@ -13,12 +13,17 @@ import torch
 
 from ceds_deploy.errors import ConfigError, DatasetError
 from ceds_deploy.io import write_volume
+from ceds_deploy.qa.metrics import auroc
 from ceds_deploy.training.config import TrainConfig, build_config, resolve_config
 from ceds_deploy.training.data import LabeledCase, split_dataset
 from ceds_deploy.training.ema import ema_alpha, make_teacher, update_teacher
-from ceds_deploy.training.losses import (confidence_class_weights, confidence_loss, consistency_loss, correctness,
-                                         sharpen)
-from ceds_deploy.training.metrics import auroc
+from ceds_deploy.training.losses import (
+    confidence_class_weights,
+    confidence_loss,
+    consistency_loss,
+    correctness,
+    sharpen,
+)
 from ceds_deploy.training.sampler import TwoStreamSampler
 from ceds_deploy.training.schedule import REFRESH, SEMI, WARMUP, RunSchedule, sigmoid_rampup
 from ceds_deploy.volume import Geometry

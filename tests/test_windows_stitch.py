@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ceds_deploy.stitch import CaseJob, WindowOutputs, predict_cases, sliding_window_predict
-from ceds_deploy.windows import blend_weights, gaussian_importance, plan_windows, windows_with_content
+from ceds_deploy.backends.base import WindowOutputs
+from ceds_deploy.inference.scheduler import CaseJob, predict_cases, sliding_window_predict
+from ceds_deploy.inference.windows import blend_weights, gaussian_importance, plan_windows, windows_with_content
 
 
 @pytest.mark.parametrize("shape,roi,overlap", [((70, 60, 50), (32, 32, 16), 0.25), ((224, 224, 160), (112, 112, 80), 0.25),
@@ -123,7 +124,7 @@ def test_windows_of_the_next_case_fill_the_batch():
     finished = list(predict_cases(iter(jobs), record, batch_size=4, blend="constant"))
     assert sizes == [4, 3] and sum(counts) == 7
     assert [job.key for job, _, _ in finished] == [0, 1, 2]
-    for (job, seg, _), image in zip(finished, images):
+    for (_, seg, _), image in zip(finished, images):
         np.testing.assert_allclose(seg[0].numpy(), image, atol=1e-6)
 
 
@@ -153,5 +154,5 @@ def test_mirroring_tta_of_a_flip_equivariant_predictor_changes_nothing():
         return WindowOutputs(torch.cat([batch ** 2, batch], 1), batch)
 
     plain, _ = sliding_window_predict(image, plan, square, batch_size=2)
-    mirrored, _ = sliding_window_predict(image, plan, square, batch_size=2, mirror=True)
+    mirrored, _ = sliding_window_predict(image, plan, square, batch_size=2, tta=True)
     np.testing.assert_allclose(mirrored.numpy(), plain.numpy(), atol=1e-6)

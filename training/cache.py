@@ -1,6 +1,6 @@
 """Read, check and pre-process every training case once, before the first step.
 
-The pre-processing is `ceds_deploy.preprocess` (the code `ceds segment` runs), so the network
+The pre-processing is `ceds_deploy.transforms.preprocess` (the code `ceds segment` runs), so the network
 trains on exactly the grid and intensities it will see at inference. Label problems (another grid,
 values other than 0 and 1) are `DatasetError`s naming the file, raised before training starts.
 """
@@ -16,9 +16,9 @@ import torch
 
 from ceds_deploy.errors import DatasetError
 from ceds_deploy.io import read_scan
-from ceds_deploy.preprocess import prepare_image, prepare_label
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.training.data import DatasetSplit, LabeledCase
+from ceds_deploy.transforms.preprocess import prepare_label, prepare_scan
 from ceds_deploy.volume import Volume
 
 
@@ -56,13 +56,13 @@ def prepare_split(split: DatasetSplit, spec: ModelSpec, *, unlabeled: bool = Tru
     for case in split.labeled:
         image = read_scan(case.image)
         label = read_label(case, image)
-        array, plan = prepare_image(image, spec)
+        array, plan = prepare_scan(image, spec)
         labeled.append({"image": torch.from_numpy(array)[None],
                         "label": torch.from_numpy(prepare_label(label, plan))[None]})
         advance(case.name)
     images = []
     for path in split.unlabeled if unlabeled else ():
-        array, _ = prepare_image(read_scan(path), spec)
+        array, _ = prepare_scan(read_scan(path), spec)
         images.append({"image": torch.from_numpy(array)[None]})
         advance(Path(path).name)
     return PreparedData(labeled, images)

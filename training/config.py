@@ -177,7 +177,7 @@ class TrainConfig:
         """Plain types only (lists, not tuples): YAML, JSON and `torch.load(weights_only=True)` read it."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         # Choosing one budget drops the other, so a CLI --iterations overrides a file's epochs.
         if changes.get("iterations") is not None:
             changes.setdefault("epochs", None)

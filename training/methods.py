@@ -46,7 +46,7 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
     @classmethod
-    def sgd(cls, params, config: TrainConfig, total_steps: int) -> "Optimization":
+    def sgd(cls, params, config: TrainConfig, total_steps: int) -> Optimization:
         params = list(params)
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         # Each schedule advances only when its optimizer steps (as the reference), over the run's steps.

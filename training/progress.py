@@ -24,7 +24,7 @@ class TrainProgress:
         self._task = None
         self._total, self._done = total_steps, done_steps
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.fields[method]}[/] {task.fields[phase]:<7}"),

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ceds_deploy.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class BatchIndices:
@@ -31,12 +33,12 @@ class TwoStreamSampler:
 
     def __post_init__(self) -> None:
         if self.labeled_per_batch < 1:
-            raise ValueError(f"labeled_per_batch must be >= 1, got {self.labeled_per_batch}")
+            raise ConfigError(f"labeled_per_batch must be >= 1, got {self.labeled_per_batch}")
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{self.n_labeled} labeled cases cannot fill a step of {self.labeled_per_batch} "
+            raise ConfigError(f"{self.n_labeled} labeled cases cannot fill a step of {self.labeled_per_batch} "
                              f"x {self.world_size} processes")
         if self.unlabeled_per_batch and self.n_unlabeled < self.unlabeled_per_batch:
-            raise ValueError(f"{self.n_unlabeled} unlabeled cases cannot fill {self.unlabeled_per_batch} per batch")
+            raise ConfigError(f"{self.n_unlabeled} unlabeled cases cannot fill {self.unlabeled_per_batch} per batch")
 
     @property
     def steps_per_epoch(self) -> int:

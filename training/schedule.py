@@ -36,7 +36,7 @@ class RunSchedule:
     rampup_steps: float
 
     @classmethod
-    def from_config(cls, config: TrainConfig, total_steps: int) -> "RunSchedule":
+    def from_config(cls, config: TrainConfig, total_steps: int) -> RunSchedule:
         def length(fraction: float) -> int:
             return 0 if fraction <= 0 else max(1, round(fraction * total_steps))
 

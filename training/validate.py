@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ceds_deploy.io import read_scan
+from ceds_deploy.qa.metrics import auroc, dice, nanmean, sample_indices
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.training.cache import read_label
 from ceds_deploy.training.data import LabeledCase
-from ceds_deploy.training.metrics import auroc, dice, nanmean, sample_indices
 
 AUROC_VOXELS = 200_000  # per case; plenty for three decimals
 
@@ -61,7 +61,7 @@ def validate(networks: dict[str, object], cases: Sequence[LabeledCase], spec: Mo
     The networks are put in eval mode by the backend and given back in the mode they were in.
     """
     from ceds_deploy.backends.torch_backend import TorchBackend
-    from ceds_deploy.pipeline import segment_volume
+    from ceds_deploy.inference import SegmentOptions, segment_volume
 
     result = ValidationResult()
     for n, case in enumerate(cases):
@@ -71,8 +71,8 @@ def validate(networks: dict[str, object], cases: Sequence[LabeledCase], spec: Mo
         for name, net in networks.items():
             with TorchBackend.from_module(net, spec, device=device, max_batch_size=batch_size,
                                           precision="fp32") as backend:
-                seg = segment_volume(image, backend, overlap=overlap, batch_size=batch_size,
-                                     keep_probabilities=maxprob)
+                seg = segment_volume(image, backend, SegmentOptions(overlap=overlap, batch_size=batch_size,
+                                                                    save_probabilities=maxprob))
             d, a, m = score_case(seg.mask, seg.confidence, label, body, seed=n, probabilities=seg.probabilities)
             result.cases.append(CaseScore(case.name, name, d, a, m))
         if on_case:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ceds_deploy.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from ceds_deploy.backends.base import Backend
+    from ceds_deploy.spec import ModelSpec
 
 BACKEND_CLASSES = {
     "torch": "ceds_deploy.backends.torch_backend:TorchBackend",
@@ -22,7 +27,8 @@ BACKENDS_FOR_KIND = {
 }
 
 
-def backend_class(name: str):
+def backend_class(name: str) -> type[Backend]:
+    """The class of a named backend; `BackendUnavailableError` when unknown or not installed."""
     if name not in BACKEND_CLASSES:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     module_name, _, cls_name = BACKEND_CLASSES[name].partition(":")
@@ -34,8 +40,10 @@ def backend_class(name: str):
 
 
 def _installed(name: str, device: str) -> bool:
+    from ceds_deploy.backends.base import is_cuda
+
     if name == "tensorrt":
-        if not device.startswith("cuda") or importlib.util.find_spec("tensorrt") is None:
+        if not is_cuda(device) or importlib.util.find_spec("tensorrt") is None:
             return False
         import torch
 
@@ -64,6 +72,37 @@ def resolve_backend(requested: str, artifact_kind: str, device: str) -> tuple[st
     return requested, "requested"
 
 
-def create_backend(name: str, artifact: Path, spec, *, device: str = "cpu", max_batch_size: int | None = None,
-                   **options):
-    return backend_class(name)(artifact, spec, device=device, max_batch_size=max_batch_size, **options)
+def create_backend(name: str, artifact: Path, spec: ModelSpec, *, device: str = "cpu",
+                   max_batch_size: int | None = None, **options: Any) -> Backend:
+    """An inactive backend of class `name` for `artifact`; use it as a context manager.
+    `options` are the backend's own (e.g. precision, cuda_graph); an unknown one is a TypeError."""
+    cls: Any = backend_class(name)
+    backend: Backend = cls(artifact, spec, device=device, max_batch_size=max_batch_size, **options)
+    return backend
+
+
+def open_backend(model: Path, *, backend: str = "auto", device: str = "cpu", max_batch_size: int | None = None,
+                 precision: str | None = None, cuda_graph: bool = False) -> tuple[Backend, str]:
+    """(an inactive backend for the model artifact `model`, why that backend was chosen).
+
+    The artifact's own `ModelSpec` says how to pre-process; `precision` and `cuda_graph` are checked
+    against what the chosen backend supports. Raises `ArtifactError`, `BackendUnavailableError`
+    or `ConfigError` with one line naming the problem.
+    """
+    from ceds_deploy.artifacts import artifact_kind, read_spec
+    from ceds_deploy.errors import ConfigError
+
+    kind = artifact_kind(model)
+    spec = read_spec(model)
+    name, why = resolve_backend(backend, kind, device)
+    options: dict[str, Any] = {}
+    if precision is not None:
+        if name == "onnxruntime":
+            raise ConfigError("--precision applies to the torch and tensorrt backends; the onnxruntime backend "
+                              "runs the ONNX file's own precision")
+        options["precision"] = precision
+    if cuda_graph:
+        if name not in ("torch", "tensorrt"):
+            raise ConfigError(f"--cuda-graph applies to the torch and tensorrt backends; the {name} backend was chosen")
+        options["cuda_graph"] = True
+    return create_backend(name, model, spec, device=device, max_batch_size=max_batch_size, **options), why

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ceds_deploy.backends.base import Backend
-from ceds_deploy.errors import BackendUnavailableError
-from ceds_deploy.stitch import WindowOutputs
+from ceds_deploy.backends.base import Backend, WindowOutputs, is_cuda
+from ceds_deploy.errors import ArtifactError, BackendUnavailableError
+from ceds_deploy.spec import INPUT_NAME, OUTPUT_NAMES
 
 
 def physical_cores() -> int:
@@ -36,28 +36,30 @@ def physical_cores() -> int:
     return max(1, allowed)
 
 
-def providers_for(device: str, available: list[str]) -> list[str]:
-    """Execution providers for `device`, best first; raises when the device's provider is missing."""
+def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """Execution providers for `device` ('cpu', 'cuda' or 'cuda:N'), best first; raises
+    `BackendUnavailableError` when the device's provider is missing."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
+    if is_cuda(device):
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailableError(
                 "onnxruntime backend: --device cuda needs onnxruntime-gpu with the CUDA execution "
                 f"provider; this onnxruntime offers {available}")
-        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
-        return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
-    raise BackendUnavailableError(f"onnxruntime backend: unknown device {device!r} (use cpu or cuda)")
+        # Not the TensorRT EP: it builds engines on first use (minutes); the native tensorrt backend
+        # with its engine cache is the way to TensorRT.
+        index = device.partition(":")[2] or "0"
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise BackendUnavailableError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda or cuda:N)")
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, artifact: Path, spec, *, device: str = "cpu", max_batch_size: int | None = None,
-                 threads: int | None = None, use_tensorrt_ep: bool = False) -> None:
+                 threads: int | None = None) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         self.threads = threads
-        self.use_tensorrt_ep = use_tensorrt_ep
 
     def _activate(self) -> None:
         try:
@@ -66,10 +68,6 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(f"onnxruntime backend: onnxruntime is not installed ({err}); "
                                           "pip install onnxruntime (or onnxruntime-gpu)") from None
         providers = providers_for(self.device, ort.get_available_providers())
-        if not self.use_tensorrt_ep:
-            # The TensorRT EP builds engines on first use (minutes); the native tensorrt backend
-            # with its engine cache is the way to get TensorRT, so the EP is opt-in here.
-            providers = [p for p in providers if p != "TensorrtExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or physical_cores()
@@ -78,22 +76,18 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(str(self.artifact), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for bad files
-            from ceds_deploy.errors import ArtifactError
-
             raise ArtifactError(f"{self.artifact}: ONNX Runtime cannot load it: {str(err).splitlines()[0]}") from None
         used = self._session.get_providers()
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" not in used:
+        if is_cuda(self.device) and "CUDAExecutionProvider" not in used:
             raise BackendUnavailableError(f"onnxruntime backend: CUDA provider failed to start (got {used})")
         self._outputs = [o.name for o in self._session.get_outputs()]
-        if self._outputs[:2] != ["seg_logits", "confidence"]:
-            from ceds_deploy.errors import ArtifactError
-
-            raise ArtifactError(f"{self.artifact}: outputs are {self._outputs}, expected seg_logits, confidence")
+        if tuple(self._outputs[:2]) != OUTPUT_NAMES:
+            raise ArtifactError(f"{self.artifact}: outputs are {self._outputs}, expected {', '.join(OUTPUT_NAMES)}")
         self.description = f"onnxruntime {ort.__version__} ({used[0]}, {options.intra_op_num_threads} threads)"
 
     def _infer(self, batch: torch.Tensor) -> WindowOutputs:
-        feed = {"image": np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)}
-        seg, conf = self._session.run(self._outputs[:2], feed)
+        feed = {INPUT_NAME: np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)}
+        seg, conf = self._session.run(list(OUTPUT_NAMES), feed)
         return WindowOutputs(torch.from_numpy(seg), torch.from_numpy(conf))
 
     def _deactivate(self) -> None:

@@ -15,7 +15,7 @@ import torch
 from ceds_deploy.backends.base import Backend
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, ModelInputError
 from ceds_deploy.spec import ModelSpec
-from ceds_deploy.stitch import WindowOutputs
+from ceds_deploy.backends.base import WindowOutputs
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("seg_logits", "confidence")

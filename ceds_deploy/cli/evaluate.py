@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ def evaluate(
                                              "`ceds segment`; confidence maps and reports there are ignored).")],
     label_dir: Annotated[Path, typer.Argument(metavar="LABEL_DIR", help="Folder of ground-truth masks <case>.<nii.gz|nii|nrrd|mha|...>, "
                                               "values 0/1, on the same grids as the predictions.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CSV "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the CSV "
                                                 "(default: PRED_DIR/evaluation.csv).")] = None,
 ) -> None:
     """Score predicted masks against labels: Dice, 95% Hausdorff distance (mm) and volume difference (mL)
@@ -40,7 +40,7 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from ceds_deploy.evaluate import evaluate_folder
+    from ceds_deploy.qa.evaluate import evaluate_folder
 
     report = evaluate_folder(pred_dir, label_dir, out)
     console = Console()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ceds_deploy.cli.options import BackendOption, DeviceOption, ModelOption, check_device, parse_shard
+from ceds_deploy.progress import ProgressEvent
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ceds_deploy.inference import SegmentOptions
 
 
 def segment(
@@ -22,12 +29,12 @@ def segment(
     blend: Annotated[str, typer.Option(help="How overlapping windows are averaged: constant (the CEDS "
                                        "validation's, MONAI's default) or gaussian (window centres count "
                                        "most, as nnU-Net).")] = "constant",
-    batch_size: Annotated[Optional[int], typer.Option(help="Windows per backend call (default: on a "
+    batch_size: Annotated[int | None, typer.Option(help="Windows per backend call (default: on a "
                                                       "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
                                                       "on a GPU the backend's).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
-    precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
+    precision: Annotated[str | None, typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
                                                      "default fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
                                                      "or fp32.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="torch or tensorrt on CUDA: capture the "
@@ -42,17 +49,17 @@ def segment(
                                                         "as uncertain in the report.")] = 0.5,
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG per case: three planes through "
                                           "the mass with the outline and the confidence map.")] = False,
-    labels: Annotated[Optional[Path], typer.Option(help="With --preview: a folder of ground-truth labels "
+    labels: Annotated[Path | None, typer.Option(help="With --preview: a folder of ground-truth labels "
                                                    "(same case names) to outline too.")] = None,
     skip_air: Annotated[bool, typer.Option(help="Do not compute windows that hold only air or lung.")] = True,
-    window: Annotated[Optional[tuple[int, int, int]], typer.Option(help="Inference window X Y Z (multiples of "
+    window: Annotated[tuple[int, int, int] | None, typer.Option(help="Inference window X Y Z (multiples of "
                                                                   "16) larger than the training ROI: fewer, "
                                                                   "bigger windows; CBAM's global pooling sees "
                                                                   "more context, so check the accuracy.",
                                                                   show_default=False)] = None,
     largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest "
                                                     "connected tumour region (for one lesion per scan).")] = False,
-    io_workers: Annotated[Optional[int], typer.Option(min=1, help="Scans read and written at once (default: one "
+    io_workers: Annotated[int | None, typer.Option(min=1, help="Scans read and written at once (default: one "
                                                       "per 4 CPU cores, 1 to 4).")] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
@@ -60,18 +67,90 @@ def segment(
     shard_pair = parse_shard(shard)
     from rich.console import Console
 
-    from ceds_deploy.segment_run import run_segment
+    from ceds_deploy.errors import ConfigError
+    from ceds_deploy.inference import SegmentOptions
 
     try:
-        from ceds_deploy.pipeline import SegmentOptions
-
-        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, mirror=tta, save_probabilities=save_probabilities,
+        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, save_probabilities=save_probabilities,
                                  overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
                                  window=window, io_workers=io_workers, largest_component=largest_component)
-    except ValueError as err:
+    except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,
                          precision=precision, cuda_graph=cuda_graph, console=Console(stderr=True))
     if failed:
         raise typer.Exit(1)
+
+
+def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "auto", device: str = "cpu",
+                options: SegmentOptions | None = None, precision: str | None = None, cuda_graph: bool = False,
+                console: Console | None = None, show_progress: bool = True) -> int:
+    """Open the model, segment a folder with rich progress, print the summary; returns the number of
+    failed cases. The demo calls this too."""
+    from rich.console import Console
+
+    from ceds_deploy.backends import open_backend
+    from ceds_deploy.inference import SegmentOptions, segment_folder
+    from ceds_deploy.inference.report import status_counts
+
+    options = options or SegmentOptions()
+    console = console or Console(stderr=True)
+    engine, why = open_backend(model, backend=backend, device=device, max_batch_size=options.batch_size,
+                               precision=precision, cuda_graph=cuda_graph)
+    spec = engine.spec
+    with engine, _SegmentProgress(console, enabled=show_progress) as progress:
+        console.print(f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
+                      f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm")
+        run = segment_folder(input_path, output, engine, options, progress=progress,
+                             run_info={"model": str(model), "backend_choice": why})
+    counts = status_counts(run.rows)
+    review = [r.case for r in run.rows if r.status == "ok" and r.needs_review]
+    report = run.report_paths[0] if run.report_paths else output
+    console.print(f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
+                  f"{len(review)} need review; report: {report}")
+    for row in run.rows:
+        if row.status == "failed":
+            console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
+    return run.failed
+
+
+class _SegmentProgress:
+    """Two rich bars (cases, windows with a rate) fed by `segment_folder`'s progress events."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=console, disable=not enabled, transient=False)
+        self.cases = self.bar.add_task("cases", total=None, rate="")
+        self.windows = self.bar.add_task("windows", total=0, rate="")
+        self.started = time.perf_counter()
+        self.computed = 0
+
+    def __enter__(self) -> _SegmentProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.name == "todo":
+            self.bar.update(self.cases, total=event.count)
+        elif event.name == "planned":
+            self.bar.update(self.windows, total=(self.bar.tasks[self.windows].total or 0) + event.count)
+        elif event.name == "windows":
+            self.computed += event.count
+            rate = self.computed / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.update(self.windows, advance=event.count, rate=f"{rate:.2f} windows/s")
+        elif event.name == "case":
+            self.bar.update(self.cases, advance=event.count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,42 +15,42 @@ _MODEL = "Model and patches"
 
 
 def train(
-    data_dir: Annotated[Optional[Path], typer.Argument(
+    data_dir: Annotated[Path | None, typer.Argument(
         help="Dataset folder: dataset.json (Decathlon style, 'training' pairs + 'unlabeled' images) or "
              "imagesTr/ + labelsTr/ (images without a label count as unlabeled).", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints/, metrics.csv, "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder: checkpoints/, metrics.csv, "
                                                 "curves.png, config.yaml.", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its "
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its "
                                                    "checkpoints/last.pt, with its saved settings.",
                                                    show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file of settings; "
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or TOML file of settings; "
                                                    "options given here override it.", show_default=False)] = None,
-    method: Annotated[Optional[str], typer.Option(help="[bold]ceds[/] (default), [bold]mean-teacher[/] (no "
+    method: Annotated[str | None, typer.Option(help="[bold]ceds[/] (default), [bold]mean-teacher[/] (no "
                                                   "confidence gate or head) or [bold]supervised[/] (labeled "
                                                   "data only).", show_default=False)] = None,
-    labeled: Annotated[Optional[int], typer.Option(help="Keep only K labels for training; the other labeled "
+    labeled: Annotated[int | None, typer.Option(help="Keep only K labels for training; the other labeled "
                                                    "images are used as unlabeled.", show_default=False)] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the labeled cases held out for "
+    val_fraction: Annotated[float | None, typer.Option(help="Fraction of the labeled cases held out for "
                                                           "validation (default 0.2).", show_default=False)] = None,
-    width: Annotated[Optional[int], typer.Option(help="Network base width (paper: 16; 4-8 on a CPU).",
+    width: Annotated[int | None, typer.Option(help="Network base width (paper: 16; 4-8 on a CPU).",
                                                  rich_help_panel=_MODEL, show_default=False)] = None,
-    patch: Annotated[Optional[tuple[int, int, int]], typer.Option(
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(
         help="Training patch = inference window, voxels along x y z, multiples of 16 (paper: 112 112 80).",
         rich_help_panel=_MODEL, show_default=False)] = None,
-    spacing: Annotated[Optional[float], typer.Option(help="Isotropic model spacing in mm (paper: 1.0).",
+    spacing: Annotated[float | None, typer.Option(help="Isotropic model spacing in mm (paper: 1.0).",
                                                      rich_help_panel=_MODEL, show_default=False)] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Training steps in all.", rich_help_panel=_BUDGET,
+    iterations: Annotated[int | None, typer.Option(help="Training steps in all.", rich_help_panel=_BUDGET,
                                                       show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the labeled training cases (paper: 8000).",
+    epochs: Annotated[int | None, typer.Option(help="Passes over the labeled training cases (paper: 8000).",
                                                   rich_help_panel=_BUDGET, show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Volumes per step and process, half of them "
+    batch_size: Annotated[int | None, typer.Option(help="Volumes per step and process, half of them "
                                                       "labeled (default 2; supervised: all labeled).",
                                                       show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (default 0).",
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice (default 0).",
                                                 show_default=False)] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or cuda:N.",
+    device: Annotated[str | None, typer.Option(help="cpu (default), cuda or cuda:N.",
                                                   show_default=False)] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision: fp16 with loss "
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision: fp16 with loss "
                                                 "scaling on CUDA, bf16 on the CPU.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:

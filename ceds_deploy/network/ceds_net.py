@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.nets.vnet import OutputTransition
 from torch import nn
 
-from ceds_deploy.errors import ModelInputError
+from ceds_deploy.errors import ConfigError, ModelInputError, UsageError
 from ceds_deploy.network.blocks import ACTIVATION, SPATIAL_DIMS, VNetDecoder, VNetEncoder
 from ceds_deploy.network.cbam import CBAM3D
 
@@ -36,7 +36,7 @@ class CedsNetConfig:
         _check_int("in_channels", self.in_channels, minimum=1)
         _check_int("width", self.width, minimum=1)
         if self.width % self.in_channels:
-            raise ValueError(f"width must be a multiple of in_channels ({self.in_channels}), "
+            raise ConfigError(f"width must be a multiple of in_channels ({self.in_channels}), "
                              f"got {self.width}")
         _check_int("num_classes", self.num_classes, minimum=2)
         _check_probability("dropout", self.dropout)
@@ -45,12 +45,12 @@ class CedsNetConfig:
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_probability(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+        raise ConfigError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
 def voxel_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class CedsInference(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.net.training:
             # Dropout and batch statistics must never reach a backend or an export.
-            raise RuntimeError("CedsInference needs the network in eval mode; call .eval() first")
+            raise UsageError("CedsInference needs the network in eval mode; call .eval() first")
         seg_logits, confidence_logits = self.net(x)
         confidence = F.softmax(confidence_logits.float(), dim=1)[:, 1:2]
         return seg_logits.float(), confidence

@@ -18,6 +18,8 @@ backend switch, nothing left behind in the caller's matplotlib state.
 
 from __future__ import annotations
 
+from ceds_deploy.errors import ConfigError
+
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +100,7 @@ class PlaneView:
 def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, int, int]) -> np.ndarray:
     """The 2D slice of `array` (on `geometry`'s grid) through source index `centre`, oriented for display:
     row 0 is the top of the screen, column 0 its left (see the module docstring). A small copy."""
-    from ceds_deploy.preprocess import canonical_reorientation, reorient_array
+    from ceds_deploy.transforms.orientation import canonical_reorientation, reorient_array
 
     r = canonical_reorientation(geometry)
     canonical = reorient_array(array, r)  # a view, axes (L, P, S)
@@ -110,12 +112,12 @@ def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tup
     elif plane == "sagittal":  # (y, z) at x -> rows z descending, cols y (anterior first)
         out = canonical[c[0], :, :].T[::-1, :]
     else:
-        raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
+        raise ConfigError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
     return np.array(out)
 
 
 def _canonical_index(geometry: Geometry, centre) -> tuple[int, int, int]:
-    from ceds_deploy.preprocess import canonical_reorientation
+    from ceds_deploy.transforms.orientation import canonical_reorientation
 
     r = canonical_reorientation(geometry)
     out = []
@@ -126,7 +128,7 @@ def _canonical_index(geometry: Geometry, centre) -> tuple[int, int, int]:
 
 
 def plane_views(geometry: Geometry, centre) -> list[PlaneView]:
-    from ceds_deploy.preprocess import canonical_reorientation
+    from ceds_deploy.transforms.orientation import canonical_reorientation
 
     r = canonical_reorientation(geometry)
     s = [geometry.spacing[p] for p in r.perm]  # canonical spacing (x, y, z)
@@ -156,7 +158,7 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
     geometry = image.geometry
     for name, array in (("mask", mask), ("confidence", confidence), ("label", label)):
         if array is not None and tuple(array.shape) != geometry.shape:
-            raise ValueError(f"{name} shape {tuple(array.shape)} does not match the scan's {geometry.shape}")
+            raise ConfigError(f"{name} shape {tuple(array.shape)} does not match the scan's {geometry.shape}")
     centre = preview_centre(mask, label, geometry.spacing)
     views = plane_views(geometry, centre)
     slices = {}

@@ -7,32 +7,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ceds_deploy.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class WindowPlan:
     """Window start corners over an image; every window has size `roi`."""
 
-    image_shape: tuple[int, int, int]
-    roi: tuple[int, int, int]
+    image_shape: tuple[int, ...]
+    roi: tuple[int, ...]
     starts: np.ndarray  # (N, 3) int64
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
-    def slices(self, index: int) -> tuple[slice, slice, slice]:
+    def slices(self, index: int) -> tuple[slice, ...]:
         return tuple(slice(int(s), int(s) + r) for s, r in zip(self.starts[index], self.roi))
 
-    def subset(self, keep: np.ndarray) -> "WindowPlan":
+    def subset(self, keep: np.ndarray) -> WindowPlan:
         return WindowPlan(self.image_shape, self.roi, self.starts[np.asarray(keep, dtype=bool)])
 
 
 def _check(image_shape, roi, overlap) -> None:
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
+        raise ConfigError(f"overlap must be >= 0 and < 1, got {overlap}")
     if len(image_shape) != 3 or len(roi) != 3:
-        raise ValueError(f"image shape and roi must be 3D, got {image_shape} and {roi}")
+        raise ConfigError(f"image shape and roi must be 3D, got {image_shape} and {roi}")
     if any(i < r for i, r in zip(image_shape, roi)):
-        raise ValueError(f"image {tuple(image_shape)} is smaller than the window {tuple(roi)}; pad it first")
+        raise ConfigError(f"image {tuple(image_shape)} is smaller than the window {tuple(roi)}; pad it first")
 
 
 def axis_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -45,7 +47,7 @@ def axis_starts(size: int, roi: int, overlap: float) -> list[int]:
     return [min(d * step, size - roi) for d in range(count)]
 
 
-def plan_windows(image_shape: tuple[int, int, int], roi: tuple[int, int, int], overlap: float) -> WindowPlan:
+def plan_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> WindowPlan:
     """All windows of a dense sliding-window pass, in MONAI's order (last axis fastest)."""
     _check(image_shape, roi, overlap)
     per_axis = [axis_starts(n, r, overlap) for n, r in zip(image_shape, roi)]
@@ -64,7 +66,7 @@ def windows_with_content(plan: WindowPlan, image: np.ndarray, threshold: float =
     return plan.subset(keep)
 
 
-def gaussian_importance(roi: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
+def gaussian_importance(roi: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
     """Gaussian blending weights, sigma = sigma_scale * roi per axis, peak 1 (as MONAI and nnU-Net)."""
     weights = np.ones((), dtype=np.float32)
     for size in roi:
@@ -75,18 +77,18 @@ def gaussian_importance(roi: tuple[int, int, int], sigma_scale: float = 0.125) -
     return np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)
 
 
-def constant_importance(roi: tuple[int, int, int]) -> np.ndarray:
+def constant_importance(roi: tuple[int, ...]) -> np.ndarray:
     return np.ones(roi, dtype=np.float32)
 
 
 BLEND_MODES = ("constant", "gaussian")
 
 
-def blend_weights(roi: tuple[int, int, int], blend: str) -> np.ndarray:
+def blend_weights(roi: tuple[int, ...], blend: str) -> np.ndarray:
     """One window's blending weights: "constant" (a plain average where windows overlap, the CEDS
     code's validation and MONAI's default) or "gaussian" (the window centre counts most, as nnU-Net)."""
     if blend == "constant":
         return constant_importance(roi)
     if blend == "gaussian":
         return gaussian_importance(roi)
-    raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
+    raise ConfigError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")

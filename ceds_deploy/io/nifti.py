@@ -6,7 +6,7 @@ data goes out straight from the array's memory when it is laid out as ITK lays i
 which is how `read_scan` and `restore_to_source` return arrays.
 
 The header says what ITK's does: the same affine as qform and sform (code 1, scanner), in RAS as
-NIfTI requires (our geometry is LPS), units mm. `io.write_volumes` writes every .nii and .nii.gz
+NIfTI requires (our geometry is LPS), units mm. `io.write.write_volumes` writes every .nii and .nii.gz
 through this (isal is a dependency); ITK writes the other formats.
 """
 
@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ceds_deploy.errors import ConfigError
 from ceds_deploy.volume import Geometry
 
 GZIP_LEVEL = 1  # ISA-L level 1: 6x faster than ITK's writer on a float32 map, files 20% larger
@@ -42,10 +43,10 @@ def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry) -> Non
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if tuple(array.shape) != geometry.shape:
-        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape}")
+        raise ConfigError(f"array shape {array.shape} does not match geometry {geometry.shape}")
     header = nifti_header(array, geometry)
     # NIfTI stores x fastest: array.T in C order; no copy when the array is laid out that way.
-    voxels = memoryview(np.ascontiguousarray(array.T.astype(array.dtype.newbyteorder("<"), copy=False))).cast("B")
+    voxels = np.ascontiguousarray(array.T.astype(array.dtype.newbyteorder("<"), copy=False)).data.cast("B")
     if str(path).lower().endswith(".gz"):
         from isal import igzip
 

@@ -28,7 +28,6 @@ import csv
 import io as _io
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from ceds_deploy.errors import CedsError, ScanError
 from ceds_deploy.io import case_id, find_scans, read_scan, write_atomic_text
+from ceds_deploy.qa.metrics import dice, hausdorff95
 from ceds_deploy.volume import Geometry
 
 EVALUATION_CSV = "evaluation.csv"
@@ -82,49 +82,6 @@ class EvaluationReport:
     @property
     def errors(self) -> list[CaseEvaluation]:
         return [r for r in self.rows if r.status == "error"]
-
-
-# ---------------------------------------------------------------- metrics on arrays
-
-
-def dice(pred: np.ndarray, true: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    p, t = int(np.count_nonzero(pred)), int(np.count_nonzero(true))
-    if p + t == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(pred & true)) / (p + t)
-
-
-def _union_box(pred: np.ndarray, true: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of both masks with a 1-voxel margin (clamped): edges and distances inside it are
-    exactly those of the whole arrays, since everything outside is background."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(pred.any(axis=other) | true.any(axis=other))
-        box.append(slice(max(0, int(hits[0]) - 1), min(pred.shape[axis], int(hits[-1]) + 2)))
-    return tuple(box)
-
-
-def hausdorff95(pred: np.ndarray, true: np.ndarray, spacing: tuple[float, ...]) -> float:
-    """Symmetric 95th-percentile Hausdorff distance in mm (see the module docstring for empty masks)."""
-    has_pred, has_true = bool(pred.any()), bool(true.any())
-    if not has_pred and not has_true:
-        return 0.0
-    if has_pred != has_true:
-        return math.inf
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-
-    box = _union_box(pred, true)
-    p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None]
-    t = torch.from_numpy(np.ascontiguousarray(true[box]))[None, None]
-    with warnings.catch_warnings():
-        # MONAI 1.5+ passes its own deprecated argument internally; not actionable here.
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        value = compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                           spacing=[float(s) for s in spacing])
-    return float(value.reshape(-1)[0])
 
 
 def _binary(path: Path, array: np.ndarray, role: str) -> np.ndarray:

@@ -40,6 +40,14 @@ class CaseRow:
         return row
 
 
+STATUSES = ("ok", "failed", "skipped")
+
+
+def status_counts(rows: list[CaseRow]) -> dict[str, int]:
+    """How many rows have each status."""
+    return {status: sum(r.status == status for r in rows) for status in STATUSES}
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -61,7 +69,7 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any]) ->
     writer.writeheader()
     for row in flat:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "skipped")}
+    counts = status_counts(rows)
     document = {"run": run_info, "counts": counts,
                 "needs_review": [r.case for r in rows if r.status == "ok" and r.needs_review],
                 "cases": flat}

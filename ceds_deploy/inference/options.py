@@ -1,0 +1,47 @@
+"""`SegmentOptions`: every choice of `ceds segment`, checked once; `segment_volume` reads the
+inference ones, `segment_folder` all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ceds_deploy.errors import ConfigError
+from ceds_deploy.inference.windows import BLEND_MODES
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    # inference
+    overlap: float = 0.25
+    blend: str = "constant"  # how overlapping windows are averaged (windows.blend_weights)
+    batch_size: int | None = None  # None: the backend's max_batch_size
+    tta: bool = False  # test-time augmentation over the 8 mirrorings
+    skip_air: bool = True  # windows holding only air/lung are not computed
+    window: tuple[int, ...] | None = None  # larger inference windows than the training ROI (opt-in)
+    largest_component: bool = False  # keep only the largest tumour component (one lesion per scan)
+    save_probabilities: bool = False
+    confidence_threshold: float = 0.5
+    # folder runs
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)  # (index, count), 0-based
+    preview: bool = False
+    preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
+    io_workers: int | None = None  # cases read and written at once; None: one per 4 CPU cores, 1 to 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"overlap must be >= 0 and < 1, got {self.overlap}")
+        if self.blend not in BLEND_MODES:
+            raise ConfigError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+        if self.window is not None and (len(self.window) != 3 or any(w <= 0 or w % 16 for w in self.window)):
+            raise ConfigError(f"window must be 3 positive multiples of 16, got {self.window}")
+        if self.io_workers is not None and self.io_workers < 1:
+            raise ConfigError(f"io workers must be >= 1, got {self.io_workers}")
+        if not 0 < self.confidence_threshold < 1:
+            raise ConfigError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")

@@ -1,0 +1,163 @@
+"""The batch scheduler of sliding-window inference: windows of many cases through one predictor.
+
+Windows of consecutive cases share batches: when one case has fewer windows left than a batch,
+the next case's windows fill it. The same code serves `ceds segment`, training validation and
+the benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ceds_deploy.backends.base import Predictor, WindowOutputs
+from ceds_deploy.errors import BackendError, ConfigError
+from ceds_deploy.inference.stitcher import Stitcher
+from ceds_deploy.inference.windows import WindowPlan, blend_weights
+
+
+@dataclass
+class CaseJob:
+    """One volume to predict: the model-grid image, its window plan, and anything to carry along."""
+
+    key: Any
+    image: np.ndarray | None  # (X, Y, Z) float32 on the model grid; dropped once predicted
+    plan: WindowPlan
+    payload: Any = None
+    stitcher: Stitcher | None = field(default=None, repr=False)
+    next_window: int = 0
+    done_windows: int = 0
+    infer_seconds: float = 0.0  # this case's share of the batches its windows ran in
+
+    def input(self) -> np.ndarray:
+        if self.image is None:
+            raise BackendError(f"case {self.key}: its model-grid image was released before prediction")
+        return self.image
+
+    def stitching(self) -> Stitcher:
+        if self.stitcher is None:
+            raise BackendError(f"case {self.key}: windows stitched before the case was started")
+        return self.stitcher
+
+
+MIRROR_AXES = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+def predict_with_mirroring(predict: Predictor, batch: torch.Tensor) -> WindowOutputs:
+    """Test-time augmentation: average over all 8 mirrorings of the three spatial axes."""
+    out = predict(batch)
+    seg_sum, conf_sum = out.seg_logits.float().clone(), out.confidence.float().clone()  # summed in place
+    for axes in MIRROR_AXES[1:]:
+        out = predict(torch.flip(batch, axes))
+        seg_sum += torch.flip(out.seg_logits, axes)
+        conf_sum += torch.flip(out.confidence, axes)
+    n = len(MIRROR_AXES)
+    return WindowOutputs(seg_sum / n, conf_sum / n)
+
+
+class _Batches:
+    """Cases in order, their windows cut into batches: a batch holds windows of one size and may
+    span the end of one case and the start of the next."""
+
+    def __init__(self, jobs: Iterable[CaseJob], batch_size: int, start: Callable[[CaseJob], None]) -> None:
+        self.jobs = iter(jobs)
+        self.batch_size = batch_size
+        self.start = start  # called when a case's first window is taken
+        self.pending: list[CaseJob] = []  # started, not finished, in order
+        self.exhausted = False
+
+    def next_batch(self) -> list[tuple[CaseJob, int]]:
+        """The next batch of (case, window index); empty once every window has been handed out."""
+        batch: list[tuple[CaseJob, int]] = []
+        while len(batch) < self.batch_size:
+            open_jobs = [j for j in self.pending if j.next_window < len(j.plan)]
+            if open_jobs:
+                job = open_jobs[0]
+                if batch and job.plan.roi != batch[0][0].plan.roi:
+                    break  # one batch, one window size
+                take = min(self.batch_size - len(batch), len(job.plan) - job.next_window)
+                batch.extend((job, job.next_window + i) for i in range(take))
+                job.next_window += take
+                continue
+            if self.exhausted:
+                break
+            new = next(self.jobs, None)
+            if new is None:
+                self.exhausted = True
+            else:
+                self.start(new)
+                self.pending.append(new)
+        return batch
+
+    def finished(self) -> Iterator[CaseJob]:
+        """Cases, in order, whose every window has been computed and stitched."""
+        while self.pending and self.pending[0].done_windows == len(self.pending[0].plan):
+            yield self.pending.pop(0)
+
+
+def predict_cases(
+    jobs: Iterable[CaseJob],
+    predict: Predictor,
+    *,
+    batch_size: int,
+    num_classes: int = 2,
+    tta: bool = False,
+    blend: str = "constant",
+    accumulate_on: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[CaseJob, torch.Tensor, torch.Tensor]]:
+    """Run `predict` over the windows of every job, `batch_size` windows at a time across cases,
+    yielding (job, seg_logits, confidence) for each case as soon as its last window is stitched.
+
+    `blend` names the windows' blending weights (`windows.blend_weights`).
+    `on_batch(n)` is called after each batch with the number of windows computed (for progress).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    blend_weights((1, 1, 1), blend)  # an unknown mode fails here, before any window runs
+    weight_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def start(job: CaseJob) -> None:
+        roi = job.plan.roi
+        if roi not in weight_cache:
+            weight_cache[roi] = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
+        job.stitcher = Stitcher(job.input().shape, num_classes, weight_cache[roi])
+
+    batches = _Batches(jobs, batch_size, start)
+    while batch := batches.next_batch():
+        started = time.perf_counter()
+        tensor = torch.from_numpy(np.stack([j.input()[j.plan.slices(i)] for j, i in batch])[:, None])
+        out = predict_with_mirroring(predict, tensor) if tta else predict(tensor)
+        for k, (job, index) in enumerate(batch):
+            job.stitching().add(job.plan.slices(index), out.seg_logits[k], out.confidence[k])
+            job.done_windows += 1
+        share = (time.perf_counter() - started) / len(batch)
+        for job, _ in batch:
+            job.infer_seconds += share
+        if on_batch is not None:
+            on_batch(len(batch))
+        yield from _finish(batches.finished())
+    yield from _finish(batches.finished())  # cases with no window at all
+
+
+def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor, torch.Tensor]]:
+    for job in jobs:
+        seg, conf = job.stitching().result()
+        job.stitcher = None
+        yield job, seg, conf
+
+
+def sliding_window_predict(image: np.ndarray, plan: WindowPlan, predict: Predictor, *, batch_size: int,
+                           num_classes: int = 2, tta: bool = False, blend: str = "constant",
+                           accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
+    job = CaseJob(key=None, image=image, plan=plan)
+    for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
+                                      tta=tta, blend=blend, accumulate_on=accumulate_on):
+        return seg, conf
+    raise RuntimeError("unreachable: predict_cases yields every job")

@@ -1,0 +1,28 @@
+"""Scans in and out: reading with full geometry, atomic writing, finding the scans of a folder.
+
+`read` (SimpleITK parsing, checks), `write` (NIfTI via `nifti`'s ISA-L writer, other formats via
+ITK), `atomic` (temp file + rename), `listing` (image files and DICOM series folders), `paths`
+(suffixes and case names).
+"""
+
+from ceds_deploy.io.atomic import write_atomic_bytes, write_atomic_text
+from ceds_deploy.io.listing import ScanListing, find_scans, is_dicom_folder
+from ceds_deploy.io.paths import IMAGE_SUFFIXES, case_id, image_suffix, is_nifti
+from ceds_deploy.io.read import read_scan
+from ceds_deploy.io.write import to_sitk, write_volume, write_volumes
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ScanListing",
+    "case_id",
+    "find_scans",
+    "image_suffix",
+    "is_dicom_folder",
+    "is_nifti",
+    "read_scan",
+    "to_sitk",
+    "write_atomic_bytes",
+    "write_atomic_text",
+    "write_volume",
+    "write_volumes",
+]

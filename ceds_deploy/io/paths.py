@@ -1,0 +1,32 @@
+"""File names of scans: which suffixes are images, and a case's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net names single-channel images <case>_0000.nii.gz
+
+
+def image_suffix(path: Path) -> str | None:
+    """The recognised image suffix of `path` ('.nii.gz', '.mha', ...), or None."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def is_nifti(path: Path) -> bool:
+    return image_suffix(path) in NIFTI_SUFFIXES
+
+
+def case_id(path: Path) -> str:
+    """A case's name: the file name without its image suffix (and nnU-Net's `_0000`)."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    if stem.endswith(NNUNET_CHANNEL_SUFFIX):
+        stem = stem[: -len(NNUNET_CHANNEL_SUFFIX)]
+    return stem

@@ -1,0 +1,126 @@
+"""Pre-processing of a scan onto the model grid (its inverse is `restore`).
+
+One implementation, used by training, validation and `ceds segment`, with the CEDS code's own
+conventions (MONAI `Orientation`, `Spacing`, `ScaleIntensityRange`, `CropForeground`,
+`SpatialPad`, then `Invertd` back), so weights trained there see the same input here and the
+masks agree with its validation voxel for voxel:
+reorient to the canonical LPS axis order (a permutation and flips, no interpolation) ->
+resample onto MONAI's Spacing grid (origin kept, exactly the model spacing; linear for images,
+nearest for labels, clamped at the edge voxels) -> crop to the bounding box of the voxels above
+the body threshold -> HU window to [0, 1] -> pad to at least the ROI.
+Only the block of the grid the crop can need is ever resampled, straight from the scan's buffer.
+`PreprocessPlan` records every step so `restore_to_source` can undo them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ceds_deploy.spec import ModelSpec
+from ceds_deploy.transforms.orientation import Reorientation, canonical_reorientation, reorient_array, reorient_geometry
+from ceds_deploy.transforms.resample import resample
+from ceds_deploy.transforms.spacing import SpacingGrid, spacing_grid, taps_reaching
+from ceds_deploy.volume import Geometry, Volume
+
+
+def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip HU to `window` and scale to [0, 1], in place on a float32 array."""
+    low, high = window
+    np.clip(array, low, high, out=array)
+    array -= low
+    array *= 1.0 / (high - low)
+    return array
+
+
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The smallest box holding every True voxel of a 3D mask (MONAI's CropForeground, margin 0);
+    None when there is none."""
+    start, stop = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        start.append(int(hits[0]))
+        stop.append(int(hits[-1]) + 1)
+    return tuple(start), tuple(stop)
+
+
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """Everything needed to map between a scan's own grid and the grid the network sees."""
+
+    source: Geometry
+    reorientation: Reorientation
+    spacing_grid: SpacingGrid  # MONAI's Spacing grid over the whole reoriented scan
+    crop_start: tuple[int, ...]  # the body box on `grid`
+    crop_stop: tuple[int, ...]
+    pad_before: tuple[int, ...]
+    pad_after: tuple[int, ...]
+
+    @property
+    def grid(self) -> Geometry:
+        return self.spacing_grid.geometry
+
+    @property
+    def cropped_shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in zip(self.crop_start, self.crop_stop))
+
+    @property
+    def model_geometry(self) -> Geometry:
+        """The geometry of the padded model-grid array the network sees."""
+        corner = np.asarray(self.crop_start, dtype=np.float64) - np.asarray(self.pad_before)
+        shape = tuple(n + b + a for n, b, a in zip(self.cropped_shape, self.pad_before, self.pad_after))
+        return self.grid.with_(origin=tuple(self.grid.index_to_world(corner)), shape=shape)
+
+
+def _pad_to_roi(array: np.ndarray, roi: tuple[int, ...], value: float) -> tuple[np.ndarray, tuple, tuple]:
+    """Pad symmetrically (the odd voxel after) to at least `roi`, as MONAI's SpatialPad."""
+    total = [max(0, r - n) for r, n in zip(roi, array.shape)]
+    before = tuple(p // 2 for p in total)
+    after = tuple(p - b for p, b in zip(total, before))
+    if any(total):
+        array = np.pad(array, list(zip(before, after)), constant_values=value)
+    return array, before, after
+
+
+def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, PreprocessPlan]:
+    """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it).
+    `device` is where the resampling runs (a GPU when the backend has one)."""
+    r = canonical_reorientation(image.geometry)
+    canonical = reorient_geometry(image.geometry, r)
+    grid = spacing_grid(canonical, spec.target_spacing)
+    source = reorient_array(image.array, r)
+    threshold = spec.crop_threshold_hu
+    taps = grid.taps_into_scan("linear", (0, 0, 0), grid.geometry.shape, source.shape)
+    # Only grid voxels that read a source voxel above the threshold can be above it after the
+    # (convex) linear interpolation: find them on the scan's own grid, resample just that block.
+    body = bounding_box(source > threshold)
+    if body is not None:
+        block = [taps_reaching(t, a, b) for t, a, b in zip(taps, *body)]
+        taps = [tuple(part[a:b] for part in t) for t, (a, b) in zip(taps, block)]
+    else:
+        block = [(0, m) for m in grid.geometry.shape]
+    resampled = resample(source, taps, "linear", device)
+    box = bounding_box(resampled > threshold) if resampled.size else None
+    if box is None:  # nothing above the threshold: keep the whole block (MONAI would crop to nothing)
+        box = ((0, 0, 0), resampled.shape)
+    region = hu_window(np.array(resampled[tuple(slice(a, b) for a, b in zip(*box))], copy=True), spec.hu_window)
+    del resampled
+    array, pad_before, pad_after = _pad_to_roi(region, spec.roi_size, 0.0)
+    start = tuple(o + a for (o, _), a in zip(block, box[0]))
+    stop = tuple(o + b for (o, _), b in zip(block, box[1]))
+    return array, PreprocessPlan(image.geometry, r, grid, start, stop, pad_before, pad_after)
+
+
+def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
+    """A label on the scan's grid -> uint8 label on the model grid (nearest neighbour)."""
+    if not label.geometry.same_grid(plan.source, atol=1e-3):
+        raise ValueError(f"label grid {label.geometry} differs from the image grid {plan.source}")
+    source = reorient_array(label.array, plan.reorientation)
+    taps = plan.spacing_grid.taps_into_scan("nearest", plan.crop_start, plan.crop_stop, source.shape)
+    region = resample(source.astype(np.uint8, copy=False), taps, "nearest")
+    return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
+
+

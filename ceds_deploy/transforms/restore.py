@@ -1,0 +1,121 @@
+"""From stitched model-grid outputs back to the scan's own grid: the exact inverse of `preprocess`
+(as MONAI's `Invertd`), then the mask, the confidence map and optionally the probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ceds_deploy.transforms.orientation import reorient_array
+from ceds_deploy.transforms.preprocess import PreprocessPlan
+from ceds_deploy.transforms.resample import resample_into
+from ceds_deploy.transforms.spacing import Taps, taps_reaching
+
+BACKGROUND_LOGIT = 10.0  # voxels no window covered (air) are confidently background
+UNCOVERED_CONFIDENCE = 1.0
+
+
+def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
+                      mode: str = "linear") -> np.ndarray:
+    """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
+
+    Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
+    nearest is for masks. As MONAI's `Invertd`: outside the body crop the grid holds `fill` (one
+    value or one per channel), and each scan voxel reads the grid at its own position, clamped to
+    the grid's edge. `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
+    """
+    import torch.nn.functional as F
+
+    if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
+        raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
+    fills = np.broadcast_to(np.asarray(fill, dtype=np.float64), (channels.shape[0],))
+    tensor = channels if isinstance(channels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(channels))
+    device = tensor.device
+    floating = tensor.dtype.is_floating_point
+    # Linear interpolation makes fractions: only nearest keeps an integer type.
+    dtype = np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
+    # order), so neither restoring nor writing transposes a full-size array.
+    out = np.empty((channels.shape[0], *plan.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+    canonical = reorient_array(out, plan.reorientation)
+    crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.cropped_shape))]
+    # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
+    taps = plan.spacing_grid.taps_from_scan(mode, canonical.shape[1:])
+    box = [taps_reaching(t, a, b) for t, a, b in zip(taps, plan.crop_start, plan.crop_stop)]
+    # Index the crop with a one-voxel ring of fill, which every tap outside the crop reads.
+    local: list[Taps] = []
+    for t, (a, b), c0, n in zip(taps, box, plan.crop_start, plan.cropped_shape):
+        low, high, frac = (part[a:b] for part in t)
+        local.append((np.clip(low - c0 + 1, 0, n + 1), np.clip(high - c0 + 1, 0, n + 1), frac))
+    for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
+        out[c].fill(fills[c])
+        if any(a == b for a, b in box):
+            continue
+        ring = F.pad(crop[c][None], (1, 1, 1, 1, 1, 1), value=float(fills[c]))[0]
+        target = canonical[c][tuple(slice(a, b) for a, b in box)]
+        resample_into(target, ring, local, device)
+    return out
+
+
+CONFIDENCE_STEPS = 1024  # confidence is stored in steps of 1/1024 (max error 4.9e-4)
+
+
+def quantize_confidence(conf: np.ndarray) -> np.ndarray:
+    """Round a [0, 1] map to multiples of 1/CONFIDENCE_STEPS, in place. The float32 values then
+    have short mantissas, so the compressed file is 2.3-2.7x smaller (512x512x300: 127 MB -> 54 MB
+    with ISA-L level 1, 129 -> 47 MB with ITK's writer), at an error far below the confidence's own."""
+    conf *= CONFIDENCE_STEPS
+    np.round(conf, out=conf)
+    conf *= 1.0 / CONFIDENCE_STEPS
+    return conf
+
+
+@dataclass
+class RestoredPrediction:
+    mask: np.ndarray  # uint8 labels on the scan's grid
+    confidence: np.ndarray  # float32 in [0, 1]
+    probabilities: np.ndarray | None  # float32 tumour probability (2 classes) or (C, ...) otherwise
+
+
+def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan: PreprocessPlan,
+                       keep_probabilities: bool = False, largest_component: bool = False) -> RestoredPrediction:
+    """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
+    optionally keeping only the largest tumour region. Tensors on a GPU are resampled there; the
+    results are numpy arrays on the host."""
+    seg = seg_logits.detach()
+    if seg.shape[0] == 2:
+        # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
+        diff = (seg[1] - seg[0])[None]
+        del seg
+        restored = restore_to_source(diff, plan, fill=-2 * BACKGROUND_LOGIT)[0]
+        mask = (restored > 0).astype(np.uint8)
+        probabilities = None
+        if keep_probabilities:
+            probabilities = torch.sigmoid(torch.from_numpy(restored)).numpy()
+        del restored
+    else:
+        fills = [BACKGROUND_LOGIT] + [-BACKGROUND_LOGIT] * (seg.shape[0] - 1)
+        restored = restore_to_source(seg, plan, fill=tuple(fills))
+        mask = np.argmax(restored, axis=0).astype(np.uint8)
+        probabilities = torch.softmax(torch.from_numpy(restored), 0).numpy() if keep_probabilities else None
+    conf = restore_to_source(confidence.detach(), plan, fill=UNCOVERED_CONFIDENCE)[0]
+    np.clip(conf, 0.0, 1.0, out=conf)
+    quantize_confidence(conf)
+    if largest_component:
+        mask = keep_largest_component(mask)
+    return RestoredPrediction(mask, conf, probabilities)
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 26-connected foreground component (nnU-Net's optional post-processing,
+    for tasks with one lesion per scan); uint8 like the input."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.where(labels == int(np.argmax(sizes)), mask, 0).astype(mask.dtype)
