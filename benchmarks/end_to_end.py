@@ -26,7 +26,7 @@ from benchmarks.common import machine, peak_rss_gb, print_table, write_json  # n
 
 def make_scans(folder: Path, cases: int, size: str, seed: int) -> list[Path]:
     from ceds_deploy.io import write_volume
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

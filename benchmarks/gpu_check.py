@@ -36,7 +36,7 @@ ROI = (112, 112, 80)
 def _make_phantom(args) -> str:
     index, folder, size = args
     from ceds_deploy.io import write_volume
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
 
     image, _ = make_case(index, seed=7, size=size)
     path = Path(folder) / f"full_{index:03d}.nii.gz"

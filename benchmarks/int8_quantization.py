@@ -28,7 +28,7 @@ from benchmarks.common import machine, print_table, write_json  # noqa: E402
 def phantom_windows(spec, count: int, seed: int, size: str) -> np.ndarray:
     """`count` windows of the model's ROI, cut at random from pre-processed phantoms, each holding
     some body (what `ceds segment` computes after skipping air windows)."""
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
     from ceds_deploy.transforms.preprocess import prepare_scan
 
     rng = np.random.default_rng(seed)

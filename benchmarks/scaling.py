@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ceds_deploy.io import write_volume
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
     from ceds_deploy.transforms.orientation import canonical_reorientation, reorient_array, reorient_geometry
     from ceds_deploy.volume import Volume
 

@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_cohort_once(args: argparse.Namespace) -> Path:
-    from ceds_deploy.phantoms import make_cohort
+    from ceds_deploy.synthetic import make_cohort
 
     root = args.out / "cohort"
     wanted = {"cases": args.labeled + args.val + args.unlabeled, "labeled": args.labeled + args.val,

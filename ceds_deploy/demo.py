@@ -87,7 +87,7 @@ def iterations_for(settings: DemoSettings, step_seconds: float) -> int:
 
 
 def _cohort(out: Path, s: DemoSettings) -> str:
-    from ceds_deploy.phantoms import make_cohort
+    from ceds_deploy.synthetic import make_cohort
 
     data = out / "data"
     if (data / "dataset.json").exists():  # written last by make_cohort

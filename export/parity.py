@@ -77,9 +77,9 @@ def random_windows(shape: Sequence[int], count: int, seed: int = 0) -> np.ndarra
 def phantom_windows(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray | None:
     """Windows of synthetic chest CT centred on the mass, pre-processed like `ceds segment` does.
     None when the phantom generator is not part of this install."""
-    if count < 1 or importlib.util.find_spec("ceds_deploy.phantoms") is None:
+    if count < 1 or importlib.util.find_spec("ceds_deploy.synthetic") is None:
         return None
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
     from ceds_deploy.transforms.preprocess import prepare_scan, prepare_label
 
     roi = np.asarray(spec.roi_size)

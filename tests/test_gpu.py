@@ -10,7 +10,7 @@ import torch
 
 from ceds_deploy.backends import create_backend
 from ceds_deploy.inference import SegmentOptions, segment_volume
-from ceds_deploy.phantoms import make_case
+from ceds_deploy.synthetic import make_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ceds_deploy.errors import ConfigError
-from ceds_deploy.phantoms import (LAYOUTS, SIZES, Tissue, cohort_indices, generate_case,
+from ceds_deploy.synthetic import (LAYOUTS, SIZES, Tissue, cohort_indices, generate_case,
                                   make_case, make_cohort)
 
 SMALL = SIZES["small"]
@@ -234,7 +234,7 @@ def test_cli_module_imports_light_and_runs(tmp_path):
     import sys
 
     code = ("import sys, ceds_deploy.cli.phantoms as m; "
-            "bad = [n for n in ('numpy', 'SimpleITK', 'torch', 'ceds_deploy.phantoms') if n in sys.modules]; "
+            "bad = [n for n in ('numpy', 'SimpleITK', 'torch', 'ceds_deploy.synthetic') if n in sys.modules]; "
             "print(bad)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"

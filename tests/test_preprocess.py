@@ -171,7 +171,7 @@ def test_label_on_another_grid_is_refused():
 
 
 def test_phantom_label_round_trip_dice():
-    phantoms = pytest.importorskip("ceds_deploy.phantoms")
+    phantoms = pytest.importorskip("ceds_deploy.synthetic")
     for index in range(3):
         image, label = phantoms.make_case(index, seed=1, size="small")
         _, plan = prepare_scan(image, SPEC)

@@ -143,7 +143,7 @@ def test_panels_use_the_physical_spacing_of_the_displayed_axes():
 
 
 def test_preview_of_a_phantom(tmp_path):
-    from ceds_deploy.phantoms import make_case
+    from ceds_deploy.synthetic import make_case
 
     image, label = make_case(4, 0, "small")
     confidence = np.where(label.array > 0, 0.7, 1.0).astype(np.float32)

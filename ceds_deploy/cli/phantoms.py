@@ -28,7 +28,7 @@ def phantoms(
 
     from rich.console import Console
 
-    from ceds_deploy.phantoms import make_cohort
+    from ceds_deploy.synthetic import make_cohort
 
     start = time.perf_counter()
     folder = make_cohort(out, cases=cases, labeled=labeled, test=test, seed=seed, size=size,
