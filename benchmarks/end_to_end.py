@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ceds_deploy.qa.metrics import dice
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, peak_rss_gb, print_table, write_json  # noqa: E402
 
@@ -103,6 +105,7 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     import torch
     from monai.inferers import sliding_window_inference
 
+    from ceds_deploy.inference import SegmentOptions
     from ceds_deploy.inference.scheduler import sliding_window_predict
     from ceds_deploy.inference.segment import window_plan_for
     from ceds_deploy.io import read_scan
@@ -115,7 +118,7 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
         logits = sliding_window_inference(torch.from_numpy(image)[None, None], spec.roi_size, 4,
                                           lambda x: net(x)[0], overlap=0.25, mode="constant")[0]
     monai_ours_grid = restore_prediction(logits, torch.zeros((1, *image.shape)), plan, True)
-    windows = window_plan_for(image, spec, 0.25, True)
+    windows = window_plan_for(image, spec, SegmentOptions())
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="constant")
     ours_constant = restore_prediction(seg, conf, plan, True)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="gaussian")
@@ -144,11 +147,6 @@ def truth_dice(work: Path, scan: Path, mask: np.ndarray) -> float:
 
     truth = read_scan(work / "labels" / scan.name, dtype=None).array > 0
     return dice(mask > 0, truth)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
 def main(argv: list[str] | None = None) -> int:

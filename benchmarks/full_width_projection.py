@@ -39,12 +39,13 @@ def reference_window_count(path: Path, spec) -> tuple[int, tuple[int, ...]]:
 
 
 def ours_window_count(path: Path, spec, overlap: float, skip_air: bool) -> tuple[int, tuple[int, ...]]:
+    from ceds_deploy.inference import SegmentOptions
     from ceds_deploy.inference.segment import window_plan_for
     from ceds_deploy.io import read_scan
     from ceds_deploy.transforms.preprocess import prepare_scan
 
     image, _ = prepare_scan(read_scan(path, dtype=None), spec)
-    return len(window_plan_for(image, spec, overlap, skip_air)), image.shape
+    return len(window_plan_for(image, spec, SegmentOptions(overlap=overlap, skip_air=skip_air))), image.shape
 
 
 def seconds_per_window(throughput: dict, width: int, batch: int, channels_last: bool) -> float | None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import GEOMETRIES, sphere_scan
 
+from ceds_deploy.qa.metrics import dice
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.transforms.orientation import (
     canonical_reorientation,
@@ -18,10 +19,6 @@ from ceds_deploy.transforms.restore import restore_to_source
 from ceds_deploy.volume import Volume
 
 SPEC = ModelSpec(roi_size=(32, 32, 32), target_spacing=(1.0, 1.0, 1.0), width=4)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum()) + int(b.sum()))
 
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
