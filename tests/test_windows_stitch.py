@@ -119,8 +119,8 @@ def test_windows_of_the_next_case_fill_the_batch():
 
     rng = np.random.default_rng(2)
     images = [rng.random(s, dtype=np.float32) for s in [(16, 16, 24), (16, 16, 40), (32, 16, 16)]]
-    jobs = [CaseJob(key=i, image=im, plan=plan_windows(im.shape, (16, 16, 16), 0.0)) for i, im in enumerate(images)]
-    counts = [len(j.plan) for j in jobs]  # 2, 3, 2 windows
+    jobs = [CaseJob(key=i, image=im, windows=plan_windows(im.shape, (16, 16, 16), 0.0)) for i, im in enumerate(images)]
+    counts = [len(j.windows) for j in jobs]  # 2, 3, 2 windows
     finished = list(predict_cases(iter(jobs), record, batch_size=4, blend="constant"))
     assert sizes == [4, 3] and sum(counts) == 7
     assert [job.key for job, _, _ in finished] == [0, 1, 2]

@@ -28,7 +28,7 @@ from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, window_plan_for, work_device
 from ceds_deploy.io import case_id, find_scans, read_scan
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
-from ceds_deploy.transforms.preprocess import PreprocessPlan, prepare_scan
+from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan
 from ceds_deploy.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ class FolderRun:
 class _Case:
     row: CaseRow
     path: Path
-    plan: PreprocessPlan | None = None
+    mapping: GridMapping | None = None
     source: Volume | None = None  # the scan in HU, kept only when a preview needs it
 
 
-def plan_cases(input_path: Path, output: Path, backend: Backend, options: SegmentOptions
+def list_cases(input_path: Path, output: Path, backend: Backend, options: SegmentOptions
                ) -> tuple[list[CaseRow], list[_Case]]:
     """(rows of entries not to run: skipped or failed up front, cases to run) for this shard."""
     listing = find_scans(input_path)
@@ -192,7 +192,7 @@ class _Pipeline:
             t0 = time.perf_counter()
             volume = read_scan(case.path, dtype=None)  # as stored: only the body crop becomes float32
             t1 = time.perf_counter()
-            image, case.plan = prepare_scan(volume, self.spec, self.device)
+            image, case.mapping = prepare_scan(volume, self.spec, self.device)
             windows = window_plan_for(image, self.spec, self.options)
             t2 = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - one bad scan never stops the run
@@ -205,7 +205,7 @@ class _Pipeline:
         row.windows = len(windows)
         case.source = volume if self.options.preview else None  # keep the HU array only for a preview
         self.progress(ProgressEvent("planned", len(windows)))
-        return CaseJob(key=row.case, image=image, plan=windows, payload=case)
+        return CaseJob(key=row.case, image=image, windows=windows, payload=case)
 
     def _write_worker(self) -> None:
         while True:
@@ -225,8 +225,8 @@ class _Pipeline:
 
     def _write_one(self, case: _Case, seg: Any, conf: Any) -> None:
         try:
-            assert case.plan is not None
-            finish_case(case.row, seg, conf, case.plan, self.output, self.options, case.source)
+            assert case.mapping is not None
+            finish_case(case.row, seg, conf, case.mapping, self.output, self.options, case.source)
         except Exception as err:  # noqa: BLE001 - recorded in the report, the run goes on
             case.row.status, case.row.error = "failed", error_text(err)
             log.warning("%s: %s", case.row.case, case.row.error)
@@ -243,7 +243,7 @@ def segment_folder(input_path: Path, output: Path, backend: Backend, options: Se
     options = options or SegmentOptions()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    rows, todo = plan_cases(Path(input_path), output, backend, options)
+    rows, todo = list_cases(Path(input_path), output, backend, options)
     progress(ProgressEvent("todo", len(todo)))
     run = FolderRun(rows=rows)
     pipeline = _Pipeline(backend, output, options, todo, progress, run.rows)

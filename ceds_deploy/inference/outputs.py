@@ -14,7 +14,7 @@ from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
 from ceds_deploy.qa.review import assess
-from ceds_deploy.transforms.preprocess import PreprocessPlan
+from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.restore import RestoredPrediction, restore_prediction
 from ceds_deploy.volume import Geometry, Volume
 
@@ -36,17 +36,17 @@ def case_is_done(output: Path, case: str) -> bool:
     return paths["mask"].exists() and paths["confidence"].exists()
 
 
-def finish_case(row: CaseRow, seg: torch.Tensor, conf: torch.Tensor, plan: PreprocessPlan, output: Path,
+def finish_case(row: CaseRow, seg: torch.Tensor, conf: torch.Tensor, mapping: GridMapping, output: Path,
                 options: SegmentOptions, source: Volume | None = None) -> CaseRow:
     """Restore a stitched prediction to the scan's grid, write its files and fill `row`.
     `source` (the scan in HU) is needed only for a preview."""
     started = time.perf_counter()
-    restored = restore_prediction(seg, conf, plan, options.save_probabilities, options.largest_component)
+    restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
     del seg, conf
     restored_at = time.perf_counter()
-    write_case_files(output, row, restored, plan.source, options, source)
+    write_case_files(output, row, restored, mapping.source, options, source)
     row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
-    findings = assess(restored.mask, restored.confidence, plan.source.voxel_volume_ml, options.confidence_threshold)
+    findings = assess(restored.mask, restored.confidence, mapping.source.voxel_volume_ml, options.confidence_threshold)
     row.tumour_ml = round(findings.tumour_ml, 3)
     row.mean_confidence = findings.mean_confidence
     row.low_confidence_fraction = findings.low_confidence_fraction

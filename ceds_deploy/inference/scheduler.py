@@ -23,11 +23,11 @@ from ceds_deploy.inference.windows import WindowPlan, blend_weights
 
 @dataclass
 class CaseJob:
-    """One volume to predict: the model-grid image, its window plan, and anything to carry along."""
+    """One volume to predict: the model-grid image, its windows, and anything to carry along."""
 
     key: Any
     image: np.ndarray | None  # (X, Y, Z) float32 on the model grid; dropped once predicted
-    plan: WindowPlan
+    windows: WindowPlan
     payload: Any = None
     stitcher: Stitcher | None = field(default=None, repr=False)
     next_window: int = 0
@@ -75,12 +75,12 @@ class _Batches:
         """The next batch of (case, window index); empty once every window has been handed out."""
         batch: list[tuple[CaseJob, int]] = []
         while len(batch) < self.batch_size:
-            open_jobs = [j for j in self.pending if j.next_window < len(j.plan)]
+            open_jobs = [j for j in self.pending if j.next_window < len(j.windows)]
             if open_jobs:
                 job = open_jobs[0]
-                if batch and job.plan.roi != batch[0][0].plan.roi:
+                if batch and job.windows.roi != batch[0][0].windows.roi:
                     break  # one batch, one window size
-                take = min(self.batch_size - len(batch), len(job.plan) - job.next_window)
+                take = min(self.batch_size - len(batch), len(job.windows) - job.next_window)
                 batch.extend((job, job.next_window + i) for i in range(take))
                 job.next_window += take
                 continue
@@ -96,7 +96,7 @@ class _Batches:
 
     def finished(self) -> Iterator[CaseJob]:
         """Cases, in order, whose every window has been computed and stitched."""
-        while self.pending and self.pending[0].done_windows == len(self.pending[0].plan):
+        while self.pending and self.pending[0].done_windows == len(self.pending[0].windows):
             yield self.pending.pop(0)
 
 
@@ -123,7 +123,7 @@ def predict_cases(
     weight_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def start(job: CaseJob) -> None:
-        roi = job.plan.roi
+        roi = job.windows.roi
         if roi not in weight_cache:
             weight_cache[roi] = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
         job.stitcher = Stitcher(job.input().shape, num_classes, weight_cache[roi])
@@ -131,10 +131,10 @@ def predict_cases(
     batches = _Batches(jobs, batch_size, start)
     while batch := batches.next_batch():
         started = time.perf_counter()
-        tensor = torch.from_numpy(np.stack([j.input()[j.plan.slices(i)] for j, i in batch])[:, None])
+        tensor = torch.from_numpy(np.stack([j.input()[j.windows.slices(i)] for j, i in batch])[:, None])
         out = predict_with_mirroring(predict, tensor) if tta else predict(tensor)
         for k, (job, index) in enumerate(batch):
-            job.stitching().add(job.plan.slices(index), out.seg_logits[k], out.confidence[k])
+            job.stitching().add(job.windows.slices(index), out.seg_logits[k], out.confidence[k])
             job.done_windows += 1
         share = (time.perf_counter() - started) / len(batch)
         for job, _ in batch:
@@ -152,11 +152,11 @@ def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor, to
         yield job, seg, conf
 
 
-def sliding_window_predict(image: np.ndarray, plan: WindowPlan, predict: Predictor, *, batch_size: int,
+def sliding_window_predict(image: np.ndarray, windows: WindowPlan, predict: Predictor, *, batch_size: int,
                            num_classes: int = 2, tta: bool = False, blend: str = "constant",
                            accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
-    job = CaseJob(key=None, image=image, plan=plan)
+    job = CaseJob(key=None, image=image, windows=windows)
     for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
                                       tta=tta, blend=blend, accumulate_on=accumulate_on):
         return seg, conf

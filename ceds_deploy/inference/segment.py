@@ -73,10 +73,10 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
     options = options or SegmentOptions()
     spec = backend.spec
     device = work_device(backend)
-    image, plan = prepare_scan(volume, spec, device)
+    image, mapping = prepare_scan(volume, spec, device)
     windows = window_plan_for(image, spec, options)
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size_for(backend, options),
                                        num_classes=spec.num_classes, tta=options.tta, blend=options.blend,
                                        accumulate_on=device)
-    restored = restore_prediction(seg, conf, plan, options.save_probabilities, options.largest_component)
+    restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))

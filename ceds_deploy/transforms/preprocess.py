@@ -9,7 +9,7 @@ resample onto MONAI's Spacing grid (origin kept, exactly the model spacing; line
 nearest for labels, clamped at the edge voxels) -> crop to the bounding box of the voxels above
 the body threshold -> HU window to [0, 1] -> pad to at least the ROI.
 Only the block of the grid the crop can need is ever resampled, straight from the scan's buffer.
-`PreprocessPlan` records every step so `restore_to_source` can undo them.
+`GridMapping` records every step so `restore_to_source` can undo them.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | 
 
 
 @dataclass(frozen=True)
-class PreprocessPlan:
+class GridMapping:
     """Everything needed to map between a scan's own grid and the grid the network sees."""
 
     source: Geometry
@@ -85,8 +85,8 @@ def _pad_to_roi(array: np.ndarray, roi: tuple[int, ...], value: float) -> tuple[
     return array, before, after
 
 
-def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, PreprocessPlan]:
-    """A scan in HU -> (float32 array in [0, 1] on the model grid, the plan to undo it).
+def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, GridMapping]:
+    """A scan in HU -> (float32 array in [0, 1] on the model grid, the mapping to undo it).
     `device` is where the resampling runs (a GPU when the backend has one)."""
     r = canonical_reorientation(image.geometry)
     canonical = reorient_geometry(image.geometry, r)
@@ -111,16 +111,16 @@ def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[n
     array, pad_before, pad_after = _pad_to_roi(region, spec.roi_size, 0.0)
     start = tuple(o + a for (o, _), a in zip(block, box[0]))
     stop = tuple(o + b for (o, _), b in zip(block, box[1]))
-    return array, PreprocessPlan(image.geometry, r, grid, start, stop, pad_before, pad_after)
+    return array, GridMapping(image.geometry, r, grid, start, stop, pad_before, pad_after)
 
 
-def prepare_label(label: Volume, plan: PreprocessPlan) -> np.ndarray:
+def prepare_label(label: Volume, mapping: GridMapping) -> np.ndarray:
     """A label on the scan's grid -> uint8 label on the model grid (nearest neighbour)."""
-    if not label.geometry.same_grid(plan.source, atol=1e-3):
-        raise ValueError(f"label grid {label.geometry} differs from the image grid {plan.source}")
-    source = reorient_array(label.array, plan.reorientation)
-    taps = plan.spacing_grid.taps_into_scan("nearest", plan.crop_start, plan.crop_stop, source.shape)
+    if not label.geometry.same_grid(mapping.source, atol=1e-3):
+        raise ValueError(f"label grid {label.geometry} differs from the image grid {mapping.source}")
+    source = reorient_array(label.array, mapping.reorientation)
+    taps = mapping.spacing_grid.taps_into_scan("nearest", mapping.crop_start, mapping.crop_stop, source.shape)
     region = resample(source.astype(np.uint8, copy=False), taps, "nearest")
-    return np.pad(region, list(zip(plan.pad_before, plan.pad_after))).astype(np.uint8, copy=False)
+    return np.pad(region, list(zip(mapping.pad_before, mapping.pad_after))).astype(np.uint8, copy=False)
 
 

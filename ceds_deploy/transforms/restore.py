@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ceds_deploy.transforms.orientation import reorient_array
-from ceds_deploy.transforms.preprocess import PreprocessPlan
+from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.resample import resample_into
 from ceds_deploy.transforms.spacing import Taps, taps_reaching
 
@@ -17,7 +17,7 @@ BACKGROUND_LOGIT = 10.0  # voxels no window covered (air) are confidently backgr
 UNCOVERED_CONFIDENCE = 1.0
 
 
-def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float, ...],
+def restore_to_source(channels, mapping: GridMapping, fill: float | tuple[float, ...],
                       mode: str = "linear") -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
@@ -28,8 +28,8 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     """
     import torch.nn.functional as F
 
-    if channels.ndim != 4 or tuple(channels.shape[1:]) != plan.model_geometry.shape:
-        raise ValueError(f"expected (C, *{plan.model_geometry.shape}) on the model grid, got {channels.shape}")
+    if channels.ndim != 4 or tuple(channels.shape[1:]) != mapping.model_geometry.shape:
+        raise ValueError(f"expected (C, *{mapping.model_geometry.shape}) on the model grid, got {channels.shape}")
     fills = np.broadcast_to(np.asarray(fill, dtype=np.float64), (channels.shape[0],))
     tensor = channels if isinstance(channels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(channels))
     device = tensor.device
@@ -38,15 +38,15 @@ def restore_to_source(channels, plan: PreprocessPlan, fill: float | tuple[float,
     dtype = np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
-    out = np.empty((channels.shape[0], *plan.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
-    canonical = reorient_array(out, plan.reorientation)
-    crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(plan.pad_before, plan.cropped_shape))]
+    out = np.empty((channels.shape[0], *mapping.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+    canonical = reorient_array(out, mapping.reorientation)
+    crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(mapping.pad_before, mapping.cropped_shape))]
     # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
-    taps = plan.spacing_grid.taps_from_scan(mode, canonical.shape[1:])
-    box = [taps_reaching(t, a, b) for t, a, b in zip(taps, plan.crop_start, plan.crop_stop)]
+    taps = mapping.spacing_grid.taps_from_scan(mode, canonical.shape[1:])
+    box = [taps_reaching(t, a, b) for t, a, b in zip(taps, mapping.crop_start, mapping.crop_stop)]
     # Index the crop with a one-voxel ring of fill, which every tap outside the crop reads.
     local: list[Taps] = []
-    for t, (a, b), c0, n in zip(taps, box, plan.crop_start, plan.cropped_shape):
+    for t, (a, b), c0, n in zip(taps, box, mapping.crop_start, mapping.cropped_shape):
         low, high, frac = (part[a:b] for part in t)
         local.append((np.clip(low - c0 + 1, 0, n + 1), np.clip(high - c0 + 1, 0, n + 1), frac))
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
@@ -79,7 +79,7 @@ class RestoredPrediction:
     probabilities: np.ndarray | None  # float32 tumour probability (2 classes) or (C, ...) otherwise
 
 
-def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan: PreprocessPlan,
+def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, mapping: GridMapping,
                        keep_probabilities: bool = False, largest_component: bool = False) -> RestoredPrediction:
     """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
     optionally keeping only the largest tumour region. Tensors on a GPU are resampled there; the
@@ -89,7 +89,7 @@ def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan:
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
         diff = (seg[1] - seg[0])[None]
         del seg
-        restored = restore_to_source(diff, plan, fill=-2 * BACKGROUND_LOGIT)[0]
+        restored = restore_to_source(diff, mapping, fill=-2 * BACKGROUND_LOGIT)[0]
         mask = (restored > 0).astype(np.uint8)
         probabilities = None
         if keep_probabilities:
@@ -97,10 +97,10 @@ def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, plan:
         del restored
     else:
         fills = [BACKGROUND_LOGIT] + [-BACKGROUND_LOGIT] * (seg.shape[0] - 1)
-        restored = restore_to_source(seg, plan, fill=tuple(fills))
+        restored = restore_to_source(seg, mapping, fill=tuple(fills))
         mask = np.argmax(restored, axis=0).astype(np.uint8)
         probabilities = torch.softmax(torch.from_numpy(restored), 0).numpy() if keep_probabilities else None
-    conf = restore_to_source(confidence.detach(), plan, fill=UNCOVERED_CONFIDENCE)[0]
+    conf = restore_to_source(confidence.detach(), mapping, fill=UNCOVERED_CONFIDENCE)[0]
     np.clip(conf, 0.0, 1.0, out=conf)
     quantize_confidence(conf)
     if largest_component:
