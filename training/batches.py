@@ -22,10 +22,6 @@ class Batch:
     def labeled_images(self) -> torch.Tensor:
         return self.images[: self.n_labeled]
 
-    @property
-    def unlabeled_images(self) -> torch.Tensor:
-        return self.images[self.n_labeled:]
-
 
 def _plain(t) -> torch.Tensor:
     # MONAI returns MetaTensors; the network and the losses need no metadata.

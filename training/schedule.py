@@ -15,7 +15,6 @@ from ceds_deploy.training.config import TrainConfig
 WARMUP = "warmup"  # labeled only: segmentation loss (+ confidence loss for ceds)
 REFRESH = "refresh"  # ceds only: confidence loss on noisy inputs, confidence branch only
 SEMI = "semi"  # consistency with the EMA teacher (labeled-only loss for supervised)
-PHASES = (WARMUP, REFRESH, SEMI)
 
 
 def sigmoid_rampup(current: float, length: float) -> float:

@@ -86,9 +86,8 @@ class TorchBackend(Backend):
         self.description = f"torch {self.precision} on {self.device}{layout}{graph}"
 
     def _channels_last_pays(self) -> bool:
-        """Channels-last 3D: asked for, else on the GPU always; on the CPU for narrow networks only.
-        Measured on a 2-core AVX2 CPU (RESULTS.md), 112x112x80 windows one at a time: width 4 and 8
-        ran 12% and 19% faster channels-last, width 16 (the paper's) 18% slower."""
+        """Channels-last 3D: asked for, else on the GPU always; on the CPU for narrow networks only
+        (benchmarks/window_throughput.py: faster there up to width 8, slower at the paper's 16)."""
         if self.channels_last is not None:
             return self.channels_last
         return is_cuda(self.device) or self.spec.width <= CPU_CHANNELS_LAST_MAX_WIDTH

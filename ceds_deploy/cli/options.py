@@ -21,12 +21,10 @@ def check_device(device: str) -> str:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' (0-based I) -> (I, N)."""
+    """'I/N' (0-based I) -> (I, N); the range is checked by `SegmentOptions`."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise typer.BadParameter(f"shard must look like I/N (for example 0/4), got {text!r}",
                                  param_hint="--shard") from None
-    if count < 1 or not 0 <= index < count:
-        raise typer.BadParameter(f"shard I/N needs 0 <= I < N, got {text!r}", param_hint="--shard")
     return index, count

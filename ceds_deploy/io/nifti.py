@@ -1,7 +1,7 @@
 """NIfTI-1 writing with ISA-L's gzip: the header from nibabel, the voxels in one sequential pass.
 
-ITK's writer compresses at its default level whatever level is asked for: a 512x512x300 float32
-confidence map took 3.7 s on 2 cores. ISA-L's level 1 takes 0.6 s for a file 20% larger, and the
+ITK's writer compresses at its default level whatever level is asked for; ISA-L's level 1 is
+several times faster for a slightly larger file (benchmarks/RESULTS.md has the numbers), and the
 data goes out straight from the array's memory when it is laid out as ITK lays it (x fastest),
 which is how `read_scan` and `restore_to_source` return arrays.
 
@@ -19,7 +19,7 @@ import numpy as np
 from ceds_deploy.errors import ConfigError
 from ceds_deploy.volume import Geometry
 
-GZIP_LEVEL = 1  # ISA-L level 1: 6x faster than ITK's writer on a float32 map, files 20% larger
+GZIP_LEVEL = 1  # ISA-L's fastest level: the write is CPU-bound, the file size matters less
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
