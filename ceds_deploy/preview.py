@@ -42,7 +42,7 @@ CONFIDENCE_NEAR_MM = 10.0  # the overlay is drawn within this distance of either
 CONFIDENCE_FADE_MM = 4.0  # ... and fades out over this last stretch, so it has no hard edge
 # Per plane: the patient direction its slices are counted along, and the end slice 1 is at.
 SLICE_AXIS_WORDS = {"axial": ("head-foot", "from the feet"), "coronal": ("front-back", "from the front"),
-                    "sagittal": ("right-left", "from the patient's right")}
+                    "sagittal": ("right-left", "from the right")}
 
 
 # ---------------------------------------------------------------- where to cut
@@ -105,10 +105,10 @@ class PlaneView:
     slices: int = 0  # how many slices there are along that axis
 
     def title(self, position_mm: float) -> str:
-        """E.g. "axial slice 45 of 90 (from the feet)" over "head-foot position -790.0 mm (scanner)"."""
+        """E.g. "axial slice 45 of 90 (from the feet)" over "head-foot position -790.0 mm" (scanner
+        coordinates, which the figure's footnote says)."""
         direction, start = SLICE_AXIS_WORDS[self.name]
-        return (f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n"
-                f"{direction} position {position_mm:.1f} mm (scanner coordinates)")
+        return f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n{direction} position {position_mm:.1f} mm"
 
 
 def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, int, int]) -> np.ndarray:
@@ -247,6 +247,8 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
     fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False,
                labelcolor="white")
     fig.suptitle(title or "preview", color="white", fontsize=11, x=0.02, ha="left")
+    fig.text(0.02, 0.012, "positions in mm are scanner (patient) coordinates, as in the scan's header",
+             color="#bbbbbb", fontsize=7, ha="left", va="bottom")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return buffer.getvalue()
