@@ -11,7 +11,6 @@ reported as a failure, never as a result.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -103,7 +102,7 @@ class StageTimes:
         start = time.perf_counter()
         outcome = fn()
         seconds = time.perf_counter() - start
-        self.rows.append((name, seconds, outcome.note))
+        self.rows.append((name, seconds, f"reused: {outcome.note}" if outcome.reused else outcome.note))
         if outcome.reused:
             log(f"[bold]{name}[/]: reusing complete stage {name} from an earlier run ({outcome.note}); "
                 f"--fresh starts over")

@@ -100,7 +100,7 @@ def test_demo_rerun_reuses_complete_stages(demo_run):
     console = recording_console()
     again = run_demo(out, TINY, console=console)
     notes = {name: note for name, _, note in again["stages"]}
-    assert set(notes) == {"phantoms", "train", "export", "segment", "evaluate"}
+    assert all(notes[s].startswith("reused") for s in ("phantoms", "train", "export", "segment"))
     assert (out / "model.onnx").stat().st_mtime_ns == stamp
     text = console.export_text()
     for stage in ("phantoms", "train", "export", "segment"):
