@@ -322,17 +322,22 @@ def folder_megabytes(path: Path) -> float:
 # ---------------------------------------------------------------- the demo
 
 
+def demo_console(**options):
+    """The demo's rich Console: `log` lines carry no source location (no "progress.py:57")."""
+    from rich.console import Console
+
+    return Console(log_path=False, **options)
+
+
 def run_demo(out: Path, settings: DemoSettings | None = None, *, minutes: float | None = None,
              fresh: bool = False, console=None) -> dict:
     """Run (or finish) the demo in `out` with `settings` (default `DEMO_RECIPE`); `minutes` caps the
     training time. Returns the final rows, stages, the `Verdict` and the page's path."""
-    from rich.console import Console
-
     from ceds_deploy.demo_page import final_rows, print_final_summary, write_index
 
     settings = settings or DEMO_RECIPE
     _check_minutes(minutes)
-    console = console or Console(log_path=False)
+    console = console or demo_console()
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)

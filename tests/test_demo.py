@@ -11,8 +11,8 @@ import time
 import pytest
 
 from ceds_deploy import demo as demo_module
-from ceds_deploy.demo import (MIN_MEAN_DICE, TESTED_RECIPE, DemoSettings, TrainingClock, Verdict, judge,
-                              read_training_record, run_demo)
+from ceds_deploy.demo import (MIN_MEAN_DICE, TESTED_RECIPE, DemoSettings, TrainingClock, Verdict, demo_console,
+                              judge, read_training_record, run_demo)
 from ceds_deploy.demo_page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
 
 # Four training steps of a width-2 network: it finds no tumour, so the quality gate must fire.
@@ -20,9 +20,7 @@ TINY = DemoSettings(iterations=4, cases=3, labeled=2, test=1, width=2, patch=(32
 
 
 def recording_console():
-    from rich.console import Console
-
-    return Console(width=120, record=True, log_path=False, force_terminal=True, color_system="standard")
+    return demo_console(width=120, record=True, force_terminal=True, color_system="standard")
 
 
 def plain(styled: str) -> str:
@@ -83,7 +81,7 @@ def test_a_model_that_finds_nothing_fails_loudly_in_the_terminal(demo_run):
     assert "Retry: ceds demo --out" in summary and "--fresh" in summary
     banner_line = next(line for line in styled.splitlines() if "DEMO FAILED" in line)
     assert "\x1b[1;31m" in banner_line or "\x1b[31m" in banner_line  # red
-    assert "progress.py:" not in text  # no rich log_path source locations
+    assert "epoch 1: Dice student" in text and "progress.py:" not in text  # training's log lines, no source location
 
 
 def test_a_model_that_finds_nothing_gets_a_red_banner_on_the_page(demo_run):
