@@ -8,6 +8,8 @@ TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_INDEX ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 DEMO_DIR ?= ceds-demo
+# Extra `ceds demo` options, e.g. make demo DEMO_ARGS="--fresh"
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint format clean
@@ -28,7 +30,7 @@ endif
 install: $(BIN)/ceds
 
 demo: install
-	$(BIN)/ceds demo --out $(DEMO_DIR)
+	$(BIN)/ceds demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -97,3 +97,27 @@ def load_network(path: str | os.PathLike, weights: str = "teacher", map_location
         raise ArtifactError(f"{path}: weights do not fit the CEDS network "
                             f"(another architecture or width?): {str(err).splitlines()[0]}") from None
     return net.eval(), spec.replace(weights=weights)
+
+
+def save_inference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, weights: str = "teacher") -> Path:
+    """Write a slim copy of checkpoint `src` to `dst`: only the `weights` network, the spec and the
+    net config (no optimizer state, no other network, no history), in the same format, so
+    `load_network(dst, weights)`, `ceds export` and `ceds segment` read it as they read `src`."""
+    import torch
+
+    from ceds_deploy.io import write_atomic_bytes
+
+    if weights not in WEIGHT_CHOICES:
+        raise ArtifactError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+    src = Path(src)
+    payload = load_checkpoint(src)
+    spec = checkpoint_spec(payload, src)
+    if weights not in payload or "net_config" not in payload:
+        raise ArtifactError(f"{src}: checkpoint holds no {weights} weights or no net_config")
+    slim = {"format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, "spec": spec.replace(weights=weights).to_dict(),
+            "net_config": dict(payload["net_config"]),
+            weights: {k: v.clone() for k, v in payload[weights].items()}}  # own storage: no shared bytes saved
+    buffer = _io.BytesIO()
+    torch.save(slim, buffer)
+    write_atomic_bytes(Path(dst), buffer.getvalue())
+    return Path(dst)

@@ -1,6 +1,12 @@
 """`ceds demo`: phantoms -> CEDS training -> ONNX export -> `ceds segment` -> `ceds evaluate`, in one
 folder, each stage timed, complete stages reused on a second run (unless fresh), nothing
-half-written left by Ctrl-C (every stage writes atomically and marks itself done last)."""
+half-written left by Ctrl-C (every stage writes atomically and marks itself done last).
+
+Training follows a fixed recipe (`DemoSettings`): a slower or busier machine takes longer and gets
+the same model. `minutes` is only an optional cap; a run it stops early is not the tested recipe.
+A model below the quality gate (`MIN_MEAN_DICE`, or a held-out case with no tumour found) is
+reported as a failure, never as a result.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,33 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ceds_deploy.errors import ConfigError
 
+# The quality gate: below this held-out mean Dice, or with any held-out case where no tumour is
+# found, the demo reports a failure (red banner, exit code 1).
+MIN_MEAN_DICE = 0.5
+MIN_TUMOUR_ML = 0.0  # a case whose predicted tumour volume is not above this found no tumour
+ESTIMATE_AFTER_STEPS = 10  # training steps measured before the time estimate is printed
+DONE_MARKER = "DEMO_DONE"
+TRAINING_RECORD = "DEMO_TRAINING.json"  # run/: the recipe a run follows, and how far it got
+MODEL_CHECKPOINT = "model.pt"  # the inference-only checkpoint (teacher weights + spec)
+MODEL_ONNX = "model.onnx"
+# What each stage writes; when a stage runs again, everything after it is made again too.
+STAGE_OUTPUTS = {"phantoms": ("data",), "train": ("run",), "export": (MODEL_CHECKPOINT, MODEL_ONNX),
+                 "segment": ("segment",)}
+
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sized so a 2-core CPU trains a useful model in a few minutes (see README's demo numbers)."""
+    """The demo's recipe: cohort and training knobs. The defaults are the tested recipe.
 
-    minutes: float = 5.0  # training budget
+    TODO-RECIPE: `iterations` (and lr, ema_decay, ...) are placeholders until the recipe is fixed.
+    """
+
+    iterations: int = 400  # training steps, whatever the machine's speed
     cases: int = 24  # training images
     labeled: int = 16
     test: int = 4
@@ -33,169 +55,312 @@ class DemoSettings:
     ema_decay: float = 0.95
     dropout: float = 0.0
     patches_per_volume: int = 2
-    min_iterations: int = 20
-    max_iterations: int = 4000
 
     def __post_init__(self) -> None:
-        if self.minutes <= 0:
-            raise ConfigError(f"--minutes must be positive, got {self.minutes}")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be at least 1, got {self.iterations}")
+
+    def training_config(self, data_dir: Path) -> dict:
+        """The `ceds train` settings of this recipe."""
+        return {"data_dir": str(Path(data_dir).resolve()), "method": "ceds", "width": self.width,
+                "patch": self.patch, "spacing": (self.spacing,) * 3, "iterations": self.iterations,
+                "batch_size": self.batch_size, "seed": self.seed, "lr": self.lr, "min_lr": min(self.lr, 1e-3),
+                "ema_decay": self.ema_decay, "dropout": self.dropout,
+                "patches_per_volume": self.patches_per_volume}
+
+    def as_record(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back from JSON
+
+
+TESTED_RECIPE = DemoSettings()
+DEMO_RECIPE = TESTED_RECIPE  # what `ceds demo` runs (read at call time)
+
+
+def _check_minutes(minutes: float | None) -> None:
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
+
+
+# ---------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    note: str
+    reused: bool = False
 
 
 @dataclass
 class StageTimes:
     rows: list[tuple[str, float, str]] = field(default_factory=list)  # (stage, seconds, note)
+    reran: bool = False  # a stage ran (was not reused): every later stage must run too
 
-    def run(self, name: str, log: Callable[[str], None], fn: Callable[[], str]) -> None:
+    def run(self, name: str, out: Path, log: Callable[[str], None], fn: Callable[[], StageOutcome]) -> None:
+        if self.reran:
+            _remove_outputs(out, name)
         log(f"[bold]{name}[/] ...")
         start = time.perf_counter()
-        note = fn()
+        outcome = fn()
         seconds = time.perf_counter() - start
-        self.rows.append((name, seconds, note))
-        log(f"[bold]{name}[/] {note} ({seconds:.1f} s)")
+        self.rows.append((name, seconds, f"reused: {outcome.note}" if outcome.reused else outcome.note))
+        if outcome.reused:
+            log(f"[bold]{name}[/]: reusing complete stage {name} from an earlier run ({outcome.note}); "
+                f"--fresh starts over")
+        else:
+            self.reran = True
+            log(f"[bold]{name}[/] {outcome.note} ({seconds:.1f} s)")
 
 
-def seconds_per_iteration(settings: DemoSettings) -> float:
-    """Time one student forward+backward plus one teacher forward on a training batch (a short
-    calibration, so the training budget in minutes becomes a fixed number of iterations)."""
-    import torch
-
-    from ceds_deploy.network import CedsNet, CedsNetConfig
-
-    torch.manual_seed(settings.seed)
-    student = CedsNet(CedsNetConfig(width=settings.width)).train()
-    teacher = CedsNet(CedsNetConfig(width=settings.width)).eval()
-    x = torch.rand(settings.batch_size * settings.patches_per_volume, 1, *settings.patch)
-
-    def step() -> None:
-        seg, conf = student(x)
-        (seg.mean() + conf.mean()).backward()
-        with torch.no_grad():
-            teacher(x)
-
-    step()  # warm-up (allocations, oneDNN kernels)
-    start = time.perf_counter()
-    for _ in range(2):
-        step()
-    return (time.perf_counter() - start) / 2
+def _remove_outputs(out: Path, stage: str) -> None:
+    for name in STAGE_OUTPUTS.get(stage, ()):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
-def iterations_for(settings: DemoSettings, step_seconds: float) -> int:
-    # The calibration step runs every patch through one network call, so it costs about 1.2x a
-    # real step (measured on 2 cores); that margin pays for validation and checkpoints.
-    wanted = int(settings.minutes * 60 / step_seconds)
-    return max(settings.min_iterations, min(settings.max_iterations, wanted))
-
-
-def _cohort(out: Path, s: DemoSettings) -> str:
+def _cohort(out: Path, s: DemoSettings) -> StageOutcome:
     from ceds_deploy.synthetic import make_cohort
 
     data = out / "data"
     if (data / "dataset.json").exists():  # written last by make_cohort
-        return f"reused {data}"
+        return StageOutcome(f"phantoms in {data}", reused=True)
+    if data.exists():
+        shutil.rmtree(data)  # a cohort stopped half-way
     make_cohort(data, cases=s.cases, labeled=s.labeled, test=s.test, seed=s.seed, size="small")
-    return f"{s.cases} training scans ({s.labeled} labeled), {s.test} held-out scans in {data}"
+    return StageOutcome(f"{s.cases} training scans ({s.labeled} labeled), {s.test} held-out scans in {data}")
 
 
-DONE_MARKER = "DEMO_DONE"
+class TrainingClock:
+    """Asked after every training step (`Trainer.fit`'s `should_stop`): prints a time estimate once
+    `ESTIMATE_AFTER_STEPS` steps are measured, and answers True once the optional deadline passed."""
+
+    def __init__(self, planned_steps: int, say: Callable[[str], None], deadline: float | None = None) -> None:
+        self.planned_steps = planned_steps
+        self.say = say
+        self.deadline = deadline  # time.monotonic() value, or None: no cap
+        self._first: tuple[int, float] | None = None  # (steps, time) after the first step (warm-up)
+        self.seconds_per_step: float | None = None
+
+    def __call__(self, steps_done: int) -> bool:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (steps_done, now)
+        elif self.seconds_per_step is None and steps_done - self._first[0] >= ESTIMATE_AFTER_STEPS:
+            measured = steps_done - self._first[0]
+            self.seconds_per_step = (now - self._first[1]) / measured
+            left = max(0, self.planned_steps - steps_done)
+            self.say(f"{measured} steps measured: {self.seconds_per_step:.2f} s a step, so about "
+                     f"{_duration(left * self.seconds_per_step)} for the {left} steps left (validation adds a "
+                     f"little; the bar's eta is a running average of the last 30 s of steps)")
+        return self.deadline is not None and now >= self.deadline
 
 
-def _train(out: Path, s: DemoSettings, console) -> str:
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def read_training_record(out: Path) -> dict:
+    """run/DEMO_TRAINING.json: the recipe the run follows, plus `steps`, `planned`, `stopped_early`,
+    `minutes` and `best` once training ended; {} when there is none."""
+    path = out / "run" / TRAINING_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: float) -> StageOutcome:
     from ceds_deploy.io import write_atomic_text
     from ceds_deploy.training.config import resolve_config
     from ceds_deploy.training.loop import resume_training, start_training
 
     run = out / "run"
+    record = read_training_record(out)
+    if record and record.get("recipe") != s.as_record():
+        console.print(f"the recipe changed since {run} was trained: training starts over")
+        shutil.rmtree(run)
+        record = {}
     if (run / DONE_MARKER).exists():
-        return f"reused {run}"
+        if not record.get("stopped_early"):
+            return StageOutcome(f"{record.get('steps', '?')} steps in {run}", reused=True)
+        console.print(f"continuing the training that --minutes stopped after {record['steps']} of "
+                      f"{record['planned']} steps (--fresh starts over)")
+        (run / DONE_MARKER).unlink()
+    _say_plan(console, s, minutes)
+    say = console.print
+    deadline = None if minutes is None else started + minutes * 60
+    clock = TrainingClock(s.iterations, say, deadline)
     if (run / "checkpoints" / "last.pt").exists():
-        summary = resume_training(run, console=console)
-        note = "resumed"
+        summary = resume_training(run, console=console, should_stop=clock)
+        note = "resumed, "
     else:
         if run.exists():
             shutil.rmtree(run)  # a run stopped before its first checkpoint: start again
-        step = seconds_per_iteration(s)
-        iterations = iterations_for(s, step)
-        config = resolve_config(None, {"data_dir": str((out / "data").resolve()), "method": "ceds",
-                                       "width": s.width, "patch": s.patch, "spacing": (s.spacing,) * 3,
-                                       "iterations": iterations, "batch_size": s.batch_size, "seed": s.seed,
-                                       "lr": s.lr, "min_lr": min(s.lr, 1e-3), "ema_decay": s.ema_decay,
-                                       "dropout": s.dropout, "patches_per_volume": s.patches_per_volume})
-        console.print(f"training CEDS: width {s.width}, patch {s.patch}, spacing {s.spacing} mm, "
-                      f"{iterations} iterations (~{step:.2f} s each, measured)")
-        summary = start_training(config, run, console=console)
-        note = "trained"
-    write_atomic_text(run / DONE_MARKER, json.dumps({"best": summary.best, "steps": summary.steps}))
-    best = ", ".join(f"{k} {v:.3f}" for k, v in summary.best.items() if not k.endswith("_epoch"))
-    return f"{note} {summary.steps} steps; best validation Dice {best}"
+        run.mkdir(parents=True)
+        write_atomic_text(run / TRAINING_RECORD, json.dumps({"recipe": s.as_record()}))
+        config = resolve_config(None, s.training_config(out / "data"))
+        summary = start_training(config, run, console=console, should_stop=clock)
+        note = ""
+    stopped_early = summary.steps < s.iterations
+    record = {"recipe": s.as_record(), "steps": summary.steps, "planned": s.iterations,
+              "stopped_early": stopped_early, "minutes": minutes,
+              "best": {k: v for k, v in summary.best.items() if not k.endswith("_epoch")}}
+    write_atomic_text(run / TRAINING_RECORD, json.dumps(record))
+    write_atomic_text(run / DONE_MARKER, "ok")
+    best = ", ".join(f"{k} {v:.3f}" for k, v in record["best"].items())
+    if stopped_early:
+        console.print(f"[yellow]training stopped by --minutes {minutes:g} after {summary.steps} of "
+                      f"{s.iterations} steps[/]")
+    return StageOutcome(f"{note}{summary.steps} of {s.iterations} steps; best validation Dice {best or '-'}")
 
 
-def _export(out: Path) -> str:
+def _say_plan(console, s: DemoSettings, minutes: float | None) -> None:
+    estimate = (f" A time estimate follows after {ESTIMATE_AFTER_STEPS} steps."
+                if s.iterations > ESTIMATE_AFTER_STEPS + 1 else "")
+    console.print(f"training CEDS with the demo recipe: [bold]{s.iterations} steps[/] (width {s.width}, patch "
+                  f"{s.patch}, spacing {s.spacing} mm, batch {s.batch_size}); a slower or busier machine "
+                  f"takes longer and gets the same model.{estimate}")
+    if minutes is not None:
+        console.print(f"[yellow]--minutes {minutes:g}: training stops after {minutes:g} minutes even if the "
+                      f"{s.iterations} steps are not done. Then quality will suffer and the result is not "
+                      f"the tested recipe.[/]")
+
+
+def _export(out: Path) -> StageOutcome:
     from ceds_deploy.artifacts import read_onnx_metadata
-    from ceds_deploy.checkpoint import sha256_of
+    from ceds_deploy.checkpoint import save_inference_checkpoint, sha256_of
     from ceds_deploy.export.onnx_export import export_checkpoint
     from ceds_deploy.spec import ONNX_SPEC_KEY, ModelSpec
 
-    checkpoint = out / "run" / "checkpoints" / "best_teacher.pt"
-    onnx_path = out / "model.onnx"
-    if onnx_path.exists():
+    model = out / MODEL_CHECKPOINT
+    onnx_path = out / MODEL_ONNX
+    if model.exists() and onnx_path.exists():
         spec = ModelSpec.from_json(read_onnx_metadata(onnx_path)[ONNX_SPEC_KEY])
-        if spec.source_sha256 == sha256_of(checkpoint):
-            return f"reused {onnx_path}"
-    result = export_checkpoint(checkpoint, onnx_path, weights="teacher")
+        if spec.source_sha256 == sha256_of(model):
+            return StageOutcome(f"{model.name} and {onnx_path.name}", reused=True)
+    save_inference_checkpoint(out / "run" / "checkpoints" / "best_teacher.pt", model, weights="teacher")
+    result = export_checkpoint(model, onnx_path, weights="teacher")
     parity = result.parity
     check = f"max |diff| of probabilities vs PyTorch {parity.max_prob_diff:.1e}" if parity else "unchecked"
-    return f"teacher -> {onnx_path} ({result.size_bytes / 1e6:.1f} MB, {check})"
+    return StageOutcome(f"teacher -> {model} ({model.stat().st_size / 1e6:.1f} MB, inference only) -> "
+                        f"{onnx_path} ({result.size_bytes / 1e6:.1f} MB, {check})")
 
 
-def _segment(out: Path, console) -> str:
-    from ceds_deploy.inference import SegmentOptions
+def _segment(out: Path, console) -> StageOutcome:
+    from ceds_deploy.io import write_atomic_text
     from ceds_deploy.cli.segment import run_segment
+    from ceds_deploy.inference import SegmentOptions
 
     seg = out / "segment"
     if (seg / DONE_MARKER).exists():
-        return f"reused {seg}"
+        return StageOutcome(f"masks and previews in {seg}", reused=True)
     # Every phantom has one mass, so the largest tumour region is kept (nnU-Net's post-processing
     # for one-lesion tasks); `ceds segment --largest-component` does the same.
     options = SegmentOptions(preview=True, preview_labels=out / "data" / "labelsTs", overwrite=True,
                              largest_component=True)
-    failed = run_segment(out / "data" / "imagesTs", seg, out / "model.onnx", backend="onnxruntime",
+    failed = run_segment(out / "data" / "imagesTs", seg, out / MODEL_ONNX, backend="onnxruntime",
                          options=options, console=console)
     if failed:
         raise ConfigError(f"{failed} held-out scans failed to segment; see {seg / 'report.csv'}")
-    from ceds_deploy.io import write_atomic_text
-
     write_atomic_text(seg / DONE_MARKER, "ok")
-    return f"held-out scans segmented with ONNX Runtime into {seg}"
+    return StageOutcome(f"held-out scans segmented with ONNX Runtime into {seg}")
 
 
-def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, fresh: bool = False, console=None) -> dict:
-    """Run (or finish) the demo in `out`; returns the final table rows and where things are."""
+# ---------------------------------------------------------------- the verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether the demo's model is good enough to show as a result, and if not why and what to do."""
+
+    passed: bool
+    problems: tuple[str, ...] = ()  # what is wrong with the model
+    causes: tuple[str, ...] = ()  # the likely reasons
+    retry: str = ""  # the command to run again
+    capped: str = ""  # non-empty when --minutes stopped training early: the plain warning
+
+
+def judge(rows: list[dict], training: dict, settings: DemoSettings, out: Path) -> Verdict:
+    """Apply the quality gate to the held-out rows (see `demo_page.final_rows`)."""
+    from ceds_deploy.demo_page import mean_dice
+
+    capped = ""
+    if training.get("stopped_early"):
+        capped = (f"Training was stopped by --minutes {training.get('minutes')} after {training['steps']} of "
+                  f"{training['planned']} steps: quality suffers and this is not the tested recipe.")
+    problems = []
+    mean = mean_dice(rows)
+    if not rows:
+        problems.append("no held-out case was segmented")
+    elif not mean >= MIN_MEAN_DICE:  # NaN fails too
+        problems.append(f"held-out mean Dice {mean:.3f} is below {MIN_MEAN_DICE}")
+    empty = [r["case"] for r in rows if not r["tumour_ml"] > MIN_TUMOUR_ML]
+    if empty:
+        problems.append(f"no tumour found in {', '.join(empty)}")
+    if not problems:
+        return Verdict(True, capped=capped)
+    causes = []
+    if training.get("stopped_early"):
+        causes.append(f"training too short: --minutes {training.get('minutes')} stopped it after "
+                      f"{training['steps']} of {training['planned']} steps (this machine is too slow or too "
+                      f"busy to finish the recipe in that time)")
+    if settings.iterations < TESTED_RECIPE.iterations:
+        causes.append(f"training too short: {settings.iterations} steps instead of the recipe's "
+                      f"{TESTED_RECIPE.iterations}")
+    elif settings != TESTED_RECIPE:
+        causes.append("the settings differ from the tested recipe")
+    if not causes:
+        causes.append("the tested recipe fell short on this run; if it happens again after --fresh, please "
+                      "report it with run/metrics.csv")
+    retry = f"ceds demo --out {out} --fresh" + (" (without --minutes)" if training.get("stopped_early") else "")
+    return Verdict(False, tuple(problems), tuple(causes), retry, capped)
+
+
+def folder_megabytes(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def demo_console(**options):
+    """The demo's rich Console: `log` lines carry no source location (no "progress.py:57")."""
     from rich.console import Console
 
-    from ceds_deploy.demo_page import final_rows, print_final_table, write_index
+    return Console(log_path=False, **options)
 
-    console = console or Console()
+
+def run_demo(out: Path, settings: DemoSettings | None = None, *, minutes: float | None = None,
+             fresh: bool = False, console=None) -> dict:
+    """Run (or finish) the demo in `out` with `settings` (default `DEMO_RECIPE`); `minutes` caps the
+    training time. Returns the final rows, stages, the `Verdict` and the page's path."""
+    from ceds_deploy.demo_page import final_rows, print_final_summary, write_index
+
+    settings = settings or DEMO_RECIPE
+    _check_minutes(minutes)
+    console = console or demo_console()
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     times = StageTimes()
     log = console.print
-    times.run("phantoms", log, lambda: _cohort(out, settings))
-    times.run("train", log, lambda: _train(out, settings, console))
-    times.run("export", log, lambda: _export(out))
-    times.run("segment", log, lambda: _segment(out, console))
+    times.run("phantoms", out, log, lambda: _cohort(out, settings))
+    train_started = time.monotonic()
+    times.run("train", out, log, lambda: _train(out, settings, minutes, console, train_started))
+    times.run("export", out, log, lambda: _export(out))
+    times.run("segment", out, log, lambda: _segment(out, console))
 
     scores = {}
 
-    def evaluate() -> str:
+    def evaluate() -> StageOutcome:
         from ceds_deploy.qa.evaluate import evaluate_folder
 
         scores["report"] = evaluate_folder(out / "segment", out / "data" / "labelsTs")
-        return f"scored against labelsTs -> {out / 'segment' / 'evaluation.csv'}"
+        return StageOutcome(f"scored against labelsTs -> {out / 'segment' / 'evaluation.csv'}")
 
-    times.run("evaluate", log, evaluate)
+    times.run("evaluate", out, log, evaluate)
     rows = final_rows(out, scores["report"])
-    index = write_index(out, rows, times.rows)
-    print_final_table(console, rows, times.rows, out, index)
-    return {"rows": rows, "stages": times.rows, "index": index}
+    verdict = judge(rows, read_training_record(out), settings, out)
+    index = write_index(out, rows, times.rows, verdict)
+    print_final_summary(console, rows, times.rows, out, index, verdict)
+    return {"rows": rows, "stages": times.rows, "verdict": verdict, "index": index}

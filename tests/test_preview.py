@@ -151,3 +151,51 @@ def test_preview_of_a_phantom(tmp_path):
     width, height = png_size(path.read_bytes())
     assert width > height > 200
     assert label.array[preview_centre(label.array, spacing=image.spacing)] == 1
+
+
+def decoded(png: bytes) -> np.ndarray:
+    import io
+
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(png))
+
+
+def test_confidence_overlay_stays_near_the_outlines():
+    # Low confidence everywhere, with a grid of window-edge bands: drawn over the whole body crop it
+    # changes more than half the picture (measured 56%); near the outlines only, a few percent.
+    from ceds_deploy.synthetic import make_case
+
+    image, label = make_case(4, 0, "small")
+    seams = np.full(image.shape, 0.3, np.float32)
+    seams[::16] = 0.9
+    seams[:, ::16] = 0.9
+    plain = decoded(render_preview(image, label.array, None, label=label.array))
+    tinted = decoded(render_preview(image, label.array, seams, label=label.array))
+    changed = np.any(np.abs(plain - tinted) > 0.02, axis=-1).mean()
+    assert 0.005 < changed < 0.08
+
+
+def test_near_outlines_weights_fade_with_distance_in_mm():
+    from ceds_deploy.qa.preview import CONFIDENCE_FADE_MM, CONFIDENCE_NEAR_MM, near_outlines
+
+    mask = np.zeros((60, 60), bool)
+    mask[30, 30] = True
+    weight = near_outlines([mask, None], row_mm=1.0, col_mm=2.0)
+    assert weight[30, 30] == 1.0
+    assert weight[30 + int(CONFIDENCE_NEAR_MM - CONFIDENCE_FADE_MM) - 1, 30] == 1.0  # rows: 1 mm a pixel
+    assert weight[30 + int(CONFIDENCE_NEAR_MM) + 1, 30] == 0.0
+    assert weight[30, 30 + int(CONFIDENCE_NEAR_MM / 2) + 1] == 0.0  # columns: 2 mm a pixel
+    assert 0.0 < weight[30 + int(CONFIDENCE_NEAR_MM) - 1, 30] < 1.0
+    assert not near_outlines([np.zeros((5, 5), bool), None], 1.0, 1.0).any()
+
+
+def test_panel_titles_count_slices_and_name_the_position():
+    geometry = GEOMETRIES["permuted_flipped"]  # array (z, y, x) flipped: canonical shape (44, 50, 16)
+    views = {v.name: v for v in plane_views(geometry, (3, 10, 20))}
+    assert {name: v.slices for name, v in views.items()} == {"axial": 16, "coronal": 50, "sagittal": 44}
+    for view in views.values():
+        assert 0 <= view.index < view.slices
+    title = views["axial"].title(-790.0)
+    assert title.startswith(f"axial slice {views['axial'].index + 1} of 16 (from the feet)")
+    assert title.endswith("head-foot position -790.0 mm")

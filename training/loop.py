@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,8 @@ class Trainer:
 
         self.epoch = 0  # epochs completed
         self.global_step = 0
+        self.should_stop: Callable[[int], bool] | None = None  # set by fit
+        self.stopped_early = False
         self.best: dict[str, float] = {}
         self.history: list[dict] = []
 
@@ -126,8 +129,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, stop_after_epochs: int | None = None) -> TrainSummary:
-        """Train to the end of the run (or `stop_after_epochs` more epochs, for tests and drills)."""
+    def fit(self, stop_after_epochs: int | None = None,
+            should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+        """Train to the end of the run (or `stop_after_epochs` more epochs, for tests and drills).
+
+        `should_stop(steps_done)` is asked after every step (a time cap, say): when it answers True
+        the current epoch ends there, is validated and checkpointed, and training stops early.
+        Single-process runs only, since ranks would disagree on a clock.
+        """
+        if should_stop is not None and self.dist.world_size > 1:
+            raise ConfigError("should_stop works in single-process runs only")
+        self.should_stop, self.stopped_early = should_stop, False
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             logs.write_run_files(self.run_dir, self.config, self.split)
@@ -141,7 +153,7 @@ class Trainer:
                              f"their patches are all negative")
             if not self.split.validation:
                 progress.log("no validation cases (--val-fraction 0): best_*.pt are not written")
-            while self.epoch < stop_at:
+            while self.epoch < stop_at and not self.stopped_early:
                 row = self._train_epoch(progress)
                 self._end_epoch(row, progress)
         return TrainSummary(self.run_dir, self.epoch, self.global_step, dict(self.best), list(self.history))
@@ -166,6 +178,9 @@ class Trainer:
                 sums[key] += value
                 counts[key] += 1
             progress.step(phase, self.epoch, self.total_epochs, losses)
+            if self.should_stop is not None and self.should_stop(self.global_step):
+                self.stopped_early = self.global_step < self.total_steps
+                break
         keys = [k for k in LOSS_KEYS if counts[k]]
         means = self.dist.all_mean([sums[k] / counts[k] for k in keys])
         row = {"epoch": self.epoch + 1, "step": self.global_step, "phases": "+".join(phases),
@@ -175,7 +190,8 @@ class Trainer:
         return row
 
     def _validation_due(self) -> bool:
-        return bool(self.split.validation) and (self.epoch % self.val_every == 0 or self.epoch == self.total_epochs)
+        return bool(self.split.validation) and (self.epoch % self.val_every == 0 or self.epoch == self.total_epochs
+                                                or self.stopped_early)
 
     def _validate(self, row: dict) -> list[str]:
         """Validate (each process a share of the cases), fill `row`, update the bests; returns the
@@ -235,21 +251,24 @@ def _check_new_run(run_dir: Path) -> None:
 
 
 def start_training(config: TrainConfig, run_dir: str | Path, *, console=None, show_progress: bool = True,
-                   stop_after_epochs: int | None = None) -> TrainSummary:
-    """A new run in `run_dir` (joins a torchrun process group when there is one)."""
+                   stop_after_epochs: int | None = None,
+                   should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+    """A new run in `run_dir` (joins a torchrun process group when there is one); `should_stop`: see
+    `Trainer.fit`."""
     run_dir = Path(run_dir)
     _check_new_run(run_dir)
     dist = init_distributed(config.device)
     try:
         _check_device(dist.device)
         trainer = Trainer(config, run_dir, dist=dist, console=console, show_progress=show_progress)
-        return trainer.fit(stop_after_epochs)
+        return trainer.fit(stop_after_epochs, should_stop)
     finally:
         dist.shutdown()
 
 
 def resume_training(run_dir: str | Path, *, device: str | None = None, console=None, show_progress: bool = True,
-                    stop_after_epochs: int | None = None) -> TrainSummary:
+                    stop_after_epochs: int | None = None,
+                    should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
     """Continue the run in `run_dir` from checkpoints/last.pt, with its saved config."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_DIR / state.LAST
@@ -272,7 +291,7 @@ def resume_training(run_dir: str | Path, *, device: str | None = None, console=N
             (console or Console()).log(f"resuming a {payload.get('world_size')}-process run with "
                                       f"{dist.world_size} process(es): batches differ from the original")
         state.restore(trainer, payload, path)
-        return trainer.fit(stop_after_epochs)
+        return trainer.fit(stop_after_epochs, should_stop)
     finally:
         dist.shutdown()
 

@@ -9,7 +9,11 @@ interpolation; oblique scans are shown on their nearest patient axes), then
 Pixels have their physical proportions (voxel spacing). The CT is shown in a mediastinal window
 (W 400, L 40); the predicted mask as a red outline, the ground truth (when given) as a green
 outline, and the confidence map as a heat overlay whose opacity grows as confidence falls below 1
-(fully confident voxels are transparent).
+(fully confident voxels are transparent). The overlay is shown only near the outlines (within
+`CONFIDENCE_NEAR_MM` of the predicted or true mask, fading out over `CONFIDENCE_FADE_MM`), where
+it says something about the mass; elsewhere it would tint the whole body crop, ending in a
+rectangle, and show the sliding windows' edges. Each panel is titled with its slice number
+("axial slice 45 of 90, from the feet") and its position in scanner coordinates.
 
 Only the three 2D slices are ever copied out of the volume, so a 512x512x300 scan renders in well
 under a second. Matplotlib is used through `Figure` + `FigureCanvasAgg` only: no pyplot, no global
@@ -36,6 +40,11 @@ CONFIDENCE_CMAP = "plasma"
 MAX_OVERLAY_ALPHA = 0.85
 OVERLAY_GAIN = 1.3  # opacity = min(MAX, GAIN * (1 - confidence))
 FIGURE_COLOUR = "#262626"  # not black, so the field of view (black air) stands out
+CONFIDENCE_NEAR_MM = 10.0  # the overlay is drawn within this distance of either outline (in-plane) ...
+CONFIDENCE_FADE_MM = 4.0  # ... and fades out over this last stretch, so it has no hard edge
+# Per plane: the patient direction its slices are counted along, and the end slice 1 is at.
+SLICE_AXIS_WORDS = {"axial": ("head-foot", "from the feet"), "coronal": ("front-back", "from the front"),
+                    "sagittal": ("right-left", "from the right")}
 
 
 # ---------------------------------------------------------------- where to cut
@@ -95,6 +104,13 @@ class PlaneView:
     index: int  # slice index along that canonical axis
     row_mm: float
     col_mm: float
+    slices: int = 0  # how many slices there are along that axis
+
+    def title(self, position_mm: float) -> str:
+        """E.g. "axial slice 45 of 90 (from the feet)" over "head-foot position -790.0 mm" (scanner
+        coordinates, which the figure's footnote says)."""
+        direction, start = SLICE_AXIS_WORDS[self.name]
+        return f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n{direction} position {position_mm:.1f} mm"
 
 
 def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, int, int]) -> np.ndarray:
@@ -132,9 +148,10 @@ def plane_views(geometry: Geometry, centre) -> list[PlaneView]:
 
     r = canonical_reorientation(geometry)
     s = [geometry.spacing[p] for p in r.perm]  # canonical spacing (x, y, z)
+    n = [geometry.shape[p] for p in r.perm]  # canonical shape
     c = _canonical_index(geometry, centre)
-    return [PlaneView("axial", 2, c[2], s[1], s[0]), PlaneView("coronal", 1, c[1], s[2], s[0]),
-            PlaneView("sagittal", 0, c[0], s[2], s[1])]
+    return [PlaneView("axial", 2, c[2], s[1], s[0], n[2]), PlaneView("coronal", 1, c[1], s[2], s[0], n[1]),
+            PlaneView("sagittal", 0, c[0], s[2], s[1], n[0])]
 
 
 # ---------------------------------------------------------------- drawing
@@ -143,6 +160,21 @@ def plane_views(geometry: Geometry, centre) -> list[PlaneView]:
 def _window(slice_: np.ndarray) -> np.ndarray:
     level, width = MEDIASTINAL_WINDOW
     return np.clip((slice_.astype(np.float32) - (level - width / 2)) / width, 0.0, 1.0)
+
+
+def near_outlines(masks: list[np.ndarray | None], row_mm: float, col_mm: float,
+                  near_mm: float = CONFIDENCE_NEAR_MM, fade_mm: float = CONFIDENCE_FADE_MM) -> np.ndarray:
+    """Weight in [0, 1] per pixel of a 2D slice: 1 within `near_mm - fade_mm` of any of `masks`,
+    falling to 0 at `near_mm` (in-plane distances in mm); all 0 when the masks are empty."""
+    from scipy.ndimage import distance_transform_edt
+
+    present = [m for m in masks if m is not None]
+    union = np.logical_or.reduce(present) if present else None
+    if union is None or not union.any():
+        shape = present[0].shape if present else (0, 0)
+        return np.zeros(shape, np.float32)
+    distance = distance_transform_edt(~union, sampling=(row_mm, col_mm))
+    return np.clip((near_mm - distance) / fade_mm, 0.0, 1.0).astype(np.float32)
 
 
 def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | None,
@@ -193,7 +225,8 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
         if data["confidence"] is not None:
             conf = np.clip(np.nan_to_num(data["confidence"].astype(np.float32), nan=1.0), 0.0, 1.0)
             rgba = cmap(norm(conf))
-            rgba[..., 3] = np.minimum(MAX_OVERLAY_ALPHA, OVERLAY_GAIN * (1.0 - conf))
+            near = near_outlines([data["mask"], data["label"]], view.row_mm, view.col_mm)
+            rgba[..., 3] = near * np.minimum(MAX_OVERLAY_ALPHA, OVERLAY_GAIN * (1.0 - conf))
             ax.imshow(rgba, extent=extent, interpolation="nearest", aspect="equal")
         for key, colour in (("label", LABEL_COLOUR), ("mask", PRED_COLOUR)):
             m = data[key]
@@ -203,12 +236,12 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_axis_off()
-        axis_name = "LPS"[view.fixed_axis]
-        ax.set_title(f"{view.name}  ({axis_name} = {world[view.fixed_axis]:.1f} mm)", color="white", fontsize=9)
+        ax.set_title(view.title(world[view.fixed_axis]), color="white", fontsize=9)
         _orientation_labels(ax, view.name)
     cax = fig.add_subplot(grid[0, 3])
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-    bar.set_label("confidence (overlay fades out towards 1)", color="white", fontsize=8)
+    bar.set_label(f"confidence (shown within {CONFIDENCE_NEAR_MM:.0f} mm of the outlines; fades out towards 1)",
+                  color="white", fontsize=8)
     bar.ax.tick_params(colors="white", labelsize=7)
     handles = [Line2D([], [], color=PRED_COLOUR, lw=1.5, label="prediction")]
     if label is not None:
@@ -216,6 +249,8 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
     fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False,
                labelcolor="white")
     fig.suptitle(title or "preview", color="white", fontsize=11, x=0.02, ha="left")
+    fig.text(0.02, 0.012, "positions in mm are scanner (patient) coordinates, as in the scan's header",
+             color="#bbbbbb", fontsize=7, ha="left", va="bottom")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return buffer.getvalue()
