@@ -96,6 +96,26 @@ def test_unknown_blend_is_refused_before_any_window_runs():
     assert blend_weights((4, 4, 4), "constant").min() == 1.0
 
 
+def test_window_edges_leave_no_seam_in_the_confidence_map():
+    """A confidence head that is unsure at every window's edge (as real ones are): with constant
+    blending of the map its overlaps would show as bands; the map is blended with Gaussian weights,
+    so inside the volume, where windows overlap, it stays near the windows' centre value."""
+    image = np.zeros((64, 64, 64), np.float32)
+    plan = plan_windows(image.shape, (32, 32, 32), 0.5)
+    edge = np.zeros((32, 32, 32), bool)
+    edge[:2], edge[-2:], edge[:, :2], edge[:, -2:], edge[:, :, :2], edge[:, :, -2:] = (True,) * 6
+    window_conf = torch.from_numpy(np.where(edge, 0.2, 0.9).astype(np.float32))
+
+    def edgy(batch):
+        b = batch.shape[0]
+        return WindowOutputs(torch.zeros((b, 2, 32, 32, 32)), window_conf.expand(b, 1, 32, 32, 32).clone())
+
+    _, conf = sliding_window_predict(image, plan, edgy, batch_size=2, blend="constant")
+    inner = conf[0, 8:-8, 8:-8, 8:-8].numpy()  # every voxel here is covered by more than one window
+    constant_blend = (0.9 * 1 + 0.2 * 1) / 2  # a seam voxel: one window's edge, one window's middle
+    assert inner.min() > 0.85 > constant_blend
+
+
 def test_constant_predictor_stitches_exactly():
     image = np.zeros((40, 40, 40), np.float32)
     plan = plan_windows(image.shape, (16, 16, 16), 0.25)

@@ -120,13 +120,19 @@ def predict_cases(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     blend_weights((1, 1, 1), blend)  # an unknown mode fails here, before any window runs
-    weight_cache: dict[tuple[int, ...], torch.Tensor] = {}
+    weight_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def weights(roi: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(segmentation weights as `blend` asks, confidence weights: always Gaussian)."""
+        if roi not in weight_cache:
+            seg = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
+            conf = seg if blend == "gaussian" else \
+                torch.as_tensor(blend_weights(roi, "gaussian"), dtype=torch.float32, device=accumulate_on)
+            weight_cache[roi] = (seg, conf)
+        return weight_cache[roi]
 
     def start(job: CaseJob) -> None:
-        roi = job.windows.roi
-        if roi not in weight_cache:
-            weight_cache[roi] = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
-        job.stitcher = Stitcher(job.input().shape, num_classes, weight_cache[roi])
+        job.stitcher = Stitcher(job.input().shape, num_classes, *weights(job.windows.roi))
 
     batches = _Batches(jobs, batch_size, start)
     while batch := batches.next_batch():

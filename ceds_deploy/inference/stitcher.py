@@ -1,5 +1,10 @@
 """Weighted accumulation of window outputs into whole-volume float32 arrays (the stitcher of a
-sliding-window pass)."""
+sliding-window pass).
+
+The segmentation logits are blended as asked (constant by default, as the CEDS code's validation).
+The confidence map is always blended with Gaussian weights: the confidence head is least sure at a
+window's edge, and a plain average would draw every window edge into the map as a seam.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +14,34 @@ from ceds_deploy.transforms.restore import BACKGROUND_LOGIT, UNCOVERED_CONFIDENC
 
 
 class Stitcher:
-    """Weighted accumulation of window outputs into whole-volume float32 arrays."""
+    """Weighted sums of window outputs over one volume; `result()` divides by the weights."""
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, weights: torch.Tensor) -> None:
-        device = weights.device
+    def __init__(self, shape: tuple[int, ...], num_classes: int, seg_weights: torch.Tensor,
+                 confidence_weights: torch.Tensor) -> None:
+        device = seg_weights.device
         self.shape = tuple(shape)
-        self.weights = weights
+        self.seg_weights, self.confidence_weights = seg_weights, confidence_weights
         self.seg = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
         self.confidence = torch.zeros((1, *shape), dtype=torch.float32, device=device)
-        self.weight_sum = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.seg_weight_sum = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.shared_weights = seg_weights is confidence_weights
+        self.confidence_weight_sum = self.seg_weight_sum if self.shared_weights else \
+            torch.zeros(shape, dtype=torch.float32, device=device)
 
     def add(self, window: tuple[slice, ...], seg: torch.Tensor, confidence: torch.Tensor) -> None:
-        w = self.weights
-        self.seg[(slice(None), *window)].addcmul_(seg.to(self.seg.device, torch.float32), w)
-        self.confidence[(slice(None), *window)].addcmul_(confidence.to(self.seg.device, torch.float32), w)
-        self.weight_sum[window].add_(w)
+        self.seg[(slice(None), *window)].addcmul_(seg.to(self.seg.device, torch.float32), self.seg_weights)
+        self.confidence[(slice(None), *window)].addcmul_(confidence.to(self.seg.device, torch.float32),
+                                                          self.confidence_weights)
+        self.seg_weight_sum[window].add_(self.seg_weights)
+        if not self.shared_weights:
+            self.confidence_weight_sum[window].add_(self.confidence_weights)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(seg_logits (C, *shape), confidence (1, *shape)); uncovered voxels get background.
         Consumes the accumulators (divides in place) to avoid another full-size copy."""
-        covered = self.weight_sum > 0
-        self.weight_sum.clamp_(min=1e-12)
-        self.seg.div_(self.weight_sum)
-        self.confidence.div_(self.weight_sum)
-        uncovered = ~covered
+        uncovered = self.seg_weight_sum == 0
+        self.seg.div_(self.seg_weight_sum.clamp(min=1e-12))
+        self.confidence.div_(self.confidence_weight_sum.clamp(min=1e-12))
         if bool(uncovered.any()):
             self.seg[:, uncovered] = -BACKGROUND_LOGIT
             self.seg[0, uncovered] = BACKGROUND_LOGIT
