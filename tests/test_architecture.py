@@ -23,7 +23,7 @@ LAYERS = [
     ("inference", ["inference"]),
     ("export", ["export"]),
     ("training", ["training"]),
-    ("application", ["cli", "demo", "demo_page"]),
+    ("application", ["cli", "demo"]),
 ]
 LAYER_OF = {part: index for index, (_, parts) in enumerate(LAYERS) for part in parts}
 # The torchrun entry point `python -m ceds_deploy.training` is the CLI's train command.

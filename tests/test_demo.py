@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from ceds_deploy import demo as demo_module
-from ceds_deploy.demo import (MIN_MEAN_DICE, TESTED_RECIPE, DemoSettings, TrainingClock, Verdict, demo_console,
-                              judge, read_training_record, run_demo)
-from ceds_deploy.demo_page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
+from ceds_deploy.demo import run as demo_module
+from ceds_deploy.demo.run import (MIN_MEAN_DICE, TESTED_RECIPE, DemoSettings, TrainingClock, Verdict, demo_console,
+                                  judge, read_training_record, run_demo)
+from ceds_deploy.demo.page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
 
 # Four training steps of a width-2 network: it finds no tumour, so the quality gate must fire.
 TINY = DemoSettings(iterations=4, cases=3, labeled=2, test=1, width=2, patch=(32, 32, 32), spacing=6.0)
@@ -124,7 +124,7 @@ def test_time_cap_stops_training_between_steps_with_a_checkpoint(demo_run, tmp_p
 
     out, _, _ = demo_run
     config = resolve_config(None, dataclasses.replace(TINY, iterations=6).training_config(out / "data"))
-    summary = start_training(config, tmp_path / "run", show_progress=False, should_stop=lambda steps: steps >= 2)
+    summary = start_training(config, tmp_path / "run", should_stop=lambda steps: steps >= 2)
     assert summary.steps == 2
     assert (tmp_path / "run" / "checkpoints" / "best_teacher.pt").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -17,7 +17,7 @@ import pytest
 from helpers import GEOMETRIES, sphere_scan
 
 from ceds_deploy.demo import Verdict
-from ceds_deploy.demo_page import FAILURE_BANNER_ID, write_index
+from ceds_deploy.demo.page import FAILURE_BANNER_ID, write_index
 from ceds_deploy.qa.preview import write_preview
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -48,7 +48,7 @@ def tiny(cohort: Path, **changes) -> TrainConfig:
 def trainer(cohort, tmp_path_factory):
     from ceds_deploy.training.loop import Trainer
 
-    return Trainer(tiny(cohort, iterations=10), tmp_path_factory.mktemp("run"), show_progress=False)
+    return Trainer(tiny(cohort, iterations=10), tmp_path_factory.mktemp("run"))
 
 
 def _stepper(trainer, method: str):
@@ -157,7 +157,7 @@ def straight_run(cohort, tmp_path_factory) -> Path:
     from ceds_deploy.training.loop import start_training
 
     run = tmp_path_factory.mktemp("straight")
-    summary = start_training(resume_config(cohort), run, show_progress=False)
+    summary = start_training(resume_config(cohort), run)
     assert summary.steps == 5 and [r["phases"] for r in summary.history] == \
         ["warmup", "refresh", "semi", "refresh", "semi"]
     return run
@@ -166,9 +166,9 @@ def straight_run(cohort, tmp_path_factory) -> Path:
 def test_stopped_and_resumed_run_equals_the_uninterrupted_one(cohort, straight_run, tmp_path) -> None:
     from ceds_deploy.training.loop import resume_training, start_training
 
-    stopped = start_training(resume_config(cohort), tmp_path / "resumed", show_progress=False, stop_after_epochs=2)
+    stopped = start_training(resume_config(cohort), tmp_path / "resumed", stop_after_epochs=2)
     assert stopped.epochs == 2
-    resumed = resume_training(tmp_path / "resumed", show_progress=False)
+    resumed = resume_training(tmp_path / "resumed")
     assert resumed.epochs == 5
     _assert_same_state(_payload(straight_run), _payload(tmp_path / "resumed"))
     # The logs of the resumed run hold every epoch once.
@@ -183,7 +183,7 @@ from ceds_deploy.training.config import TrainConfig
 from ceds_deploy.training.loop import start_training
 
 torch.set_num_threads(1)
-start_training(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], show_progress=False)
+start_training(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2])
 '''
 
 
@@ -213,7 +213,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(cohort, straight_ru
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert _payload(run)["epoch"] < 5  # killed before the end
-    resume_training(run, show_progress=False)
+    resume_training(run)
     _assert_same_state(_payload(straight_run), _payload(run))
 
 
@@ -277,7 +277,7 @@ def test_bad_label_stops_the_run_before_training(cohort, tmp_path) -> None:
     label = read_scan(bad)
     write_volume(bad, (label.array * 2).astype(np.uint8), label.geometry)  # tumour = 2
     with pytest.raises(DatasetError, match=r"phantom_001\.nii\.gz: label values must be 0 or 1, found 2"):
-        start_training(tiny(data, iterations=2), tmp_path / "run", show_progress=False)
+        start_training(tiny(data, iterations=2), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -297,7 +297,7 @@ from ceds_deploy.training.loop import Trainer
 config = TrainConfig(**json.loads(sys.argv[1]))
 out = Path(sys.argv[2])
 dist = init_distributed(config.device)
-trainer = Trainer(config, out / "run", dist=dist, show_progress=False)
+trainer = Trainer(config, out / "run", dist=dist)
 trainer.fit()
 torch.save({"teacher": trainer.teacher.state_dict(), "student": trainer.student.state_dict()},
            out / f"rank{dist.rank}.pt")

@@ -9,6 +9,7 @@ order, patches, augmentation, noise, dropout) is drawn from seeds derived from (
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ceds_deploy.backends.base import is_cuda
 from ceds_deploy.errors import ConfigError, DatasetError
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.training import logs, state
@@ -28,12 +30,13 @@ from ceds_deploy.training.data import split_dataset
 from ceds_deploy.training.distributed import DistContext, init_distributed
 from ceds_deploy.training.ema import make_teacher
 from ceds_deploy.training.methods import Optimization, Stepper
-from ceds_deploy.training.progress import TrainProgress
+from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.training.sampler import TwoStreamSampler
 from ceds_deploy.training.schedule import RunSchedule
 from ceds_deploy.training.transforms import labeled_transforms, unlabeled_transforms
 from ceds_deploy.training.validate import validate
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LOSS_KEYS = ("loss_seg", "loss_conf", "loss_consistency", "consistency_weight", "loss_total")
 
@@ -52,22 +55,25 @@ class TrainSummary:
     best: dict[str, float]
     history: list[dict] = field(default_factory=list)
 
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / CHECKPOINT_DIR / state.LAST
-
 
 class Trainer:
+    """One training run: data, the two networks, their optimizers, the loop, checkpoints and logs.
+
+    Progress events (rank 0 only): "preparing" (count = cases to pre-process), "prepared" (info:
+    case), "training" (count = the run's steps; info: done, method), "step" (info: phase, epoch,
+    epochs, losses), "validated" (info: epoch, dice_student, dice_teacher, auroc_teacher, saved).
+    Notes go to the `ceds_deploy.training` logger.
+    """
+
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dist: DistContext | None = None,
-                 console=None, show_progress: bool = True) -> None:
+                 progress: ProgressCallback = no_progress) -> None:
         from ceds_deploy.network import CedsNet, CedsNetConfig
 
         self.config = config
         self.run_dir = Path(run_dir)
         self.dist = dist or DistContext(device=config.device)
         self.device = torch.device(self.dist.device)
-        self.console = console
-        self.show_progress = show_progress and self.dist.is_main
+        self.progress = progress if self.dist.is_main else no_progress
         self.spec = spec_for(config)
         self.written: list[Path] = []  # files this process wrote (only rank 0 writes)
 
@@ -113,15 +119,9 @@ class Trainer:
         split = self.split
         need_unlabeled = self.config.method != "supervised"
         total = len(split.labeled) + (len(split.unlabeled) if need_unlabeled else 0)
-        if not self.show_progress:
-            return prepare_split(split, self.spec, unlabeled=need_unlabeled)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(TextColumn("[bold]preparing cases[/]"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[case]}"), console=self.console, transient=True) as bar:
-            task = bar.add_task("prepare", total=total, case="")
-            return prepare_split(split, self.spec, unlabeled=need_unlabeled,
-                                 advance=lambda name: bar.update(task, advance=1, case=name))
+        self.progress(ProgressEvent("preparing", total))
+        return prepare_split(split, self.spec, unlabeled=need_unlabeled,
+                             advance=lambda name: self.progress(ProgressEvent("prepared", 1, {"case": name})))
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -145,20 +145,20 @@ class Trainer:
             logs.write_run_files(self.run_dir, self.config, self.split)
         stop_at = self.total_epochs if stop_after_epochs is None else min(self.total_epochs,
                                                                            self.epoch + stop_after_epochs)
-        with TrainProgress(self.console, self.total_steps, self.global_step, self.config.method,
-                           enabled=self.show_progress) as progress:
-            empty = [c.name for c, d in zip(self.split.labeled, self.data.labeled) if not bool(d["label"].any())]
-            if empty:
-                progress.log(f"no tumour voxels at the training spacing in {', '.join(empty)}: "
-                             f"their patches are all negative")
-            if not self.split.validation:
-                progress.log("no validation cases (--val-fraction 0): best_*.pt are not written")
-            while self.epoch < stop_at and not self.stopped_early:
-                row = self._train_epoch(progress)
-                self._end_epoch(row, progress)
+        empty = [c.name for c, d in zip(self.split.labeled, self.data.labeled) if not bool(d["label"].any())]
+        if empty and self.dist.is_main:
+            log.warning("no tumour voxels at the training spacing in %s: their patches are all negative",
+                        ", ".join(empty))
+        if not self.split.validation and self.dist.is_main:
+            log.warning("no validation cases (--val-fraction 0): best_*.pt are not written")
+        self.progress(ProgressEvent("training", self.total_steps,
+                                    {"done": self.global_step, "method": self.config.method}))
+        while self.epoch < stop_at and not self.stopped_early:
+            row = self._train_epoch()
+            self._end_epoch(row)
         return TrainSummary(self.run_dir, self.epoch, self.global_step, dict(self.best), list(self.history))
 
-    def _train_epoch(self, progress: TrainProgress) -> dict:
+    def _train_epoch(self) -> dict:
         start = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -177,7 +177,8 @@ class Trainer:
             for key, value in losses.items():
                 sums[key] += value
                 counts[key] += 1
-            progress.step(phase, self.epoch, self.total_epochs, losses)
+            self.progress(ProgressEvent("step", 1, {"phase": phase, "epoch": self.epoch + 1,
+                                                    "epochs": self.total_epochs, "losses": losses}))
             if self.should_stop is not None and self.should_stop(self.global_step):
                 self.stopped_early = self.global_step < self.total_steps
                 break
@@ -212,7 +213,7 @@ class Trainer:
                 improved.append(f"best_{net}.pt")
         return improved
 
-    def _end_epoch(self, row: dict, progress: TrainProgress) -> None:
+    def _end_epoch(self, row: dict) -> None:
         self.epoch += 1
         self.dist.check_replicas_equal(self.student, "student")
         self.dist.check_replicas_equal(self.teacher, "teacher")
@@ -231,9 +232,14 @@ class Trainer:
                                  f"{self.global_step}/{self.total_steps} steps")
                 self.written.append(self.run_dir / logs.CURVES_PNG)
             if validated:
-                progress.validated(self.epoch - 1, row["dice_student"], row["dice_teacher"], row["auroc_teacher"],
-                                   improved)
+                self._report_validation(row, improved)
         self.dist.barrier()
+
+    def _report_validation(self, row: dict, saved: list[str]) -> None:
+        scores = {k: row[k] for k in ("dice_student", "dice_teacher", "auroc_teacher")}
+        log.info("epoch %d: Dice student %.3f, teacher %.3f, confidence AUROC %.3f%s", self.epoch,
+                 *scores.values(), f" -> saved {', '.join(saved)}" if saved else "")
+        self.progress(ProgressEvent("validated", 0, {"epoch": self.epoch, **scores, "saved": saved}))
 
     def _write(self, name: str, payload: dict) -> None:
         path = state.save(self.checkpoint_dir / name, payload)
@@ -250,7 +256,7 @@ def _check_new_run(run_dir: Path) -> None:
                           f"or choose another --out")
 
 
-def start_training(config: TrainConfig, run_dir: str | Path, *, console=None, show_progress: bool = True,
+def start_training(config: TrainConfig, run_dir: str | Path, *, progress: ProgressCallback = no_progress,
                    stop_after_epochs: int | None = None,
                    should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
     """A new run in `run_dir` (joins a torchrun process group when there is one); `should_stop`: see
@@ -260,13 +266,13 @@ def start_training(config: TrainConfig, run_dir: str | Path, *, console=None, sh
     dist = init_distributed(config.device)
     try:
         _check_device(dist.device)
-        trainer = Trainer(config, run_dir, dist=dist, console=console, show_progress=show_progress)
+        trainer = Trainer(config, run_dir, dist=dist, progress=progress)
         return trainer.fit(stop_after_epochs, should_stop)
     finally:
         dist.shutdown()
 
 
-def resume_training(run_dir: str | Path, *, device: str | None = None, console=None, show_progress: bool = True,
+def resume_training(run_dir: str | Path, *, device: str | None = None, progress: ProgressCallback = no_progress,
                     stop_after_epochs: int | None = None,
                     should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
     """Continue the run in `run_dir` from checkpoints/last.pt, with its saved config."""
@@ -281,15 +287,13 @@ def resume_training(run_dir: str | Path, *, device: str | None = None, console=N
     dist = init_distributed(config.device)
     try:
         _check_device(dist.device)
-        trainer = Trainer(config, run_dir, dist=dist, console=console, show_progress=show_progress)
+        trainer = Trainer(config, run_dir, dist=dist, progress=progress)
         if trainer.split.to_dict() != payload.get("split", trainer.split.to_dict()):
             raise DatasetError(f"{config.data_dir}: the dataset's cases changed since the run started; "
                                f"resuming would train on other data")
         if int(payload.get("world_size", 1)) != dist.world_size and dist.is_main:
-            from rich.console import Console
-
-            (console or Console()).log(f"resuming a {payload.get('world_size')}-process run with "
-                                      f"{dist.world_size} process(es): batches differ from the original")
+            log.warning("resuming a %s-process run with %d process(es): batches differ from the original",
+                        payload.get("world_size"), dist.world_size)
         state.restore(trainer, payload, path)
         return trainer.fit(stop_after_epochs, should_stop)
     finally:
@@ -297,6 +301,6 @@ def resume_training(run_dir: str | Path, *, device: str | None = None, console=N
 
 
 def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if is_cuda(device) and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: this PyTorch has no CUDA GPU (torch.cuda.is_available() is False)")
 

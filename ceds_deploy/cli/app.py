@@ -38,22 +38,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
                                        help="Print the version and exit."),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's debug messages.")) -> None:
     """CEDS: confidence-enhanced semi-supervised segmentation of mediastinal tumours in chest CT."""
+    from ceds_deploy.cli.display import configure_logging
+
     configure_logging(logging.DEBUG if verbose else logging.INFO)
-
-
-def configure_logging(level: int) -> None:
-    """The library logs under `ceds_deploy`; the command line shows those records on stderr through
-    rich, without source locations. Configured once per process (tests call the app many times)."""
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    logger = logging.getLogger("ceds_deploy")
-    logger.setLevel(level)
-    if not any(getattr(h, "_ceds_cli", False) for h in logger.handlers):
-        handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False,
-                              markup=False, rich_tracebacks=False)
-        handler._ceds_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
 
 
 app.command("phantoms")(phantoms_cmd.phantoms)

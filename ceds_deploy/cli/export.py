@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,13 +11,13 @@ import typer
 def export(
     source: Annotated[Path, typer.Argument(help="A training checkpoint (.pt) to export to ONNX, or an ONNX file "
                                            "from `ceds export` to build a TensorRT engine from.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="ONNX file to write (SOURCE is a "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="ONNX file to write (SOURCE is a "
                                                 "checkpoint).")] = None,
     weights: Annotated[str, typer.Option(help="Which network of the checkpoint: [bold]teacher[/] (the mean "
                                          "teacher) or student.")] = "teacher",
     opset: Annotated[int, typer.Option(help="ONNX opset. 17 parses on TensorRT 8.5 and later (JetPack 5 "
                                        "and 6); up to 24.")] = 17,
-    tensorrt: Annotated[Optional[Path], typer.Option("--tensorrt", help="Build a TensorRT engine here (from "
+    tensorrt: Annotated[Path | None, typer.Option("--tensorrt", help="Build a TensorRT engine here (from "
                                                      "SOURCE, or from the ONNX file --out just wrote).")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (checked against ONNX Runtime; "
                                        "the confidence head falls back to FP32 if needed).")] = False,
@@ -25,7 +25,7 @@ def export(
                                        "ROI).")] = "1:4:8",
     workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit, "
                                                 "GiB.")] = 4.0,
-    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, loaded if "
+    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Timing cache file, loaded if "
                                                          "present and saved after the build (default: one per "
                                                          "TensorRT version and GPU under "
                                                          "~/.cache/ceds-deploy/timing).")] = None,
@@ -93,8 +93,7 @@ def export(
 def _build(onnx_path: Path, engine: Path, profile, *, fp16: bool, fp32_head: bool, workspace_gb: float,
            timing_cache: Path | None, device: str, say) -> None:
     from ceds_deploy.export.engine_cache import default_timing_cache
-    from ceds_deploy.export.tensorrt_build import (BuildOptions, build_checked_engine, require_tensorrt,
-                                                   runtime_info)
+    from ceds_deploy.export.tensorrt_build import BuildOptions, build_checked_engine, require_tensorrt, runtime_info
 
     runtime = runtime_info(require_tensorrt(device), device)
     options = BuildOptions(fp16=fp16, batch=profile, workspace_gb=workspace_gb, fp32_head=fp32_head,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ceds_deploy.cli.options import BackendOption, DeviceOption, ModelOption, check_device, parse_shard
-from ceds_deploy.progress import ProgressEvent
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -99,7 +97,10 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
     engine, why = open_backend(model, backend=backend, device=device, max_batch_size=options.batch_size,
                                precision=precision, cuda_graph=cuda_graph)
     spec = engine.spec
-    with engine, _SegmentProgress(console, enabled=show_progress) as progress:
+    from ceds_deploy.cli.display import SegmentDisplay
+
+    progress = SegmentDisplay(console, enabled=show_progress)
+    with engine, progress:
         console.print(f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
                       f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm")
         run = segment_folder(input_path, output, engine, options, progress=progress,
@@ -113,44 +114,3 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
         if row.status == "failed":
             console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
     return run.failed
-
-
-class _SegmentProgress:
-    """Two rich bars (cases, windows with a rate) fed by `segment_folder`'s progress events."""
-
-    def __init__(self, console: Console, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=console, disable=not enabled, transient=False)
-        self.cases = self.bar.add_task("cases", total=None, rate="")
-        self.windows = self.bar.add_task("windows", total=0, rate="")
-        self.started = time.perf_counter()
-        self.computed = 0
-
-    def __enter__(self) -> _SegmentProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(None, None, None)
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if event.name == "todo":
-            self.bar.update(self.cases, total=event.count)
-        elif event.name == "planned":
-            self.bar.update(self.windows, total=(self.bar.tasks[self.windows].total or 0) + event.count)
-        elif event.name == "windows":
-            self.computed += event.count
-            rate = self.computed / max(time.perf_counter() - self.started, 1e-9)
-            self.bar.update(self.windows, advance=event.count, rate=f"{rate:.2f} windows/s")
-        elif event.name == "case":
-            self.bar.update(self.cases, advance=event.count)

@@ -73,9 +73,10 @@ def train(
                                      f"(only --device may change)", param_hint="--resume")
         from ceds_deploy.training.loop import resume_training
 
-        summary = resume_training(resume, device=device, show_progress=not quiet)
+        with _display(quiet) as progress:
+            summary = resume_training(resume, device=device, progress=progress)
     else:
-        summary = _new_run(data_dir, out, config, {**settings, "device": device}, show_progress=not quiet)
+        summary = _new_run(data_dir, out, config, {**settings, "device": device}, quiet=quiet)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     best = ", ".join(f"{k} {summary.best[k]:.4f} (epoch {summary.best[k + '_epoch']})"
@@ -84,7 +85,16 @@ def train(
                f"checkpoints in {summary.run_dir / 'checkpoints'}")
 
 
-def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, settings: dict, show_progress: bool):
+def _display(quiet: bool):
+    """The training progress display (on stderr; nothing drawn with --quiet or on other ranks)."""
+    from rich.console import Console
+
+    from ceds_deploy.cli.display import TrainDisplay
+
+    return TrainDisplay(Console(stderr=True), enabled=not quiet and os.environ.get("RANK", "0") == "0")
+
+
+def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, settings: dict, quiet: bool):
     from ceds_deploy.errors import ConfigError
     from ceds_deploy.training.config import resolve_config
     from ceds_deploy.training.loop import start_training
@@ -98,4 +108,5 @@ def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, setti
         raise typer.BadParameter("a new run needs DATA_DIR (or data_dir in --config)", param_hint="DATA_DIR")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the run")
-    return start_training(resolved, out, show_progress=show_progress)
+    with _display(quiet) as progress:
+        return start_training(resolved, out, progress=progress)

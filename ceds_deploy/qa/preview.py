@@ -22,14 +22,14 @@ backend switch, nothing left behind in the caller's matplotlib state.
 
 from __future__ import annotations
 
-from ceds_deploy.errors import ConfigError
-
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ceds_deploy.errors import ConfigError
 from ceds_deploy.volume import Geometry, Volume
 
 MEDIASTINAL_WINDOW = (40.0, 400.0)  # (level, width) in HU
@@ -61,7 +61,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     return sx, sy, slice(int(zs[0]), int(zs[-1]) + 1)
 
 
-def _mass_centre(mask: np.ndarray, spacing) -> tuple[int, int, int] | None:
+def _mass_centre(mask: np.ndarray, spacing) -> tuple[int, ...] | None:
     """The voxel nearest the centroid of `mask` that belongs to it (so the planes cut the mass even
     when the centroid itself falls outside, as for a ring or two blobs); None if `mask` is empty."""
     box = _bounding_box(mask)
@@ -77,7 +77,7 @@ def _mass_centre(mask: np.ndarray, spacing) -> tuple[int, int, int] | None:
 
 
 def preview_centre(mask: np.ndarray, label: np.ndarray | None = None,
-                   spacing=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
+                   spacing=(1.0, 1.0, 1.0)) -> tuple[int, ...]:
     """Array index (on the scan's own grid) the three planes pass through.
 
     The centre of the predicted mass: its centroid, or the mask voxel nearest to it (in mm) when the
@@ -113,7 +113,7 @@ class PlaneView:
         return f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n{direction} position {position_mm:.1f} mm"
 
 
-def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, int, int]) -> np.ndarray:
+def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, ...]) -> np.ndarray:
     """The 2D slice of `array` (on `geometry`'s grid) through source index `centre`, oriented for display:
     row 0 is the top of the screen, column 0 its left (see the module docstring). A small copy."""
     from ceds_deploy.transforms.orientation import canonical_reorientation, reorient_array
@@ -132,7 +132,7 @@ def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tup
     return np.array(out)
 
 
-def _canonical_index(geometry: Geometry, centre) -> tuple[int, int, int]:
+def _canonical_index(geometry: Geometry, centre) -> tuple[int, ...]:
     from ceds_deploy.transforms.orientation import canonical_reorientation
 
     r = canonical_reorientation(geometry)
@@ -180,12 +180,12 @@ def near_outlines(masks: list[np.ndarray | None], row_mm: float, col_mm: float,
 def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | None,
                    label: np.ndarray | None = None, title: str = "", dpi: int = 100) -> bytes:
     """The preview as PNG bytes (see `write_preview`)."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib import colormaps
 
     geometry = image.geometry
     for name, array in (("mask", mask), ("confidence", confidence), ("label", label)):
@@ -193,7 +193,7 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
             raise ConfigError(f"{name} shape {tuple(array.shape)} does not match the scan's {geometry.shape}")
     centre = preview_centre(mask, label, geometry.spacing)
     views = plane_views(geometry, centre)
-    slices = {}
+    slices: dict[str, dict[str, Any]] = {}
     for view in views:
         slices[view.name] = {
             "image": display_slice(image.array, geometry, view.name, centre),

@@ -169,6 +169,7 @@ def read_training_record(out: Path) -> dict:
 
 
 def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: float) -> StageOutcome:
+    from ceds_deploy.cli.display import TrainDisplay
     from ceds_deploy.io import write_atomic_text
     from ceds_deploy.training.config import resolve_config
     from ceds_deploy.training.loop import resume_training, start_training
@@ -189,8 +190,10 @@ def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: 
     say = console.print
     deadline = None if minutes is None else started + minutes * 60
     clock = TrainingClock(s.iterations, say, deadline)
+    display = TrainDisplay(console)
     if (run / "checkpoints" / "last.pt").exists():
-        summary = resume_training(run, console=console, should_stop=clock)
+        with display:
+            summary = resume_training(run, progress=display, should_stop=clock)
         note = "resumed, "
     else:
         if run.exists():
@@ -198,7 +201,8 @@ def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: 
         run.mkdir(parents=True)
         write_atomic_text(run / TRAINING_RECORD, json.dumps({"recipe": s.as_record()}))
         config = resolve_config(None, s.training_config(out / "data"))
-        summary = start_training(config, run, console=console, should_stop=clock)
+        with display:
+            summary = start_training(config, run, progress=display, should_stop=clock)
         note = ""
     stopped_early = summary.steps < s.iterations
     record = {"recipe": s.as_record(), "steps": summary.steps, "planned": s.iterations,
@@ -281,7 +285,7 @@ class Verdict:
 
 def judge(rows: list[dict], training: dict, settings: DemoSettings, out: Path) -> Verdict:
     """Apply the quality gate to the held-out rows (see `demo_page.final_rows`)."""
-    from ceds_deploy.demo_page import mean_dice
+    from ceds_deploy.demo.page import mean_dice
 
     capped = ""
     if training.get("stopped_early"):
@@ -333,7 +337,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, minutes: float 
              fresh: bool = False, console=None) -> dict:
     """Run (or finish) the demo in `out` with `settings` (default `DEMO_RECIPE`); `minutes` caps the
     training time. Returns the final rows, stages, the `Verdict` and the page's path."""
-    from ceds_deploy.demo_page import final_rows, print_final_summary, write_index
+    from ceds_deploy.demo.page import final_rows, print_final_summary, write_index
 
     settings = settings or DEMO_RECIPE
     _check_minutes(minutes)

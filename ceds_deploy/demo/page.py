@@ -40,7 +40,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _folder_note(out: Path) -> str:
-    from ceds_deploy.demo import MODEL_CHECKPOINT, folder_megabytes
+    from ceds_deploy.demo.run import MODEL_CHECKPOINT, folder_megabytes
 
     total = folder_megabytes(out)
     checkpoints = folder_megabytes(out / "run" / "checkpoints")
@@ -98,7 +98,7 @@ def print_final_summary(console, rows: list[dict], stages: list[tuple[str, float
 
 
 def _min_dice() -> float:
-    from ceds_deploy.demo import MIN_MEAN_DICE
+    from ceds_deploy.demo.run import MIN_MEAN_DICE
 
     return MIN_MEAN_DICE
 
