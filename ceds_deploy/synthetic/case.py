@@ -15,15 +15,20 @@ from ceds_deploy.errors import ConfigError
 from ceds_deploy.synthetic.anatomy import Anatomy, grow_lung_vessel_trees, sample_anatomy
 from ceds_deploy.synthetic.grid import place_grid, sample_scan_plane
 from ceds_deploy.synthetic.hounsfield import render_image, sample_hu_table, sample_noise
-from ceds_deploy.synthetic.layouts import (LAYOUT_WEIGHTS, LAYOUTS, flip_then_permute_geometry,
-                                           from_generation_axes, reorient, source_view)
+from ceds_deploy.synthetic.layouts import (
+    LAYOUT_WEIGHTS,
+    LAYOUTS,
+    flip_then_permute_geometry,
+    from_generation_axes,
+    reorient,
+    source_view,
+)
 from ceds_deploy.synthetic.mass import MassPlacement, place_mass
 from ceds_deploy.synthetic.mediastinum import paint_mass, paint_mediastinum
 from ceds_deploy.synthetic.raster import Canvas
 from ceds_deploy.synthetic.sizes import PhantomSize, resolve_size
 from ceds_deploy.synthetic.tissues import VESSEL_TISSUES, Tissue
-from ceds_deploy.synthetic.trunk import (paint_paraspinal_muscles, paint_spine, paint_stomach_gas,
-                                         paint_trunk)
+from ceds_deploy.synthetic.trunk import paint_paraspinal_muscles, paint_spine, paint_stomach_gas, paint_trunk
 from ceds_deploy.volume import Volume
 
 
@@ -38,8 +43,9 @@ class PhantomCase:
     info: dict = field(default_factory=dict)
 
 
-def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", *,
-                  layout: str | None = None, tissue: bool = True) -> PhantomCase:
+def generate_case(
+    index: int, seed: int = 0, size: str | PhantomSize = "small", *, layout: str | None = None, tissue: bool = True
+) -> PhantomCase:
     """Generate case ``index`` of ``seed`` at ``size`` (a `SIZES` name or a `PhantomSize`).
 
     ``layout`` (a `LAYOUTS` name) overrides only the stored array layout, not the anatomy or
@@ -65,13 +71,17 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     info["contrast"] = anatomy.contrast
     mass = place_mass(rng, anatomy, cfg.mass_diameter_mm, s)
     info["mass_blocked_fraction"] = mass.blocked_fraction
-    info.update(mass_site=mass.site, mass_diameter_mm=mass.diameter_mm,
-                mass_placed_touching=mass.touching, mass_base_hu=mass.base_hu)
+    info.update(
+        mass_site=mass.site,
+        mass_diameter_mm=mass.diameter_mm,
+        mass_placed_touching=mass.touching,
+        mass_base_hu=mass.base_hu,
+    )
     grid = place_grid(rng, cfg, plane, mass.centre, mass.radius)
     info["oblique_degrees"] = grid.oblique_degrees
     names = list(LAYOUT_WEIGHTS)
     lw = np.array([LAYOUT_WEIGHTS[n] for n in names])
-    drawn_layout = str(rng.choice(names, p=lw / lw.sum()))   # drawn even when overridden
+    drawn_layout = str(rng.choice(names, p=lw / lw.sum()))  # drawn even when overridden
     layout = layout or drawn_layout
     info["layout"] = layout
     noise = sample_noise(rng)
@@ -94,8 +104,9 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     info["mass_voxels"] = int(np.count_nonzero(label))
 
     image = np.empty(geo.shape, dtype=np.int16)
-    render_image(cv, lut, mass, msl, noise, np.random.default_rng(noise_ss),
-                 source_view(image, flips, perm))   # written slab by slab, transposing
+    render_image(
+        cv, lut, mass, msl, noise, np.random.default_rng(noise_ss), source_view(image, flips, perm)
+    )  # written slab by slab, transposing
     tissue_volume = None
     if tissue:
         tissue_map, _ = reorient(cv.t, gen_geometry, flips, perm)
@@ -104,8 +115,7 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     return PhantomCase(Volume(image, geo), Volume(label, geo), tissue_volume, info)
 
 
-def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement,
-                   lung_vessels: list, half_voxel: float) -> None:
+def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement, lung_vessels: list, half_voxel: float) -> None:
     """Paint every structure onto the canvas; later structures lie on top of earlier ones."""
     paint_trunk(cv, anatomy, half_voxel)
     if anatomy.stomach_gas:

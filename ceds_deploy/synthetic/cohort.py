@@ -14,7 +14,7 @@ from ceds_deploy.synthetic.sizes import resolve_size
 
 logger = logging.getLogger(__name__)
 
-TEST_INDEX_START = 1000   # test cases are indices 1000, 1001, ... (never training indices)
+TEST_INDEX_START = 1000  # test cases are indices 1000, 1001, ... (never training indices)
 
 
 def cohort_indices(cases: int, test: int) -> tuple[list[int], list[int]]:
@@ -36,8 +36,9 @@ def _case_name(i: int) -> str:
     return f"phantom_{i:03d}.nii.gz"
 
 
-def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
-                size: str = "small", progress: bool = True) -> Path:
+def make_cohort(
+    out_dir, cases: int, labeled: int, test: int, seed: int = 0, size: str = "small", progress: bool = True
+) -> Path:
     """Write ``cases`` training images (the first ``labeled`` with labels) and ``test`` held-out
     labeled cases under ``out_dir`` in the Decathlon layout, with ``dataset.json``.
 
@@ -69,11 +70,9 @@ def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
             advance()
 
     if progress and jobs:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("[bold]phantoms[/]"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn()) as bar:
+        with Progress(TextColumn("[bold]phantoms[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task("phantoms", total=len(jobs))
             run(lambda: bar.advance(task))
     else:
@@ -83,13 +82,16 @@ def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
     return out
 
 
-def _dataset_json(size_name: str, seed: int, labeled: int, cases: int, test: int,
-                  train_idx: list[int], test_idx: list[int]) -> dict:
+def _dataset_json(
+    size_name: str, seed: int, labeled: int, cases: int, test: int, train_idx: list[int], test_idx: list[int]
+) -> dict:
     """The Decathlon ``dataset.json`` of a cohort."""
     return {
         "name": "CEDS-phantoms",
-        "description": (f"Synthetic chest CT with one mediastinal mass ({size_name} size, seed {seed}),"
-                        " made by ceds_deploy.synthetic"),
+        "description": (
+            f"Synthetic chest CT with one mediastinal mass ({size_name} size, seed {seed}),"
+            " made by ceds_deploy.synthetic"
+        ),
         "reference": "ceds_deploy.synthetic",
         "licence": "CC0",
         "release": "1.0",
@@ -101,8 +103,9 @@ def _dataset_json(size_name: str, seed: int, labeled: int, cases: int, test: int
         "numTest": test,
         "seed": seed,
         "size": size_name,
-        "training": [{"image": f"imagesTr/{_case_name(i)}", "label": f"labelsTr/{_case_name(i)}"}
-                     for i in train_idx[:labeled]],
+        "training": [
+            {"image": f"imagesTr/{_case_name(i)}", "label": f"labelsTr/{_case_name(i)}"} for i in train_idx[:labeled]
+        ],
         "unlabeled": [f"imagesTr/{_case_name(i)}" for i in train_idx[labeled:]],
         "test": [f"imagesTs/{_case_name(i)}" for i in test_idx],
         "test_labels": [f"labelsTs/{_case_name(i)}" for i in test_idx],

@@ -18,7 +18,7 @@ f32 = np.float32
 ONLY_LUNG = allowed(Tissue.LUNG)
 ONLY_CAVITY = allowed(Tissue.LUNG, Tissue.MED_FAT)
 NOT_BONE = ~allowed(Tissue.CORTEX, Tissue.MARROW)
-FAT_SLEEVE_MM = 4.0      # mediastinal fat around every tube
+FAT_SLEEVE_MM = 4.0  # mediastinal fat around every tube
 
 
 def paint_tube(cv: Canvas, points, r: float, code: int, only: np.ndarray = NOT_BONE) -> None:
@@ -26,19 +26,18 @@ def paint_tube(cv: Canvas, points, r: float, code: int, only: np.ndarray = NOT_B
     for a, b in zip(points[:-1], points[1:]):
         lo = np.minimum(a, b) - r
         hi = np.maximum(a, b) + r
-        cv.paint(lo, hi, lambda t, u, v, w, a=a, b=b:
-                 put(t, capsule_d2(u, v, w, a, b) < f32(r * r), code, only))
+        cv.paint(lo, hi, lambda t, u, v, w, a=a, b=b: put(t, capsule_d2(u, v, w, a, b) < f32(r * r), code, only))
 
 
 def paint_ellipsoid(cv: Canvas, centre, radii, rot, code: int, only: np.ndarray = NOT_BONE) -> None:
     """A rotated ellipsoid (``rot`` columns = its axes)."""
     ext = float(np.max(radii))
-    cv.paint(centre - ext, centre + ext,
-             lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, centre, radii, rot) < 1, code, only))
+    cv.paint(
+        centre - ext, centre + ext, lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, centre, radii, rot) < 1, code, only)
+    )
 
 
-def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
-                      lung_vessels: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
+def paint_mediastinum(cv: Canvas, anatomy: Anatomy, lung_vessels: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
     """Mediastinal fat, lung vessel trees (``(start, end, radius)`` segments), oesophagus,
     airways, heart and great vessels, in that order."""
     heart = anatomy.heart
@@ -49,7 +48,7 @@ def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
     paint_ellipsoid(cv, heart.centre, heart.radii + 7.0, heart.rotation, Tissue.MED_FAT, ONLY_LUNG)
     for pts, r in vessel_tubes + airway_tubes + [(oesophagus, 7.0)]:
         paint_tube(cv, pts, r + FAT_SLEEVE_MM, Tissue.MED_FAT, ONLY_CAVITY)
-    for a, b, r in lung_vessels:      # inside the lungs only
+    for a, b, r in lung_vessels:  # inside the lungs only
         paint_tube(cv, [a, b], r, Tissue.LUNG_VESSEL, ONLY_LUNG)
     paint_tube(cv, oesophagus, 7.0, Tissue.MUSCLE)
     for pts, r in airway_tubes:
@@ -63,7 +62,7 @@ def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
 
 def _mediastinal_fat(t, u, v, w) -> None:
     """A z-dependent ellipse of fat between the lungs."""
-    tw = np.clip((w + f32(30.0)) * f32(1 / 60.0), 0, 1)     # 0 at heart level, 1 above
+    tw = np.clip((w + f32(30.0)) * f32(1 / 60.0), 0, 1)  # 0 at heart level, 1 above
     um = f32(12.0) + f32(-17.0) * tw
     am = f32(40.0) + f32(-12.0) * tw
     q = ((u - um) / am) ** 2 + ((v + f32(25.0)) * f32(1 / 62.0)) ** 2

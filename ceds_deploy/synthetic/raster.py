@@ -19,8 +19,7 @@ class Canvas:
     """A uint8 tissue map ``t`` and ``nominal[a] = off[a] + sum_ax coef[a, ax] * index[ax]``
     (anatomy millimetres of each voxel index)."""
 
-    def __init__(self, shape: tuple[int, int, int], coef: np.ndarray, off: np.ndarray,
-                 slab_voxels: int) -> None:
+    def __init__(self, shape: tuple[int, int, int], coef: np.ndarray, off: np.ndarray, slab_voxels: int) -> None:
         self.shape = shape
         self.coef = np.asarray(coef, dtype=np.float64)
         self.off = np.asarray(off, dtype=np.float64)
@@ -108,7 +107,7 @@ def ellipsoid_q(u, v, w, centre, radii, rot) -> np.ndarray:
     du, dv, dw = u - np.float32(centre[0]), v - np.float32(centre[1]), w - np.float32(centre[2])
     q = None
     for k in range(3):
-        p = (du * np.float32(rot[0, k]) + dv * np.float32(rot[1, k]) + dw * np.float32(rot[2, k]))
+        p = du * np.float32(rot[0, k]) + dv * np.float32(rot[1, k]) + dw * np.float32(rot[2, k])
         p = p * np.float32(1.0 / radii[k])
         q = p * p if q is None else q + p * p
     return q
@@ -125,7 +124,7 @@ def capsule_d2(u, v, w, a, b) -> np.ndarray:
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     l2 = float(d @ d) or 1e-9
     pu, pv, pw = u - np.float32(a[0]), v - np.float32(a[1]), w - np.float32(a[2])
-    tt = (pu * np.float32(d[0] / l2) + pv * np.float32(d[1] / l2) + pw * np.float32(d[2] / l2))
+    tt = pu * np.float32(d[0] / l2) + pv * np.float32(d[1] / l2) + pw * np.float32(d[2] / l2)
     np.clip(tt, 0, 1, out=tt)
     eu = pu - tt * np.float32(d[0])
     ev = pv - tt * np.float32(d[1])
