@@ -26,8 +26,8 @@ def flip_then_permute_geometry(geometry: Geometry, flips: tuple[int, ...], perm:
     its world position. `ceds_deploy.transforms.orientation.reorient_geometry` does the work; this only
     restates "flip, then permute" as its `Reorientation` (flips numbered after the permutation).
     """
-    perm = tuple(int(p) for p in perm)
-    return reorient_geometry(geometry, Reorientation(perm, tuple(perm[b] in flips for b in range(3))))
+    axes = tuple(int(p) for p in perm)
+    return reorient_geometry(geometry, Reorientation(axes, tuple(axes[b] in flips for b in range(3))))
 
 
 def source_view(out: np.ndarray, flips: tuple[int, ...], perm: tuple[int, int, int]) -> np.ndarray:
@@ -52,7 +52,9 @@ def reorient(
     return out, new
 
 
-def from_generation_axes(flips: tuple[int, ...], perm: tuple[int, int, int]):
+def from_generation_axes(
+    flips: tuple[int, ...], perm: tuple[int, int, int]
+) -> tuple[tuple[int, ...], tuple[int, int, int]]:
     """A layout (flips and permutation of the x, y, z axes) as flips and permutation of the
     generation grid's (z, y, x) axes."""
-    return tuple(2 - a for a in flips), tuple(2 - p for p in perm)
+    return tuple(2 - a for a in flips), (2 - perm[0], 2 - perm[1], 2 - perm[2])

@@ -58,24 +58,32 @@ class MassShape:
         )
 
     @staticmethod
-    def _waves(x, y, z, waves, phases) -> np.ndarray:
-        acc = None
-        for (kx, ky, kz), ph in zip(waves, phases):
-            term = np.cos(x * np.float32(kx) + y * np.float32(ky) + z * np.float32(kz) + np.float32(ph))
-            acc = term if acc is None else acc + term
+    def _waves(x: np.ndarray, y: np.ndarray, z: np.ndarray, waves: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """The mean of ``cos(k . (x, y, z) + phase)`` over the wave vectors ``waves`` (K, 3)."""
+        terms = (
+            np.cos(x * np.float32(kx) + y * np.float32(ky) + z * np.float32(kz) + np.float32(ph))
+            for (kx, ky, kz), ph in zip(waves, phases)
+        )
+        acc = next(terms, None)
+        if acc is None:
+            raise ValueError("a wave sum needs at least one wave vector and phase")
+        for term in terms:
+            acc = acc + term
         return acc * np.float32(1.0 / len(waves))
 
-    def implicit(self, x, y, z) -> np.ndarray:
+    def implicit(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """> 0 inside (x, y, z in units of the mass radius, centred)."""
-        f = None
-        for centre, axes, rot in self.lobes:
-            g = 1 - ellipsoid_q(x, y, z, centre, axes, rot)
-            f = g if f is None else np.maximum(f, g)
+        lobe_values = (1 - ellipsoid_q(x, y, z, centre, axes, rot) for centre, axes, rot in self.lobes)
+        f = next(lobe_values, None)
+        if f is None:
+            raise ValueError("a mass shape needs at least one lobe")
+        for g in lobe_values:
+            f = np.maximum(f, g)
         return f + np.float32(self.amplitude) * self._waves(x, y, z, self.waves, self.phases)
 
-    def texture(self, x, y, z) -> np.ndarray:
+    def texture(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """HU offset around the mass's base value."""
-        tex = np.float32(12.0) * self._waves(x, y, z, self.tex_waves, self.tex_phases)
+        tex: np.ndarray = np.float32(12.0) * self._waves(x, y, z, self.tex_waves, self.tex_phases)
         if self.necrosis:
             centre, axes, rot = self.lobes[0]
             q = ellipsoid_q(x, y, z, centre, axes, rot)
@@ -137,7 +145,7 @@ def place_mass(
     anchor, radius, direction = _anchor(rng, site, anatomy)
     probe = shape.sample_points(rng, 300)
     offset = r_mass * (rng.uniform(0.3, 0.6) if touch else rng.uniform(1.1, 1.4)) + (0 if touch else 3)
-    best = None
+    best: tuple[float, np.ndarray] | None = None  # (blocked fraction, centre) of the freest attempt
     for attempt in range(PLACEMENT_ATTEMPTS):
         d = direction if attempt == 0 else unit(*(direction + 0.25 * attempt**0.7 * rng.standard_normal(3)))
         centre = anchor + d * (radius + offset + 0.12 * r_mass * attempt)
@@ -146,11 +154,13 @@ def place_mass(
             best = (frac, centre)
         if frac <= MAX_BLOCKED_FRACTION:
             break
+    if best is None:
+        raise RuntimeError(f"unreachable: PLACEMENT_ATTEMPTS ({PLACEMENT_ATTEMPTS}) makes at least one attempt")
     base_hu = float(rng.uniform(40.0, 55.0) if shape.necrosis else rng.uniform(30.0, 55.0))
     return MassPlacement(shape, diameter, r_mass, site, touch, best[1], best[0], base_hu)
 
 
-def _anchor(rng: np.random.Generator, site: str, anatomy: Anatomy):
+def _anchor(rng: np.random.Generator, site: str, anatomy: Anatomy) -> tuple[np.ndarray, float, np.ndarray]:
     """The structure a mass at ``site`` grows from: a point on it, its radius there (nominal
     mm) and the direction to push the mass out."""
     vessels, heart = anatomy.vessels, anatomy.heart
