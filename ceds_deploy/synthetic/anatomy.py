@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ceds_deploy.synthetic.raster import rotation, unit
+from ceds_deploy.synthetic.raster import Point, rotation, unit
 
 A_NOMINAL = 160.0  # nominal body half-width (mm)
 W_TOP, W_BOTTOM = 140.0, -200.0  # nominal z window: above the lung apices to the upper abdomen
 
 Tube = tuple[list[np.ndarray], float]  # a polyline of centre points and its radius
+# A lung vessel branch still to grow: (start, direction, length, radius, target point).
+_Branch = tuple[np.ndarray, np.ndarray, float, float, np.ndarray]
 
 
 def jitter(rng: np.random.Generator, value: float, rel: float = 0.08) -> float:
@@ -26,7 +28,7 @@ def jitter(rng: np.random.Generator, value: float, rel: float = 0.08) -> float:
     return float(value * (1 + rel * rng.uniform(-1, 1)))
 
 
-def jitter_point(rng: np.random.Generator, point, mm: float = 4.0) -> np.ndarray:
+def jitter_point(rng: np.random.Generator, point: Point, mm: float = 4.0) -> np.ndarray:
     """``point`` moved by up to ``mm`` along each axis (uniform)."""
     return np.asarray(point, dtype=np.float64) + rng.uniform(-mm, mm, 3)
 
@@ -311,13 +313,15 @@ def _lung_point(rng: np.random.Generator, anatomy: Anatomy, side: float) -> np.n
     )
 
 
-def _child_branches(rng: np.random.Generator, b, d, length, r, target):
+def _child_branches(
+    rng: np.random.Generator, b: np.ndarray, d: np.ndarray, length: float, r: float, target: np.ndarray
+) -> list[_Branch]:
     """Two branches from ``b``: each turns away from direction ``d`` by a random angle about a
     random normal axis, then half-way towards its own target (near the parent's)."""
     draws = rng.standard_normal((2, 6))
     angles = np.radians(rng.uniform(15, 45, 2))
     shrink = rng.uniform(0.75, 0.9, 2)
-    children = []
+    children: list[_Branch] = []
     for k in range(2):
         child_target = target + 30.0 * draws[k, :3]
         perp = np.cross(d, draws[k, 3:])  # a random axis normal to d

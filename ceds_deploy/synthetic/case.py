@@ -8,6 +8,7 @@ order of the draws is part of every case: do not reorder the steps of `generate_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from ceds_deploy.synthetic.layouts import (
 )
 from ceds_deploy.synthetic.mass import MassPlacement, place_mass
 from ceds_deploy.synthetic.mediastinum import paint_mass, paint_mediastinum
-from ceds_deploy.synthetic.raster import Canvas
+from ceds_deploy.synthetic.raster import Block, Canvas
 from ceds_deploy.synthetic.sizes import PhantomSize, resolve_size
 from ceds_deploy.synthetic.tissues import VESSEL_TISSUES, Tissue
 from ceds_deploy.synthetic.trunk import paint_paraspinal_muscles, paint_spine, paint_stomach_gas, paint_trunk
@@ -40,7 +41,7 @@ class PhantomCase:
     image: Volume
     label: Volume
     tissue: Volume | None
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_case(
@@ -62,7 +63,7 @@ def generate_case(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     anatomy_ss, noise_ss = np.random.SeedSequence([int(seed), int(index)]).spawn(2)
     rng = np.random.default_rng(anatomy_ss)
-    info: dict = {"index": int(index), "seed": int(seed), "size": cfg.name}
+    info: dict[str, Any] = {"index": int(index), "seed": int(seed), "size": cfg.name}
 
     plane = sample_scan_plane(rng, cfg)
     s = plane.scale
@@ -115,7 +116,13 @@ def generate_case(
     return PhantomCase(Volume(image, geo), Volume(label, geo), tissue_volume, info)
 
 
-def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement, lung_vessels: list, half_voxel: float) -> None:
+def _paint_anatomy(
+    cv: Canvas,
+    anatomy: Anatomy,
+    mass: MassPlacement,
+    lung_vessels: list[tuple[np.ndarray, np.ndarray, float]],
+    half_voxel: float,
+) -> None:
     """Paint every structure onto the canvas; later structures lie on top of earlier ones."""
     paint_trunk(cv, anatomy, half_voxel)
     if anatomy.stomach_gas:
@@ -126,7 +133,7 @@ def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement, lung_vesse
     paint_spine(cv, anatomy)
 
 
-def _keep_largest_mass_piece(cv: Canvas, mass: MassPlacement, label_view: np.ndarray):
+def _keep_largest_mass_piece(cv: Canvas, mass: MassPlacement, label_view: np.ndarray) -> tuple[Block | None, bool]:
     """Keep the largest connected piece of the painted mass (smaller pieces, cut off by bone or
     vessels, become mediastinal fat) and write it into ``label_view`` (indexed like the canvas).
     Returns the index box around the mass (or None if it lies outside the grid) and whether the

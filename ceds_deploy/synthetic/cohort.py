@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +27,7 @@ def cohort_indices(cases: int, test: int) -> tuple[list[int], list[int]]:
     return list(range(cases)), list(range(start, start + test))
 
 
-def _check_count(name: str, value) -> int:
+def _check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
     if value < 0:
@@ -37,7 +40,13 @@ def _case_name(i: int) -> str:
 
 
 def make_cohort(
-    out_dir, cases: int, labeled: int, test: int, seed: int = 0, size: str = "small", progress: bool = True
+    out_dir: str | os.PathLike[str],
+    cases: int,
+    labeled: int,
+    test: int,
+    seed: int = 0,
+    size: str = "small",
+    progress: bool = True,
 ) -> Path:
     """Write ``cases`` training images (the first ``labeled`` with labels) and ``test`` held-out
     labeled cases under ``out_dir`` in the Decathlon layout, with ``dataset.json``.
@@ -61,7 +70,7 @@ def make_cohort(
         (out / sub).mkdir(parents=True, exist_ok=True)
     logger.info("writing %d phantom cases (%s size, seed %d) to %s", len(jobs), cfg.name, seed, out)
 
-    def run(advance) -> None:
+    def run(advance: Callable[[], None]) -> None:
         for i, part, with_label in jobs:
             image, label = make_case(i, seed, cfg.name)
             write_volume(out / f"images{part}" / _case_name(i), image.array, image.geometry)
@@ -84,7 +93,7 @@ def make_cohort(
 
 def _dataset_json(
     size_name: str, seed: int, labeled: int, cases: int, test: int, train_idx: list[int], test_idx: list[int]
-) -> dict:
+) -> dict[str, Any]:
     """The Decathlon ``dataset.json`` of a cohort."""
     return {
         "name": "CEDS-phantoms",

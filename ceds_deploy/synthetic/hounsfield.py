@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ceds_deploy.synthetic.mass import MassPlacement
-from ceds_deploy.synthetic.raster import Canvas
+from ceds_deploy.synthetic.raster import Block, Canvas
 from ceds_deploy.synthetic.tissues import Tissue
 
 
@@ -56,7 +56,7 @@ def render_image(
     cv: Canvas,
     lut: np.ndarray,
     mass: MassPlacement,
-    mass_block,
+    mass_block: Block | None,
     noise: NoiseModel,
     noise_rng: np.random.Generator,
     image_view: np.ndarray,
@@ -94,7 +94,9 @@ def render_image(
         np.copyto(image_view[sub], hu, casting="unsafe")
 
 
-def _add_mass_texture(cv: Canvas, hu: np.ndarray, t: np.ndarray, sub, msl, mass: MassPlacement, inv_r) -> None:
+def _add_mass_texture(
+    cv: Canvas, hu: np.ndarray, t: np.ndarray, sub: Block, msl: Block, mass: MassPlacement, inv_r: np.float32
+) -> None:
     """Add the mass texture to the slab ``hu`` (block ``sub``) where it overlaps ``msl``."""
     f32 = np.float32
     k0 = max(sub[0].start, msl[0].start)

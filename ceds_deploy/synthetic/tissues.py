@@ -41,7 +41,7 @@ def allowed(*codes: int) -> np.ndarray:
     return table
 
 
-def put(t: np.ndarray, mask, code: int, only: np.ndarray | None = None) -> None:
+def put(t: np.ndarray, mask: np.ndarray, code: int, only: np.ndarray | None = None) -> None:
     """Write ``code`` into the tissue block ``t`` where ``mask`` holds (and, with ``only`` from
     `allowed`, only over the tissues it allows). ``mask`` broadcasts against ``t``."""
     if only is not None:

@@ -36,7 +36,7 @@ class _TrunkTables:
     liver: np.ndarray  # True on the liver's side
 
 
-def _depth_under_skin(u, v, anatomy: Anatomy):
+def _depth_under_skin(u: np.ndarray, v: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     """Approximate depth (nominal mm) under the skin, and the normalised body radius."""
     body = anatomy.body
     r = np.sqrt(u * u + v * v)
@@ -76,7 +76,7 @@ def _tabulate_trunk(cv: Canvas, anatomy: Anatomy, h: float) -> _TrunkTables:
         - f32(40.0) * ((gv - f32(5.0)) * f32(1 / 75.0)) ** 2
     )
 
-    def flat(m):
+    def flat(m: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(m, (nv, nu))).ravel()
 
     return _TrunkTables(u0, v0, h, nu, flat(code2), flat(depth2), flat(dome2), flat(apex2), flat(gu < f32(15.0)))
@@ -88,7 +88,7 @@ def paint_trunk(cv: Canvas, anatomy: Anatomy, half_voxel: float) -> None:
     tables = _tabulate_trunk(cv, anatomy, half_voxel)
     pleura = anatomy.body.pleura_depth
 
-    def trunk(t, u, v, w):
+    def trunk(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         iu = np.rint((u - f32(tables.u0)) * f32(1 / tables.h)).astype(np.int32)
         iv = np.rint((v - f32(tables.v0)) * f32(1 / tables.h)).astype(np.int32)
         flat = iv * np.int32(tables.nu) + iu
@@ -107,7 +107,9 @@ def paint_trunk(cv: Canvas, anatomy: Anatomy, half_voxel: float) -> None:
     cv.paint(*EVERYWHERE, trunk)
 
 
-def _paint_wall_bones(t, u, v, w, depth, anatomy: Anatomy) -> None:
+def _paint_wall_bones(
+    t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray, depth: np.ndarray, anatomy: Anatomy
+) -> None:
     """Ribs, sternum and scapulae, evaluated only in the thin shell of the wall that can hold
     them."""
     body, ribs, apex = anatomy.body, anatomy.skeleton, anatomy.lungs.apex
@@ -161,7 +163,7 @@ def paint_paraspinal_muscles(cv: Canvas, anatomy: Anatomy) -> None:
     """Muscles beside the spine; they displace lung, fat, lung vessels and the mass."""
     B, vb_v = anatomy.body.half_depth, anatomy.skeleton.vertebra_v
 
-    def paraspinal(t, u, v, w):
+    def paraspinal(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         q = (u * f32(1 / 45.0)) ** 2 + ((v - f32(B - 15.0)) * f32(1 / 30.0)) ** 2
         put(t, q < 1, Tissue.MUSCLE, allowed(Tissue.LUNG, Tissue.MED_FAT, Tissue.MASS, Tissue.LUNG_VESSEL))
 
@@ -175,7 +177,7 @@ def paint_spine(cv: Canvas, anatomy: Anatomy) -> None:
     vb_v, vb_r, canal_v = sk.vertebra_v, sk.vertebra_radius, sk.canal_v
     period = sk.vertebra_period
 
-    def spine(t, u, v, w):
+    def spine(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         phase = np.mod(w - f32(sk.vertebra_phase), f32(period))
         disc = phase < f32(5.0)
         rb = np.sqrt(u * u + (v - f32(vb_v)) ** 2)
