@@ -8,6 +8,7 @@ order of the draws is part of every case: do not reorder the steps of `generate_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,15 +16,20 @@ from ceds_deploy.errors import ConfigError
 from ceds_deploy.synthetic.anatomy import Anatomy, grow_lung_vessel_trees, sample_anatomy
 from ceds_deploy.synthetic.grid import place_grid, sample_scan_plane
 from ceds_deploy.synthetic.hounsfield import render_image, sample_hu_table, sample_noise
-from ceds_deploy.synthetic.layouts import (LAYOUT_WEIGHTS, LAYOUTS, flip_then_permute_geometry,
-                                           from_generation_axes, reorient, source_view)
+from ceds_deploy.synthetic.layouts import (
+    LAYOUT_WEIGHTS,
+    LAYOUTS,
+    flip_then_permute_geometry,
+    from_generation_axes,
+    reorient,
+    source_view,
+)
 from ceds_deploy.synthetic.mass import MassPlacement, place_mass
 from ceds_deploy.synthetic.mediastinum import paint_mass, paint_mediastinum
-from ceds_deploy.synthetic.raster import Canvas
+from ceds_deploy.synthetic.raster import Block, Canvas
 from ceds_deploy.synthetic.sizes import PhantomSize, resolve_size
 from ceds_deploy.synthetic.tissues import VESSEL_TISSUES, Tissue
-from ceds_deploy.synthetic.trunk import (paint_paraspinal_muscles, paint_spine, paint_stomach_gas,
-                                         paint_trunk)
+from ceds_deploy.synthetic.trunk import paint_paraspinal_muscles, paint_spine, paint_stomach_gas, paint_trunk
 from ceds_deploy.volume import Volume
 
 
@@ -35,11 +41,12 @@ class PhantomCase:
     image: Volume
     label: Volume
     tissue: Volume | None
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", *,
-                  layout: str | None = None, tissue: bool = True) -> PhantomCase:
+def generate_case(
+    index: int, seed: int = 0, size: str | PhantomSize = "small", *, layout: str | None = None, tissue: bool = True
+) -> PhantomCase:
     """Generate case ``index`` of ``seed`` at ``size`` (a `SIZES` name or a `PhantomSize`).
 
     ``layout`` (a `LAYOUTS` name) overrides only the stored array layout, not the anatomy or
@@ -56,7 +63,7 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     anatomy_ss, noise_ss = np.random.SeedSequence([int(seed), int(index)]).spawn(2)
     rng = np.random.default_rng(anatomy_ss)
-    info: dict = {"index": int(index), "seed": int(seed), "size": cfg.name}
+    info: dict[str, Any] = {"index": int(index), "seed": int(seed), "size": cfg.name}
 
     plane = sample_scan_plane(rng, cfg)
     s = plane.scale
@@ -65,13 +72,17 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     info["contrast"] = anatomy.contrast
     mass = place_mass(rng, anatomy, cfg.mass_diameter_mm, s)
     info["mass_blocked_fraction"] = mass.blocked_fraction
-    info.update(mass_site=mass.site, mass_diameter_mm=mass.diameter_mm,
-                mass_placed_touching=mass.touching, mass_base_hu=mass.base_hu)
+    info.update(
+        mass_site=mass.site,
+        mass_diameter_mm=mass.diameter_mm,
+        mass_placed_touching=mass.touching,
+        mass_base_hu=mass.base_hu,
+    )
     grid = place_grid(rng, cfg, plane, mass.centre, mass.radius)
     info["oblique_degrees"] = grid.oblique_degrees
     names = list(LAYOUT_WEIGHTS)
     lw = np.array([LAYOUT_WEIGHTS[n] for n in names])
-    drawn_layout = str(rng.choice(names, p=lw / lw.sum()))   # drawn even when overridden
+    drawn_layout = str(rng.choice(names, p=lw / lw.sum()))  # drawn even when overridden
     layout = layout or drawn_layout
     info["layout"] = layout
     noise = sample_noise(rng)
@@ -94,8 +105,9 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     info["mass_voxels"] = int(np.count_nonzero(label))
 
     image = np.empty(geo.shape, dtype=np.int16)
-    render_image(cv, lut, mass, msl, noise, np.random.default_rng(noise_ss),
-                 source_view(image, flips, perm))   # written slab by slab, transposing
+    render_image(
+        cv, lut, mass, msl, noise, np.random.default_rng(noise_ss), source_view(image, flips, perm)
+    )  # written slab by slab, transposing
     tissue_volume = None
     if tissue:
         tissue_map, _ = reorient(cv.t, gen_geometry, flips, perm)
@@ -104,8 +116,13 @@ def generate_case(index: int, seed: int = 0, size: str | PhantomSize = "small", 
     return PhantomCase(Volume(image, geo), Volume(label, geo), tissue_volume, info)
 
 
-def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement,
-                   lung_vessels: list, half_voxel: float) -> None:
+def _paint_anatomy(
+    cv: Canvas,
+    anatomy: Anatomy,
+    mass: MassPlacement,
+    lung_vessels: list[tuple[np.ndarray, np.ndarray, float]],
+    half_voxel: float,
+) -> None:
     """Paint every structure onto the canvas; later structures lie on top of earlier ones."""
     paint_trunk(cv, anatomy, half_voxel)
     if anatomy.stomach_gas:
@@ -116,7 +133,7 @@ def _paint_anatomy(cv: Canvas, anatomy: Anatomy, mass: MassPlacement,
     paint_spine(cv, anatomy)
 
 
-def _keep_largest_mass_piece(cv: Canvas, mass: MassPlacement, label_view: np.ndarray):
+def _keep_largest_mass_piece(cv: Canvas, mass: MassPlacement, label_view: np.ndarray) -> tuple[Block | None, bool]:
     """Keep the largest connected piece of the painted mass (smaller pieces, cut off by bone or
     vessels, become mediastinal fat) and write it into ``label_view`` (indexed like the canvas).
     Returns the index box around the mass (or None if it lies outside the grid) and whether the

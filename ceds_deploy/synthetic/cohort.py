@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +17,7 @@ from ceds_deploy.synthetic.sizes import resolve_size
 
 logger = logging.getLogger(__name__)
 
-TEST_INDEX_START = 1000   # test cases are indices 1000, 1001, ... (never training indices)
+TEST_INDEX_START = 1000  # test cases are indices 1000, 1001, ... (never training indices)
 
 
 def cohort_indices(cases: int, test: int) -> tuple[list[int], list[int]]:
@@ -24,7 +27,7 @@ def cohort_indices(cases: int, test: int) -> tuple[list[int], list[int]]:
     return list(range(cases)), list(range(start, start + test))
 
 
-def _check_count(name: str, value) -> int:
+def _check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
     if value < 0:
@@ -36,8 +39,15 @@ def _case_name(i: int) -> str:
     return f"phantom_{i:03d}.nii.gz"
 
 
-def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
-                size: str = "small", progress: bool = True) -> Path:
+def make_cohort(
+    out_dir: str | os.PathLike[str],
+    cases: int,
+    labeled: int,
+    test: int,
+    seed: int = 0,
+    size: str = "small",
+    progress: bool = True,
+) -> Path:
     """Write ``cases`` training images (the first ``labeled`` with labels) and ``test`` held-out
     labeled cases under ``out_dir`` in the Decathlon layout, with ``dataset.json``.
 
@@ -60,7 +70,7 @@ def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
         (out / sub).mkdir(parents=True, exist_ok=True)
     logger.info("writing %d phantom cases (%s size, seed %d) to %s", len(jobs), cfg.name, seed, out)
 
-    def run(advance) -> None:
+    def run(advance: Callable[[], None]) -> None:
         for i, part, with_label in jobs:
             image, label = make_case(i, seed, cfg.name)
             write_volume(out / f"images{part}" / _case_name(i), image.array, image.geometry)
@@ -69,11 +79,9 @@ def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
             advance()
 
     if progress and jobs:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("[bold]phantoms[/]"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn()) as bar:
+        with Progress(TextColumn("[bold]phantoms[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task("phantoms", total=len(jobs))
             run(lambda: bar.advance(task))
     else:
@@ -83,13 +91,16 @@ def make_cohort(out_dir, cases: int, labeled: int, test: int, seed: int = 0,
     return out
 
 
-def _dataset_json(size_name: str, seed: int, labeled: int, cases: int, test: int,
-                  train_idx: list[int], test_idx: list[int]) -> dict:
+def _dataset_json(
+    size_name: str, seed: int, labeled: int, cases: int, test: int, train_idx: list[int], test_idx: list[int]
+) -> dict[str, Any]:
     """The Decathlon ``dataset.json`` of a cohort."""
     return {
         "name": "CEDS-phantoms",
-        "description": (f"Synthetic chest CT with one mediastinal mass ({size_name} size, seed {seed}),"
-                        " made by ceds_deploy.synthetic"),
+        "description": (
+            f"Synthetic chest CT with one mediastinal mass ({size_name} size, seed {seed}),"
+            " made by ceds_deploy.synthetic"
+        ),
         "reference": "ceds_deploy.synthetic",
         "licence": "CC0",
         "release": "1.0",
@@ -101,8 +112,9 @@ def _dataset_json(size_name: str, seed: int, labeled: int, cases: int, test: int
         "numTest": test,
         "seed": seed,
         "size": size_name,
-        "training": [{"image": f"imagesTr/{_case_name(i)}", "label": f"labelsTr/{_case_name(i)}"}
-                     for i in train_idx[:labeled]],
+        "training": [
+            {"image": f"imagesTr/{_case_name(i)}", "label": f"labelsTr/{_case_name(i)}"} for i in train_idx[:labeled]
+        ],
         "unlabeled": [f"imagesTr/{_case_name(i)}" for i in train_idx[labeled:]],
         "test": [f"imagesTs/{_case_name(i)}" for i in test_idx],
         "test_labels": [f"labelsTs/{_case_name(i)}" for i in test_idx],

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ceds_deploy.synthetic.mass import MassPlacement
-from ceds_deploy.synthetic.raster import Canvas
+from ceds_deploy.synthetic.raster import Block, Canvas
 from ceds_deploy.synthetic.tissues import Tissue
 
 
@@ -52,8 +52,15 @@ def sample_hu_table(rng: np.random.Generator, contrast: bool, mass_hu: float) ->
     return lut
 
 
-def render_image(cv: Canvas, lut: np.ndarray, mass: MassPlacement, mass_block, noise: NoiseModel,
-                 noise_rng: np.random.Generator, image_view: np.ndarray) -> None:
+def render_image(
+    cv: Canvas,
+    lut: np.ndarray,
+    mass: MassPlacement,
+    mass_block: Block | None,
+    noise: NoiseModel,
+    noise_rng: np.random.Generator,
+    image_view: np.ndarray,
+) -> None:
     """Write the CT image of the tissue map ``cv.t`` into ``image_view`` (int16, indexed like
     the tissue map), slab by slab: HU from ``lut``, the mass texture inside ``mass_block`` (the
     index box around the mass, or None), noise from ``noise_rng``, blur, rounding and clipping
@@ -65,14 +72,14 @@ def render_image(cv: Canvas, lut: np.ndarray, mass: MassPlacement, mass_block, n
     radius = max(1, int(2.5 * noise.blur_sigma + 0.5))
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / noise.blur_sigma) ** 2)
     kernel /= kernel.sum()
-    noise_pre = noise.sigma / float((kernel ** 2).sum())   # sd after the separable 2D blur
+    noise_pre = noise.sigma / float((kernel**2).sum())  # sd after the separable 2D blur
     nz, ny, nx = cv.shape
     for sub in cv.slabs((slice(0, nz), slice(0, ny), slice(0, nx))):
         t = cv.t[sub]
         hu = lut[t]
         u, v, w = cv.coords(sub)
         grad = f32(35.0) * np.clip((v + f32(70.0)) * f32(1 / 150.0), 0, 1)
-        np.add(hu, grad, out=hu, where=t == Tissue.LUNG)   # dependent lung is denser
+        np.add(hu, grad, out=hu, where=t == Tissue.LUNG)  # dependent lung is denser
         if mass_block is not None:
             _add_mass_texture(cv, hu, t, sub, mass_block, mass, inv_r)
         slab_noise = noise_rng.standard_normal(hu.shape, dtype=np.float32)
@@ -87,8 +94,9 @@ def render_image(cv: Canvas, lut: np.ndarray, mass: MassPlacement, mass_block, n
         np.copyto(image_view[sub], hu, casting="unsafe")
 
 
-def _add_mass_texture(cv: Canvas, hu: np.ndarray, t: np.ndarray, sub, msl, mass: MassPlacement,
-                      inv_r) -> None:
+def _add_mass_texture(
+    cv: Canvas, hu: np.ndarray, t: np.ndarray, sub: Block, msl: Block, mass: MassPlacement, inv_r: np.float32
+) -> None:
     """Add the mass texture to the slab ``hu`` (block ``sub``) where it overlaps ``msl``."""
     f32 = np.float32
     k0 = max(sub[0].start, msl[0].start)
@@ -97,7 +105,6 @@ def _add_mass_texture(cv: Canvas, hu: np.ndarray, t: np.ndarray, sub, msl, mass:
         return
     mu, mv, mw = cv.coords((slice(k0, k1), msl[1], msl[2]))
     c = mass.centre
-    tex = mass.shape.texture((mu - f32(c[0])) * inv_r, (mv - f32(c[1])) * inv_r,
-                             (mw - f32(c[2])) * inv_r)
+    tex = mass.shape.texture((mu - f32(c[0])) * inv_r, (mv - f32(c[1])) * inv_r, (mw - f32(c[2])) * inv_r)
     loc = (slice(k0 - sub[0].start, k1 - sub[0].start), msl[1], msl[2])
     hu[loc] += np.where(t[loc] == Tissue.MASS, tex, f32(0))

@@ -13,8 +13,8 @@ from ceds_deploy.synthetic.raster import box_rho2, capsule_d2, ellipsoid_q, rand
 
 SITES = ("prevascular", "paratracheal", "subcarinal", "hilar", "pericardial", "paravertebral")
 SITE_WEIGHTS = (0.35, 0.15, 0.1, 0.15, 0.15, 0.1)
-TOUCH_PROBABILITY = 0.7        # share of masses placed against their anchor structure
-MAX_BLOCKED_FRACTION = 0.3     # of the mass allowed inside other structures
+TOUCH_PROBABILITY = 0.7  # share of masses placed against their anchor structure
+MAX_BLOCKED_FRACTION = 0.3  # of the mass allowed inside other structures
 PLACEMENT_ATTEMPTS = 24
 
 
@@ -23,15 +23,15 @@ class MassShape:
     """Union of rotated ellipsoid lobes with a wavy boundary and a wavy HU texture."""
 
     lobes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (centre, semi-axes, rotation)
-    waves: np.ndarray      # (K, 3) wave vectors of the boundary perturbation
-    phases: np.ndarray     # (K,)
+    waves: np.ndarray  # (K, 3) wave vectors of the boundary perturbation
+    phases: np.ndarray  # (K,)
     amplitude: float
     tex_waves: np.ndarray
     tex_phases: np.ndarray
-    necrosis: float        # HU drop at the centre (0 = none)
+    necrosis: float  # HU drop at the centre (0 = none)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "MassShape":
+    def sample(cls, rng: np.random.Generator) -> MassShape:
         """Draw a shape: a main lobe and 1 to 4 smaller ones, a quarter with a necrotic core."""
         main_axes = np.array([0.85, rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.85)])
         lobes = [(np.zeros(3), main_axes, random_rotation(rng))]
@@ -47,29 +47,43 @@ class MassShape:
         tex = rng.standard_normal((6, 3))
         tex *= (rng.uniform(6.0, 14.0, 6) / np.linalg.norm(tex, axis=1))[:, None]
         necrosis = float(rng.uniform(10.0, 25.0)) if rng.random() < 0.25 else 0.0
-        return cls(lobes, waves, rng.uniform(0, 2 * np.pi, k), float(rng.uniform(0.12, 0.3)),
-                   tex, rng.uniform(0, 2 * np.pi, 6), necrosis)
+        return cls(
+            lobes,
+            waves,
+            rng.uniform(0, 2 * np.pi, k),
+            float(rng.uniform(0.12, 0.3)),
+            tex,
+            rng.uniform(0, 2 * np.pi, 6),
+            necrosis,
+        )
 
     @staticmethod
-    def _waves(x, y, z, waves, phases) -> np.ndarray:
-        acc = None
-        for (kx, ky, kz), ph in zip(waves, phases):
-            term = np.cos(x * np.float32(kx) + y * np.float32(ky) + z * np.float32(kz)
-                          + np.float32(ph))
-            acc = term if acc is None else acc + term
+    def _waves(x: np.ndarray, y: np.ndarray, z: np.ndarray, waves: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """The mean of ``cos(k . (x, y, z) + phase)`` over the wave vectors ``waves`` (K, 3)."""
+        terms = (
+            np.cos(x * np.float32(kx) + y * np.float32(ky) + z * np.float32(kz) + np.float32(ph))
+            for (kx, ky, kz), ph in zip(waves, phases)
+        )
+        acc = next(terms, None)
+        if acc is None:
+            raise ValueError("a wave sum needs at least one wave vector and phase")
+        for term in terms:
+            acc = acc + term
         return acc * np.float32(1.0 / len(waves))
 
-    def implicit(self, x, y, z) -> np.ndarray:
+    def implicit(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """> 0 inside (x, y, z in units of the mass radius, centred)."""
-        f = None
-        for centre, axes, rot in self.lobes:
-            g = 1 - ellipsoid_q(x, y, z, centre, axes, rot)
-            f = g if f is None else np.maximum(f, g)
+        lobe_values = (1 - ellipsoid_q(x, y, z, centre, axes, rot) for centre, axes, rot in self.lobes)
+        f = next(lobe_values, None)
+        if f is None:
+            raise ValueError("a mass shape needs at least one lobe")
+        for g in lobe_values:
+            f = np.maximum(f, g)
         return f + np.float32(self.amplitude) * self._waves(x, y, z, self.waves, self.phases)
 
-    def texture(self, x, y, z) -> np.ndarray:
+    def texture(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """HU offset around the mass's base value."""
-        tex = np.float32(12.0) * self._waves(x, y, z, self.tex_waves, self.tex_phases)
+        tex: np.ndarray = np.float32(12.0) * self._waves(x, y, z, self.tex_waves, self.tex_phases)
         if self.necrosis:
             centre, axes, rot = self.lobes[0]
             q = ellipsoid_q(x, y, z, centre, axes, rot)
@@ -102,12 +116,12 @@ class MassPlacement:
     """A drawn mass: its shape, size (``radius`` in nominal mm), site and centre."""
 
     shape: MassShape
-    diameter_mm: float           # maximal (Feret) diameter, physical
-    radius: float                # the shape's unit, nominal mm
+    diameter_mm: float  # maximal (Feret) diameter, physical
+    radius: float  # the shape's unit, nominal mm
     site: str
-    touching: bool               # placed against its anchor (it may still end up apart)
+    touching: bool  # placed against its anchor (it may still end up apart)
     centre: np.ndarray
-    blocked_fraction: float      # share of the mass inside other structures at ``centre``
+    blocked_fraction: float  # share of the mass inside other structures at ``centre``
     base_hu: float
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +129,9 @@ class MassPlacement:
         return self.centre - 1.1 * self.radius, self.centre + 1.1 * self.radius
 
 
-def place_mass(rng: np.random.Generator, anatomy: Anatomy, diameter_range: tuple[float, float],
-               scale: float) -> MassPlacement:
+def place_mass(
+    rng: np.random.Generator, anatomy: Anatomy, diameter_range: tuple[float, float], scale: float
+) -> MassPlacement:
     """Draw a mass and place it next to its anchor structure, then move it (further out, in a
     slowly more random direction) until at most 30 % of it would fall inside the heart, a
     vessel, an airway or the spine, or outside the rib cage; the least blocked place wins if
@@ -124,27 +139,28 @@ def place_mass(rng: np.random.Generator, anatomy: Anatomy, diameter_range: tuple
     shape = MassShape.sample(rng)
     diameter = float(rng.uniform(*diameter_range))
     r_phys = diameter / shape.normalised_feret()
-    r_mass = r_phys / scale                     # nominal millimetres
+    r_mass = r_phys / scale  # nominal millimetres
     site = str(rng.choice(list(SITES), p=list(SITE_WEIGHTS)))
     touch = bool(rng.random() < TOUCH_PROBABILITY)
     anchor, radius, direction = _anchor(rng, site, anatomy)
     probe = shape.sample_points(rng, 300)
     offset = r_mass * (rng.uniform(0.3, 0.6) if touch else rng.uniform(1.1, 1.4)) + (0 if touch else 3)
-    best = None
+    best: tuple[float, np.ndarray] | None = None  # (blocked fraction, centre) of the freest attempt
     for attempt in range(PLACEMENT_ATTEMPTS):
-        d = direction if attempt == 0 else unit(*(direction + 0.25 * attempt ** 0.7
-                                                  * rng.standard_normal(3)))
+        d = direction if attempt == 0 else unit(*(direction + 0.25 * attempt**0.7 * rng.standard_normal(3)))
         centre = anchor + d * (radius + offset + 0.12 * r_mass * attempt)
         frac = _blocked_fraction(centre + r_mass * probe, anatomy)
         if best is None or frac < best[0]:
             best = (frac, centre)
         if frac <= MAX_BLOCKED_FRACTION:
             break
+    if best is None:
+        raise RuntimeError(f"unreachable: PLACEMENT_ATTEMPTS ({PLACEMENT_ATTEMPTS}) makes at least one attempt")
     base_hu = float(rng.uniform(40.0, 55.0) if shape.necrosis else rng.uniform(30.0, 55.0))
     return MassPlacement(shape, diameter, r_mass, site, touch, best[1], best[0], base_hu)
 
 
-def _anchor(rng: np.random.Generator, site: str, anatomy: Anatomy):
+def _anchor(rng: np.random.Generator, site: str, anatomy: Anatomy) -> tuple[np.ndarray, float, np.ndarray]:
     """The structure a mass at ``site`` grows from: a point on it, its radius there (nominal
     mm) and the direction to push the mass out."""
     vessels, heart = anatomy.vessels, anatomy.heart

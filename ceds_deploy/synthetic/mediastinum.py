@@ -7,38 +7,50 @@ of the calls in `paint_mediastinum` decides what lies on top of what.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ceds_deploy.synthetic.anatomy import W_BOTTOM, W_TOP, Anatomy
 from ceds_deploy.synthetic.mass import MassPlacement
-from ceds_deploy.synthetic.raster import Canvas, capsule_d2, ellipsoid_q
+from ceds_deploy.synthetic.raster import Canvas, SlabPainter, capsule_d2, ellipsoid_q
 from ceds_deploy.synthetic.tissues import Tissue, allowed, put
 
 f32 = np.float32
 ONLY_LUNG = allowed(Tissue.LUNG)
 ONLY_CAVITY = allowed(Tissue.LUNG, Tissue.MED_FAT)
 NOT_BONE = ~allowed(Tissue.CORTEX, Tissue.MARROW)
-FAT_SLEEVE_MM = 4.0      # mediastinal fat around every tube
+FAT_SLEEVE_MM = 4.0  # mediastinal fat around every tube
 
 
-def paint_tube(cv: Canvas, points, r: float, code: int, only: np.ndarray = NOT_BONE) -> None:
+def _capsule_painter(a: np.ndarray, b: np.ndarray, r: float, code: int, only: np.ndarray) -> SlabPainter:
+    """What paints the capsule of radius ``r`` around the segment from ``a`` to ``b`` on a slab."""
+
+    def paint(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+        put(t, capsule_d2(u, v, w, a, b) < f32(r * r), code, only)
+
+    return paint
+
+
+def paint_tube(cv: Canvas, points: Sequence[np.ndarray], r: float, code: int, only: np.ndarray = NOT_BONE) -> None:
     """A polyline of capsules of radius ``r`` (nominal mm) through ``points``."""
     for a, b in zip(points[:-1], points[1:]):
         lo = np.minimum(a, b) - r
         hi = np.maximum(a, b) + r
-        cv.paint(lo, hi, lambda t, u, v, w, a=a, b=b:
-                 put(t, capsule_d2(u, v, w, a, b) < f32(r * r), code, only))
+        cv.paint(lo, hi, _capsule_painter(a, b, r, code, only))
 
 
-def paint_ellipsoid(cv: Canvas, centre, radii, rot, code: int, only: np.ndarray = NOT_BONE) -> None:
+def paint_ellipsoid(
+    cv: Canvas, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray, code: int, only: np.ndarray = NOT_BONE
+) -> None:
     """A rotated ellipsoid (``rot`` columns = its axes)."""
     ext = float(np.max(radii))
-    cv.paint(centre - ext, centre + ext,
-             lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, centre, radii, rot) < 1, code, only))
+    cv.paint(
+        centre - ext, centre + ext, lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, centre, radii, rot) < 1, code, only)
+    )
 
 
-def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
-                      lung_vessels: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
+def paint_mediastinum(cv: Canvas, anatomy: Anatomy, lung_vessels: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
     """Mediastinal fat, lung vessel trees (``(start, end, radius)`` segments), oesophagus,
     airways, heart and great vessels, in that order."""
     heart = anatomy.heart
@@ -49,7 +61,7 @@ def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
     paint_ellipsoid(cv, heart.centre, heart.radii + 7.0, heart.rotation, Tissue.MED_FAT, ONLY_LUNG)
     for pts, r in vessel_tubes + airway_tubes + [(oesophagus, 7.0)]:
         paint_tube(cv, pts, r + FAT_SLEEVE_MM, Tissue.MED_FAT, ONLY_CAVITY)
-    for a, b, r in lung_vessels:      # inside the lungs only
+    for a, b, r in lung_vessels:  # inside the lungs only
         paint_tube(cv, [a, b], r, Tissue.LUNG_VESSEL, ONLY_LUNG)
     paint_tube(cv, oesophagus, 7.0, Tissue.MUSCLE)
     for pts, r in airway_tubes:
@@ -61,9 +73,9 @@ def paint_mediastinum(cv: Canvas, anatomy: Anatomy,
         paint_tube(cv, pts, r, Tissue.BLOOD)
 
 
-def _mediastinal_fat(t, u, v, w) -> None:
+def _mediastinal_fat(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
     """A z-dependent ellipse of fat between the lungs."""
-    tw = np.clip((w + f32(30.0)) * f32(1 / 60.0), 0, 1)     # 0 at heart level, 1 above
+    tw = np.clip((w + f32(30.0)) * f32(1 / 60.0), 0, 1)  # 0 at heart level, 1 above
     um = f32(12.0) + f32(-17.0) * tw
     am = f32(40.0) + f32(-12.0) * tw
     q = ((u - um) / am) ** 2 + ((v + f32(25.0)) * f32(1 / 62.0)) ** 2
@@ -77,7 +89,7 @@ def _paint_heart(cv: Canvas, anatomy: Anatomy) -> None:
     paint_ellipsoid(cv, c, heart.radii, rot, Tissue.HEART)
     paint_ellipsoid(cv, c, heart.radii - 9.0, rot, Tissue.BLOOD, allowed(Tissue.HEART))
 
-    def septum(t, u, v, w):
+    def septum(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         du, dv, dw = u - f32(c[0]), v - f32(c[1]), w - f32(c[2])
         p1 = du * f32(rot[0, 1]) + dv * f32(rot[1, 1]) + dw * f32(rot[2, 1])
         put(t, np.abs(p1 - f32(4.0)) < f32(5.0), Tissue.HEART, allowed(Tissue.BLOOD))
@@ -92,7 +104,7 @@ def paint_mass(cv: Canvas, mass: MassPlacement) -> None:
     inv_r = f32(1.0 / mass.radius)
     c = mass.centre
 
-    def paint(t, u, v, w):
+    def paint(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         x = (u - f32(c[0])) * inv_r
         y = (v - f32(c[1])) * inv_r
         z = (w - f32(c[2])) * inv_r

@@ -12,22 +12,22 @@ class PhantomSize:
     """Everything that differs between a realistic scan and a miniature one."""
 
     name: str
-    inplane_voxels: tuple[int, ...]          # choices for the (square) in-plane matrix
+    inplane_voxels: tuple[int, ...]  # choices for the (square) in-plane matrix
     inplane_spacing_mm: tuple[float, float]  # uniform range
-    slice_spacing_mm: tuple[float, ...]      # choices for the slice spacing ...
+    slice_spacing_mm: tuple[float, ...]  # choices for the slice spacing ...
     slice_spacing_weights: tuple[float, ...]  # ... and their probabilities
-    max_slices: int                          # the z window is shortened to fit this
+    max_slices: int  # the z window is shortened to fit this
     min_slices: int
-    body_fill: tuple[float, float]           # body width / in-plane field of view
-    mass_diameter_mm: tuple[float, float]    # maximal (Feret) diameter of the mass
-    contrast_fraction: float = 0.35          # share of contrast-enhanced scans
-    slab_voxels: int = 4_000_000             # work in slabs of about this many voxels
+    body_fill: tuple[float, float]  # body width / in-plane field of view
+    mass_diameter_mm: tuple[float, float]  # maximal (Feret) diameter of the mass
+    contrast_fraction: float = 0.35  # share of contrast-enhanced scans
+    slab_voxels: int = 4_000_000  # work in slabs of about this many voxels
 
 
 SMALL = PhantomSize(
     name="small",
     inplane_voxels=(112, 120, 128),
-    inplane_spacing_mm=(1.3, 1.8),            # the full range 0.6-0.9 mm, doubled
+    inplane_spacing_mm=(1.3, 1.8),  # the full range 0.6-0.9 mm, doubled
     slice_spacing_mm=(2.0, 2.5, 3.0, 4.0, 5.0),
     slice_spacing_weights=(0.3, 0.25, 0.2, 0.15, 0.1),
     max_slices=64,

@@ -29,14 +29,14 @@ class _TrunkTables:
     v0: float
     h: float
     nu: int
-    code: np.ndarray      # body layers and table
-    depth: np.ndarray     # depth under the skin (nominal mm)
-    dome: np.ndarray      # diaphragm height
-    apex: np.ndarray      # lung apex height
-    liver: np.ndarray     # True on the liver's side
+    code: np.ndarray  # body layers and table
+    depth: np.ndarray  # depth under the skin (nominal mm)
+    dome: np.ndarray  # diaphragm height
+    apex: np.ndarray  # lung apex height
+    liver: np.ndarray  # True on the liver's side
 
 
-def _depth_under_skin(u, v, anatomy: Anatomy):
+def _depth_under_skin(u: np.ndarray, v: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     """Approximate depth (nominal mm) under the skin, and the normalised body radius."""
     body = anatomy.body
     r = np.sqrt(u * u + v * v)
@@ -64,18 +64,22 @@ def _tabulate_trunk(cv: Canvas, anatomy: Anatomy, h: float) -> _TrunkTables:
         put(code2, (gv > B + 8) & (gv < B + 14) & (np.abs(gu) < 0.85 * A), Tissue.TABLE)
     put(code2, depth2 > body.pleura_depth, Tissue.MED_FAT)
     au2 = np.abs(gu)
-    dome2 = np.where(gu < 0, f32(lungs.dome_right), f32(lungs.dome_left)) \
-        - f32(70.0) * ((au2 - f32(55.0)) * f32(1 / 75.0)) ** 2 \
-        - f32(30.0) * ((gv + f32(10.0)) * f32(1 / 90.0)) ** 2 \
+    dome2 = (
+        np.where(gu < 0, f32(lungs.dome_right), f32(lungs.dome_left))
+        - f32(70.0) * ((au2 - f32(55.0)) * f32(1 / 75.0)) ** 2
+        - f32(30.0) * ((gv + f32(10.0)) * f32(1 / 90.0)) ** 2
         - f32(30.0) * np.clip(gv * f32(1 / 80.0), 0, 1)
-    apex2 = f32(lungs.apex) - f32(45.0) * ((au2 - f32(55.0)) * f32(1 / 60.0)) ** 2 \
+    )
+    apex2 = (
+        f32(lungs.apex)
+        - f32(45.0) * ((au2 - f32(55.0)) * f32(1 / 60.0)) ** 2
         - f32(40.0) * ((gv - f32(5.0)) * f32(1 / 75.0)) ** 2
+    )
 
-    def flat(m):
+    def flat(m: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(m, (nv, nu))).ravel()
 
-    return _TrunkTables(u0, v0, h, nu, flat(code2), flat(depth2), flat(dome2), flat(apex2),
-                        flat(gu < f32(15.0)))
+    return _TrunkTables(u0, v0, h, nu, flat(code2), flat(depth2), flat(dome2), flat(apex2), flat(gu < f32(15.0)))
 
 
 def paint_trunk(cv: Canvas, anatomy: Anatomy, half_voxel: float) -> None:
@@ -84,7 +88,7 @@ def paint_trunk(cv: Canvas, anatomy: Anatomy, half_voxel: float) -> None:
     tables = _tabulate_trunk(cv, anatomy, half_voxel)
     pleura = anatomy.body.pleura_depth
 
-    def trunk(t, u, v, w):
+    def trunk(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         iu = np.rint((u - f32(tables.u0)) * f32(1 / tables.h)).astype(np.int32)
         iv = np.rint((v - f32(tables.v0)) * f32(1 / tables.h)).astype(np.int32)
         flat = iv * np.int32(tables.nu) + iu
@@ -103,7 +107,9 @@ def paint_trunk(cv: Canvas, anatomy: Anatomy, half_voxel: float) -> None:
     cv.paint(*EVERYWHERE, trunk)
 
 
-def _paint_wall_bones(t, u, v, w, depth, anatomy: Anatomy) -> None:
+def _paint_wall_bones(
+    t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray, depth: np.ndarray, anatomy: Anatomy
+) -> None:
     """Ribs, sternum and scapulae, evaluated only in the thin shell of the wall that can hold
     them."""
     body, ribs, apex = anatomy.body, anatomy.skeleton, anatomy.lungs.apex
@@ -117,7 +123,7 @@ def _paint_wall_bones(t, u, v, w, depth, anatomy: Anatomy) -> None:
     pick = lambda a: np.broadcast_to(a, t.shape)[full]  # noqa: E731
     u, v, w, depth = pick(u), pick(v), pick(w), pick(depth)
     codes = t[full]
-    phi = np.arctan2(np.abs(u), -v)                       # 0 anterior, pi posterior
+    phi = np.arctan2(np.abs(u), -v)  # 0 anterior, pi posterior
     zr = w + f32(ribs.rib_slope) * (1 - phi * f32(1 / np.pi)) ** f32(1.3) - f32(ribs.rib_phase)
     phase = np.mod(zr, f32(ribs.rib_period))
     er = (depth - f32(d_rib + rib_th / 2)) * f32(2 / rib_th)
@@ -126,14 +132,18 @@ def _paint_wall_bones(t, u, v, w, depth, anatomy: Anatomy) -> None:
     rib = (e < 1) & (phi > f32(0.35)) & (phi < f32(2.75)) & (w < f32(apex + 10))
     put(codes, rib, Tissue.MARROW)
     put(codes, rib & (e > f32(0.4)), Tissue.CORTEX)
-    stern = (np.abs(u) < f32(15.0)) & (v < 0) & (depth > f32(d_rib - 3)) \
-        & (depth < f32(d_rib + 9)) & (w > f32(-150.0)) & (w < f32(95.0))
+    stern = (
+        (np.abs(u) < f32(15.0))
+        & (v < 0)
+        & (depth > f32(d_rib - 3))
+        & (depth < f32(d_rib + 9))
+        & (w > f32(-150.0))
+        & (w < f32(95.0))
+    )
     put(codes, stern, Tissue.MARROW)
-    stern_edge = stern & ((np.abs(u) > f32(12.5)) | (depth < f32(d_rib - 1))
-                          | (depth > f32(d_rib + 7)))
+    stern_edge = stern & ((np.abs(u) > f32(12.5)) | (depth < f32(d_rib - 1)) | (depth > f32(d_rib + 7)))
     put(codes, stern_edge, Tissue.CORTEX)
-    scap = (depth > f32(scap_lo)) & (depth < f32(scap_hi)) \
-        & (phi > f32(2.0)) & (phi < f32(2.5)) & (w > f32(-40.0))
+    scap = (depth > f32(scap_lo)) & (depth < f32(scap_hi)) & (phi > f32(2.0)) & (phi < f32(2.5)) & (w > f32(-40.0))
     put(codes, scap, Tissue.CORTEX)
     t[full] = codes
 
@@ -142,19 +152,20 @@ def paint_stomach_gas(cv: Canvas, anatomy: Anatomy) -> None:
     """A gas bubble in the stomach (under the left dome), over soft tissue only."""
     gas_c = np.array([55.0, -10.0, anatomy.lungs.dome_left - 40.0])
     gas_r = np.array([30.0, 25.0, 18.0])
-    cv.paint(gas_c - gas_r, gas_c + gas_r,
-             lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, gas_c, gas_r, np.eye(3)) < 1,
-                                    Tissue.GAS, allowed(Tissue.SOFT)))
+    cv.paint(
+        gas_c - gas_r,
+        gas_c + gas_r,
+        lambda t, u, v, w: put(t, ellipsoid_q(u, v, w, gas_c, gas_r, np.eye(3)) < 1, Tissue.GAS, allowed(Tissue.SOFT)),
+    )
 
 
 def paint_paraspinal_muscles(cv: Canvas, anatomy: Anatomy) -> None:
     """Muscles beside the spine; they displace lung, fat, lung vessels and the mass."""
     B, vb_v = anatomy.body.half_depth, anatomy.skeleton.vertebra_v
 
-    def paraspinal(t, u, v, w):
+    def paraspinal(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         q = (u * f32(1 / 45.0)) ** 2 + ((v - f32(B - 15.0)) * f32(1 / 30.0)) ** 2
-        put(t, q < 1, Tissue.MUSCLE, allowed(Tissue.LUNG, Tissue.MED_FAT, Tissue.MASS,
-                                             Tissue.LUNG_VESSEL))
+        put(t, q < 1, Tissue.MUSCLE, allowed(Tissue.LUNG, Tissue.MED_FAT, Tissue.MASS, Tissue.LUNG_VESSEL))
 
     cv.paint((-50, vb_v, W_BOTTOM - 50), (50, B, W_TOP + 50), paraspinal)
 
@@ -166,7 +177,7 @@ def paint_spine(cv: Canvas, anatomy: Anatomy) -> None:
     vb_v, vb_r, canal_v = sk.vertebra_v, sk.vertebra_radius, sk.canal_v
     period = sk.vertebra_period
 
-    def spine(t, u, v, w):
+    def spine(t: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         phase = np.mod(w - f32(sk.vertebra_phase), f32(period))
         disc = phase < f32(5.0)
         rb = np.sqrt(u * u + (v - f32(vb_v)) ** 2)
