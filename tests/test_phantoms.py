@@ -11,8 +11,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ceds_deploy.errors import ConfigError
-from ceds_deploy.synthetic import (LAYOUTS, SIZES, Tissue, cohort_indices, generate_case,
-                                  make_case, make_cohort)
+from ceds_deploy.synthetic import LAYOUTS, SIZES, Tissue, cohort_indices, generate_case, make_case, make_cohort
 
 SMALL = SIZES["small"]
 COHORT = range(8)   # the cases most tests look at (seed 0)
@@ -180,7 +179,7 @@ def test_layout_table_is_consistent():
 def test_cohort_layout_and_dataset_json(tmp_path):
     from ceds_deploy.io import read_scan
 
-    out = make_cohort(tmp_path / "ds", cases=3, labeled=2, test=1, seed=0, progress=False)
+    out = make_cohort(tmp_path / "ds", cases=3, labeled=2, test=1, seed=0)
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["tensorImageSize"] == "3D"
     assert meta["modality"] == {"0": "CT"}
@@ -208,7 +207,7 @@ def test_cohort_layout_and_dataset_json(tmp_path):
     assert np.array_equal(lab_back.array, lab.array)
 
     # case i does not depend on the cohort size
-    out2 = make_cohort(tmp_path / "ds2", cases=2, labeled=0, test=1, seed=0, progress=False)
+    out2 = make_cohort(tmp_path / "ds2", cases=2, labeled=0, test=1, seed=0)
     for rel in ("imagesTr/phantom_001.nii.gz", f"imagesTs/phantom_{test[0]:03d}.nii.gz"):
         a = read_scan(out / rel, dtype=None)
         b = read_scan(out2 / rel, dtype=None)
@@ -225,7 +224,7 @@ def test_cohort_layout_and_dataset_json(tmp_path):
 ])
 def test_cohort_arguments_are_checked(tmp_path, kwargs, word):
     with pytest.raises(ConfigError, match=word.replace("(", r"\(").replace(")", r"\)")):
-        make_cohort(tmp_path / "bad", progress=False, **kwargs)
+        make_cohort(tmp_path / "bad", **kwargs)
     assert not (tmp_path / "bad").exists()
 
 

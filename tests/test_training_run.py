@@ -33,8 +33,7 @@ def one_thread():
 def cohort(tmp_path_factory) -> Path:
     from ceds_deploy.synthetic import make_cohort
 
-    return make_cohort(tmp_path_factory.mktemp("cohort"), cases=6, labeled=4, test=0, seed=0, size="small",
-                       progress=False)
+    return make_cohort(tmp_path_factory.mktemp("cohort"), cases=6, labeled=4, test=0, seed=0, size="small")
 
 
 def tiny(cohort: Path, **changes) -> TrainConfig:

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from typing_extensions import Self
-
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -23,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typing_extensions import Self
 
 from ceds_deploy.progress import ProgressEvent
 
@@ -95,6 +94,23 @@ class _Display:
     def __exit__(self, *exc: Any) -> None:
         self.bar.__exit__(None, None, None)
         self._logs.__exit__(None, None, None)
+
+
+class CountDisplay(_Display):
+    """One bar counting items: `total_event` sets the total, `item_event` advances it."""
+
+    def __init__(self, console: Console, label: str, *, total_event: str, item_event: str,
+                 enabled: bool = True) -> None:
+        super().__init__(console, TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
+                         TimeRemainingColumn(), enabled=enabled)
+        self.total_event, self.item_event = total_event, item_event
+        self.task = self.bar.add_task(label, total=None)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.name == self.total_event:
+            self.bar.update(self.task, total=event.count)
+        elif event.name == self.item_event:
+            self.bar.advance(self.task, event.count)
 
 
 class SegmentDisplay(_Display):

@@ -28,12 +28,15 @@ def phantoms(
 
     from rich.console import Console
 
+    from ceds_deploy.cli.display import CountDisplay
     from ceds_deploy.synthetic import make_cohort
 
     start = time.perf_counter()
-    folder = make_cohort(out, cases=cases, labeled=labeled, test=test, seed=seed, size=size,
-                         progress=True)
-    Console().print(
+    console = Console()
+    progress = CountDisplay(console, "phantoms", total_event="cases", item_event="case")
+    with progress:
+        folder = make_cohort(out, cases=cases, labeled=labeled, test=test, seed=seed, size=size, progress=progress)
+    console.print(
         f"[green]wrote[/] {folder}: {cases} training images ({labeled} labeled, "
         f"{cases - labeled} unlabeled), {test} test cases, size {size}, seed {seed} "
         f"in {time.perf_counter() - start:.1f} s", highlight=False)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ceds_deploy.errors import ConfigError
+from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.synthetic.case import make_case
 from ceds_deploy.synthetic.sizes import resolve_size
 
@@ -46,12 +46,12 @@ def make_cohort(
     test: int,
     seed: int = 0,
     size: str = "small",
-    progress: bool = True,
+    progress: ProgressCallback = no_progress,
 ) -> Path:
     """Write ``cases`` training images (the first ``labeled`` with labels) and ``test`` held-out
     labeled cases under ``out_dir`` in the Decathlon layout, with ``dataset.json``.
 
-    ``progress`` shows a rich progress bar. Returns the dataset folder. Raises `ConfigError`
+    ``progress`` receives "cases" (count = cases to write) and "case" (one written). Returns the dataset folder. Raises `ConfigError`
     (before writing anything) for counts or a seed that are not whole numbers >= 0, ``labeled``
     above ``cases`` or an unknown size."""
     from ceds_deploy.io import write_atomic_text, write_volume
@@ -70,22 +70,13 @@ def make_cohort(
         (out / sub).mkdir(parents=True, exist_ok=True)
     logger.info("writing %d phantom cases (%s size, seed %d) to %s", len(jobs), cfg.name, seed, out)
 
-    def run(advance: Callable[[], None]) -> None:
-        for i, part, with_label in jobs:
-            image, label = make_case(i, seed, cfg.name)
-            write_volume(out / f"images{part}" / _case_name(i), image.array, image.geometry)
-            if with_label:
-                write_volume(out / f"labels{part}" / _case_name(i), label.array, label.geometry)
-            advance()
-
-    if progress and jobs:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("[bold]phantoms[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-            task = bar.add_task("phantoms", total=len(jobs))
-            run(lambda: bar.advance(task))
-    else:
-        run(lambda: None)
+    progress(ProgressEvent("cases", len(jobs)))
+    for i, part, with_label in jobs:
+        image, label = make_case(i, seed, cfg.name)
+        write_volume(out / f"images{part}" / _case_name(i), image.array, image.geometry)
+        if with_label:
+            write_volume(out / f"labels{part}" / _case_name(i), label.array, label.geometry)
+        progress(ProgressEvent("case", 1, {"case": _case_name(i)}))
     dataset = _dataset_json(cfg.name, seed, labeled, cases, test, train_idx, test_idx)
     write_atomic_text(out / "dataset.json", json.dumps(dataset, indent=2) + "\n")
     return out
