@@ -14,6 +14,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """One event of long work: `name` says what happened, `count` how many of it, `info` holds details
+    for display."""
+
     name: str  # what happened ("case", "windows", "step", ...)
     count: int = 1  # how many of it (cases finished, windows computed, steps taken)
     info: Mapping[str, Any] = field(default_factory=dict)  # details for display (case name, losses)

@@ -24,6 +24,12 @@ Matrix3 = tuple[Triple, ...]
 
 @dataclass(frozen=True)
 class Geometry:
+    """A voxel grid in LPS world space: `spacing` (mm), `origin` (mm), `direction` (3x3, rows) and `shape`.
+
+    Values are normalised to plain float/int tuples; `ConfigError` unless there are three of each and every
+    spacing is positive.
+    """
+
     spacing: Triple
     origin: Triple
     direction: Matrix3 | npt.ArrayLike  # 3x3, stored as rows; column a is the world direction of array axis a
@@ -43,6 +49,7 @@ class Geometry:
 
     @property
     def direction_matrix(self) -> np.ndarray:
+        """`direction` as a 3x3 float64 array; column a is the world direction of array axis a."""
         return np.asarray(self.direction, dtype=np.float64)
 
     @property
@@ -55,6 +62,8 @@ class Geometry:
 
     @classmethod
     def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
+        """The geometry of a 4x4 index-to-LPS-world `affine` for an array of `shape` (spacing: the norms
+        of the 3x3 part's columns); `ConfigError` as the constructor."""
         affine = np.asarray(affine, dtype=np.float64)
         linear = affine[:3, :3]
         spacing = np.linalg.norm(linear, axis=0)
@@ -68,20 +77,23 @@ class Geometry:
         return Geometry(**values)
 
     def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """LPS world coordinates (mm) of voxel indices `index` (..., 3), fractional ones too; same shape."""
         index = np.asarray(index, dtype=np.float64)
         return np.asarray(self.origin) + (index * np.asarray(self.spacing)) @ self.direction_matrix.T
 
     def same_grid(self, other: Geometry, atol: float = 1e-5) -> bool:
+        """True when `other` has the same shape and an affine equal to this one's within `atol`."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
     @property
     def voxel_volume_ml(self) -> float:
+        """The volume of one voxel in millilitres."""
         return float(np.prod(self.spacing)) / 1000.0
 
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3D array on a grid. ``array.shape`` always equals ``geometry.shape``."""
+    """A 3D array on a grid. ``array.shape`` always equals ``geometry.shape`` (`ConfigError` otherwise)."""
 
     array: np.ndarray
     geometry: Geometry
@@ -93,8 +105,10 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The array's shape (`geometry.shape`)."""
         return self.geometry.shape
 
     @property
     def spacing(self) -> Triple:
+        """The voxel spacing in mm per array axis (`geometry.spacing`)."""
         return self.geometry.spacing

@@ -14,12 +14,16 @@ from ceds_deploy.training.sampler import BatchIndices
 
 @dataclass
 class Batch:
+    """One step's tensors: `images` (N, 1, *patch) float32, the labeled patches first, their `labels`
+    (n_labeled, 1, *patch) uint8, and `n_labeled`, the number of labeled patches."""
+
     images: torch.Tensor  # (N, 1, *patch) float32: labeled patches first
     labels: torch.Tensor  # (n_labeled, 1, *patch) uint8
     n_labeled: int
 
     @property
     def labeled_images(self) -> torch.Tensor:
+        """The images that have labels: the first `n_labeled`, (n_labeled, 1, *patch)."""
         return self.images[: self.n_labeled]
 
 
@@ -36,12 +40,16 @@ def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
 
 
 class BatchMaker:
+    """Makes a step's `Batch` from the prepared volumes with the labeled and the unlabeled patch transforms."""
+
     def __init__(self, data: PreparedData, labeled_transform, unlabeled_transform) -> None:
         self.data = data
         self.labeled_transform = labeled_transform
         self.unlabeled_transform = unlabeled_transform
 
     def make(self, indices: BatchIndices, transform_seed: int, device: torch.device | str) -> Batch:
+        """The patches of the volumes `indices` names (labeled first), the transforms seeded from
+        `transform_seed`, as a `Batch` on `device`."""
         self.labeled_transform.set_random_state(seed=transform_seed)
         self.unlabeled_transform.set_random_state(seed=(transform_seed + 1) % 2**32)
         images, labels = [], []

@@ -22,6 +22,9 @@ from ceds_deploy.errors import ConfigError
 
 @dataclass(frozen=True)
 class DistContext:
+    """This process's place in a run: `rank` of `world_size`, its `local_rank` and `device`; the defaults
+    are a single process, where every collective does nothing."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -29,13 +32,16 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and reports progress."""
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait until every process gets here (nothing in a single process)."""
         if self.enabled:
             torch.distributed.barrier()
 
@@ -81,7 +87,7 @@ class DistContext:
         return [item for part in parts for item in part]
 
     def check_replicas_equal(self, module: nn.Module, what: str) -> None:
-        """Raise if `module` differs between processes (it must not: same weights, same updates)."""
+        """`RuntimeError` if `module` differs between processes (it must not: same weights, same updates)."""
         if not self.enabled:
             return
         with torch.no_grad():
@@ -92,6 +98,7 @@ class DistContext:
             raise RuntimeError(f"rank {self.rank}: the {what} differs from rank 0's; the replicas drifted apart")
 
     def shutdown(self) -> None:
+        """Leave the process group, if one was joined."""
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

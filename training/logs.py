@@ -25,6 +25,8 @@ def _cell(value) -> str:
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """Rewrite `metrics.csv` in `run_dir` from `history`: one row per epoch, the `COLUMNS` in order,
+    missing and nan values as empty cells."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -34,6 +36,7 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 def write_run_files(run_dir: Path, config, split) -> None:
+    """Write the run's `config` as `config.yaml` and its case `split` as `split.json` into `run_dir`."""
     write_atomic_text(run_dir / CONFIG_YAML, config.to_yaml())
     write_atomic_text(run_dir / SPLIT_JSON, json.dumps(split.to_dict(), indent=2) + "\n")
 

@@ -49,6 +49,9 @@ def spec_for(config: TrainConfig) -> ModelSpec:
 
 @dataclass
 class TrainSummary:
+    """What `Trainer.fit` returns: the run folder, epochs and steps completed, the best validation Dice
+    per network with its epoch, and the per-epoch history."""
+
     run_dir: Path
     epochs: int
     steps: int
@@ -125,6 +128,7 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> Path:
+        """The folder of the run's checkpoints (last.pt, best_teacher.pt, best_student.pt)."""
         return self.run_dir / CHECKPOINT_DIR
 
     # ------------------------------------------------------------------ the loop

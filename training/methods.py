@@ -47,6 +47,8 @@ class Optimization:
 
     @classmethod
     def sgd(cls, params, config: TrainConfig, total_steps: int) -> Optimization:
+        """SGD over `params` with the config's lr, momentum and weight decay, and a cosine schedule down to
+        `min_lr` over `total_steps` optimizer steps."""
         params = list(params)
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         # Each schedule advances only when its optimizer steps (as the reference), over the run's steps.
@@ -55,6 +57,7 @@ class Optimization:
 
     @property
     def lr(self) -> float:
+        """The optimizer's current learning rate."""
         return float(self.optimizer.param_groups[0]["lr"])
 
 
@@ -101,6 +104,8 @@ class Stepper:
     # ------------------------------------------------------------------ phases
 
     def run(self, phase: str, batch: Batch, rampup: float) -> dict[str, float]:
+        """One training step of `phase` on `batch` (puts both networks in train mode); returns its losses by
+        name. `rampup` is the consistency weight's ramp-up factor; `ValueError` for an unknown phase."""
         self.student.train()
         self.teacher.train()  # the teacher's dropout is part of the perturbation, as in mean teacher
         if phase == WARMUP:
@@ -114,6 +119,8 @@ class Stepper:
         raise ValueError(f"unknown phase {phase!r}")
 
     def warmup(self, batch: Batch, train_confidence: bool) -> dict[str, float]:
+        """A labeled-only step: segmentation loss -> segmentation optimizer and, with `train_confidence`,
+        confidence loss -> confidence optimizer; then the teacher follows. Returns the losses."""
         with self._autocast():
             seg, conf = self.student(batch.labeled_images)
         seg_loss = self.seg_loss(seg.float(), batch.labels)
@@ -130,6 +137,8 @@ class Stepper:
         return out
 
     def refresh(self, batch: Batch) -> dict[str, float]:
+        """Confidence loss on noisy input (labeled part) -> confidence optimizer only; no teacher update.
+        Returns the loss."""
         cfg, n = self.config, batch.n_labeled
         x = add_noise(batch.images, *cfg.student_noise)
         with self._autocast():
@@ -142,6 +151,9 @@ class Stepper:
         return {"loss_conf": value, "loss_total": value}
 
     def semi(self, batch: Batch, rampup: float, gated: bool) -> dict[str, float]:
+        """Noisy student: labeled segmentation loss plus `rampup`-weighted consistency with the noisy teacher
+        (gated by its confidence when `gated`) -> segmentation optimizer; then the teacher follows.
+        Returns the losses and the consistency weight."""
         cfg, n = self.config, batch.n_labeled
         x = add_noise(batch.images, *cfg.student_noise)
         with self._autocast():

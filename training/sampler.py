@@ -17,12 +17,20 @@ from ceds_deploy.errors import ConfigError
 
 @dataclass(frozen=True)
 class BatchIndices:
+    """One process's part of one step: the indices of its labeled and of its unlabeled volumes."""
+
     labeled: tuple[int, ...]
     unlabeled: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class TwoStreamSampler:
+    """The batch order of a run for process `rank` of `world_size` (see the module docstring).
+
+    `ConfigError` when the cases cannot fill a step: `labeled_per_batch` below 1, fewer labeled cases than one
+    global batch takes, or fewer unlabeled cases than `unlabeled_per_batch`.
+    """
+
     n_labeled: int
     n_unlabeled: int
     labeled_per_batch: int
@@ -42,6 +50,8 @@ class TwoStreamSampler:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Steps in one epoch: the labeled cases over the labeled volumes of a global batch
+        (the remainder is left out)."""
         return self.n_labeled // (self.labeled_per_batch * self.world_size)
 
     def epoch(self, epoch: int) -> list[BatchIndices]:

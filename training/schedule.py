@@ -27,6 +27,8 @@ def sigmoid_rampup(current: float, length: float) -> float:
 
 @dataclass(frozen=True)
 class RunSchedule:
+    """The phases and the consistency ramp-up of one run, in steps."""
+
     method: str
     total_steps: int
     warmup_steps: int
@@ -36,6 +38,8 @@ class RunSchedule:
 
     @classmethod
     def from_config(cls, config: TrainConfig, total_steps: int) -> RunSchedule:
+        """The schedule of a run of `total_steps` steps, its lengths the fractions in `config`; refresh
+        bursts for the "ceds" method only."""
         def length(fraction: float) -> int:
             return 0 if fraction <= 0 else max(1, round(fraction * total_steps))
 
@@ -48,6 +52,7 @@ class RunSchedule:
                    config.rampup_fraction * total_steps)
 
     def phase(self, step: int) -> str:
+        """The phase of step `step` (0-based): `WARMUP`, `REFRESH` or `SEMI`."""
         if step < self.warmup_steps:
             return WARMUP
         if self.refresh_period and (step + 1) % self.refresh_period < self.refresh_length:
@@ -55,4 +60,5 @@ class RunSchedule:
         return SEMI
 
     def rampup(self, step: int) -> float:
+        """The consistency ramp-up weight at step `step`, in (0, 1]."""
         return sigmoid_rampup(step, self.rampup_steps)

@@ -31,6 +31,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global generators from what `rng_state()` returned (CUDA's only where a GPU is available)."""
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
@@ -65,10 +66,13 @@ def build_payload(trainer) -> dict[str, Any]:
 
 
 def save(path: Path, payload: dict[str, Any]) -> Path:
+    """Write the training checkpoint `payload` to `path` atomically and return the path."""
     return save_checkpoint(path, payload)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
+    """The payload of the training checkpoint at `path`. `ArtifactError` when the file cannot be loaded
+    or holds no training state (an inference checkpoint, say): only a run's last.pt can be resumed."""
     payload = load_checkpoint(path)
     missing = [k for k in ("student", "optimizer_confidence", "optimizer_segmentation", "config", "epoch",
                            "global_step") if k not in payload]

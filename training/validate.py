@@ -24,6 +24,8 @@ AUROC_VOXELS = 200_000  # per case; plenty for three decimals
 
 @dataclass
 class CaseScore:
+    """One case scored for one network: Dice, the confidence AUROC and (when asked) the max-probability AUROC."""
+
     case: str
     network: str
     dice: float
@@ -33,9 +35,13 @@ class CaseScore:
 
 @dataclass
 class ValidationResult:
+    """Every `CaseScore` of a validation pass."""
+
     cases: list[CaseScore] = field(default_factory=list)
 
     def mean(self, network: str, metric: str) -> float:
+        """Mean of `metric` (a `CaseScore` field) over `network`'s cases, nan values left out; nan when
+        none is left."""
         return nanmean([getattr(c, metric) for c in self.cases if c.network == network])
 
 

@@ -29,6 +29,7 @@ def final_rows(out: Path, evaluation) -> list[dict]:
 
 
 def mean_dice(rows: list[dict]) -> float:
+    """Mean of the rows' Dice values that are not None or nan; nan when none is left."""
     values = [r["dice"] for r in rows if r["dice"] is not None and not math.isnan(r["dice"])]
     return sum(values) / len(values) if values else math.nan
 

@@ -69,6 +69,7 @@ class DemoSettings:
                 "patches_per_volume": self.patches_per_volume}
 
     def as_record(self) -> dict:
+        """The recipe as plain JSON data (tuples as lists), comparable with a record read back from JSON."""
         return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back from JSON
 
 
@@ -86,16 +87,24 @@ def _check_minutes(minutes: float | None) -> None:
 
 @dataclass(frozen=True)
 class StageOutcome:
+    """What a stage did: a `note` for the log and the summary, and whether it `reused` an earlier run's
+    complete output."""
+
     note: str
     reused: bool = False
 
 
 @dataclass
 class StageTimes:
+    """The demo's stages so far: (stage, seconds, note) rows, and whether any stage ran instead of being
+    reused."""
+
     rows: list[tuple[str, float, str]] = field(default_factory=list)  # (stage, seconds, note)
     reran: bool = False  # a stage ran (was not reused): every later stage must run too
 
     def run(self, name: str, out: Path, log: Callable[[str], None], fn: Callable[[], StageOutcome]) -> None:
+        """Run `fn` as stage `name` of the demo in `out`, time it, log its outcome with `log` and add its row.
+        Once an earlier stage ran, this stage's old outputs are removed first, so `fn` makes them again."""
         if self.reran:
             _remove_outputs(out, name)
         log(f"[bold]{name}[/] ...")
@@ -320,6 +329,7 @@ def judge(rows: list[dict], training: dict, settings: DemoSettings, out: Path) -
 
 
 def folder_megabytes(path: Path) -> float:
+    """Total size in MB (10^6 bytes) of the files under `path`, recursively."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
 
 

@@ -59,6 +59,9 @@ def window_plan_for(image: np.ndarray, spec: ModelSpec, options: SegmentOptions)
 
 @dataclass
 class Segmentation:
+    """`segment_volume`'s result on the scan's grid: `mask` (uint8), `confidence` (float32 in [0, 1]),
+    `probabilities` (only with `save_probabilities`, else None) and the number of `windows` computed."""
+
     mask: np.ndarray  # uint8 on the scan's grid
     confidence: np.ndarray  # float32 in [0, 1] on the scan's grid
     probabilities: np.ndarray | None  # with options.save_probabilities

@@ -29,6 +29,8 @@ class Stitcher:
             torch.zeros(shape, dtype=torch.float32, device=device)
 
     def add(self, window: tuple[slice, ...], seg: torch.Tensor, confidence: torch.Tensor) -> None:
+        """Add one window's outputs, weighted, at the voxels `window` (one slice per axis) selects: `seg`
+        (C, *roi) and `confidence` (1, *roi), roi being the weights' shape; moved to the accumulators' device."""
         self.seg[(slice(None), *window)].addcmul_(seg.to(self.seg.device, torch.float32), self.seg_weights)
         self.confidence[(slice(None), *window)].addcmul_(confidence.to(self.seg.device, torch.float32),
                                                           self.confidence_weights)

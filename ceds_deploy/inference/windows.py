@@ -22,9 +22,11 @@ class WindowPlan:
         return int(self.starts.shape[0])
 
     def slices(self, index: int) -> tuple[slice, ...]:
+        """The slices (one per axis) that cut window `index` out of the image."""
         return tuple(slice(int(s), int(s) + r) for s, r in zip(self.starts[index], self.roi))
 
     def subset(self, keep: np.ndarray) -> WindowPlan:
+        """A plan with only the windows where `keep` (one boolean per window) is true."""
         return WindowPlan(self.image_shape, self.roi, self.starts[np.asarray(keep, dtype=bool)])
 
 
@@ -78,6 +80,7 @@ def gaussian_importance(roi: tuple[int, ...], sigma_scale: float = 0.125) -> np.
 
 
 def constant_importance(roi: tuple[int, ...]) -> np.ndarray:
+    """Blending weights of 1 everywhere: a float32 array of shape `roi`."""
     return np.ones(roi, dtype=np.float32)
 
 

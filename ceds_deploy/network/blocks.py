@@ -40,6 +40,8 @@ class VNetEncoder(nn.Module):
         self.down_tr256 = DownTransition(SPATIAL_DIMS, 8 * width, 2, ACTIVATION, dropout_prob=drop)
 
     def forward(self, x: torch.Tensor) -> EncoderFeatures:
+        """(B, in_channels, D, H, W) -> `EncoderFeatures` with width, 2w, 4w, 8w and 16w channels at
+        full, 1/2, 1/4, 1/8 and 1/16 of D, H, W."""
         full = self.in_tr(x)
         half = self.down_tr32(full)
         quarter = self.down_tr64(half)
@@ -67,6 +69,8 @@ class VNetDecoder(nn.Module):
         self.out_tr = OutputTransition(SPATIAL_DIMS, 2 * w, out_channels, ACTIVATION)
 
     def forward(self, bottleneck: torch.Tensor, skips: EncoderFeatures) -> torch.Tensor:
+        """`bottleneck` (B, 16w, D/16, H/16, W/16) and the encoder's `skips` -> logits
+        (B, out_channels, D, H, W)."""
         # `bottleneck` is passed separately: decoder 1 may receive a dropped-out copy of it.
         x = self.up_tr256(bottleneck, skips.eighth)
         x = self.up_tr128(x, skips.quarter)

@@ -25,6 +25,7 @@ class ChannelAttention3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> channel weights in (0, 1), shape (B, C, 1, 1, 1)."""
         max_pooled = torch.amax(x, dim=_SPATIAL, keepdim=True)
         avg_pooled = torch.mean(x, dim=_SPATIAL, keepdim=True)
         return torch.sigmoid(self.mlp(max_pooled) + self.mlp(avg_pooled))
@@ -38,6 +39,7 @@ class SpatialAttention3D(nn.Module):
         self.conv = nn.Conv3d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> spatial weights in (0, 1), shape (B, 1, D, H, W)."""
         max_map = torch.amax(x, dim=1, keepdim=True)
         mean_map = torch.mean(x, dim=1, keepdim=True)
         return torch.sigmoid(self.conv(torch.cat([max_map, mean_map], dim=1)))
@@ -52,6 +54,7 @@ class CBAM3D(nn.Module):
         self.spatial_attention = SpatialAttention3D(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> the attended features plus `x`, the same shape."""
         out = x * self.channel_attention(x)
         out = out * self.spatial_attention(out)
         return out + x

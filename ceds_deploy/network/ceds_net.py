@@ -26,6 +26,9 @@ ENTROPY_EPS = 1e-6
 
 @dataclass(frozen=True)
 class CedsNetConfig:
+    """The network's hyper-parameters. `ConfigError` for a value out of range: `width` or `in_channels`
+    below 1, `width` not a multiple of `in_channels`, fewer than 2 classes, a dropout outside [0, 1)."""
+
     width: int = 16  # channels after in_tr; 16 in the paper
     in_channels: int = 1
     num_classes: int = 2
@@ -75,6 +78,11 @@ class CedsNet(nn.Module):
         self.conf_out = OutputTransition(SPATIAL_DIMS, head_channels, CONFIDENCE_CLASSES, ACTIVATION)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, in_channels, D, H, W) floating point, D, H, W multiples of 16 ->
+        (seg_logits (B, num_classes, D, H, W), confidence_logits (B, 2, D, H, W)).
+
+        `ModelInputError` for any other shape or a non-floating dtype.
+        """
         self._check_input(x)
         skips = self.encoder(x)
         seg_input = skips.bottleneck
@@ -128,6 +136,8 @@ class CedsInference(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, in_channels, D, H, W) -> (seg_logits (B, num_classes, D, H, W), confidence (B, 1, D, H, W)),
+        both float32. `UsageError` when the network is in train mode, `ModelInputError` as `CedsNet.forward`."""
         if self.net.training:
             # Dropout and batch statistics must never reach a backend or an export.
             raise UsageError("CedsInference needs the network in eval mode; call .eval() first")

@@ -52,6 +52,9 @@ METRICS = ("dice", "hd95_mm", "pred_ml", "true_ml", "volume_diff_ml", "abs_volum
 
 @dataclass
 class CaseEvaluation:
+    """One row of `evaluation.csv`: the case, its `status`, the prediction and label files and the
+    metrics (nan where not computed); `message` says why for an error."""
+
     case: str
     status: str  # "ok", "error" (message says why) or "no_label"
     prediction: str = ""
@@ -68,6 +71,9 @@ class CaseEvaluation:
 
 @dataclass
 class EvaluationReport:
+    """The evaluation of a folder: one row per case, the mean and count of each metric over the ok
+    cases, the predictions and labels left unmatched, and where the CSV was written."""
+
     rows: list[CaseEvaluation]
     means: dict[str, float]  # metric -> mean over the ok cases where it is finite
     counts: dict[str, int]  # metric -> how many cases that mean covers
@@ -77,10 +83,12 @@ class EvaluationReport:
 
     @property
     def ok(self) -> list[CaseEvaluation]:
+        """The rows whose status is "ok"."""
         return [r for r in self.rows if r.status == "ok"]
 
     @property
     def errors(self) -> list[CaseEvaluation]:
+        """The rows whose status is "error"."""
         return [r for r in self.rows if r.status == "error"]
 
 

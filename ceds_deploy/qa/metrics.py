@@ -76,5 +76,6 @@ def sample_indices(mask: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 def nanmean(values: list[float]) -> float:
+    """Mean of the values that are not nan, as a float; nan when none is left."""
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan

@@ -9,6 +9,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CaseFindings:
+    """`assess`'s verdict on one case: tumour volume (mL), mean confidence inside the tumour, the share of
+    the tumour below the confidence threshold, and whether a person should look (`review_reason` says why)."""
+
     tumour_ml: float
     mean_confidence: float  # inside the predicted tumour; nan when there is none
     low_confidence_fraction: float  # of the tumour, below the threshold; nan when no tumour

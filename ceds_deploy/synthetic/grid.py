@@ -28,6 +28,7 @@ class ScanPlane:
 
     @property
     def field_of_view(self) -> float:
+        """The in-plane field of view in mm (`voxels` x `inplane_spacing`)."""
         return self.voxels * self.inplane_spacing
 
 
@@ -43,6 +44,7 @@ class CaseGrid:
     oblique_degrees: float
 
     def geometry(self) -> Geometry:
+        """This grid as a `Geometry`, its axes in the stored (z, y, x) order."""
         return Geometry(
             spacing=tuple(self.spacing), origin=tuple(self.origin), direction=self.direction, shape=self.shape
         )

@@ -61,10 +61,12 @@ class GridMapping:
 
     @property
     def grid(self) -> Geometry:
+        """The reoriented, resampled grid over the whole scan, before the body crop."""
         return self.spacing_grid.geometry
 
     @property
     def cropped_shape(self) -> tuple[int, ...]:
+        """The shape of the body box cut from `grid`, before padding."""
         return tuple(b - a for a, b in zip(self.crop_start, self.crop_stop))
 
     @property

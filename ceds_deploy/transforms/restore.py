@@ -74,6 +74,9 @@ def quantize_confidence(conf: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RestoredPrediction:
+    """`restore_prediction`'s result on the scan's grid: `mask` (uint8 labels), `confidence` (float32 in
+    [0, 1]) and, when kept, `probabilities` (the tumour probability for 2 classes, else (C, ...)); else None."""
+
     mask: np.ndarray  # uint8 labels on the scan's grid
     confidence: np.ndarray  # float32 in [0, 1]
     probabilities: np.ndarray | None  # float32 tumour probability (2 classes) or (C, ...) otherwise
