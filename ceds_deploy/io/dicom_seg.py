@@ -72,6 +72,10 @@ def _vector(ds: Any, keyword: str, size: int) -> np.ndarray:
     return np.asarray([float(v) for v in value], dtype=np.float64)
 
 
+def _identity(ds: Any) -> tuple[Any, ...]:
+    return getattr(ds, "Rows", None), getattr(ds, "Columns", None), getattr(ds, "SeriesInstanceUID", None)
+
+
 def series_geometry(source_datasets: Sequence[Any]) -> Geometry:
     """The grid of a sorted single-frame series as SimpleITK's ImageSeriesReader builds it: origin
     at the first slice's ImagePositionPatient, axes x = row direction (along a row, i.e. columns),
@@ -84,13 +88,11 @@ def series_geometry(source_datasets: Sequence[Any]) -> Geometry:
         name = _source_name(source_datasets[0]) if source_datasets else "source series"
         raise ScanError(name, f"a DICOM series of {len(source_datasets)} slice cannot carry a 3D segmentation")
     first = source_datasets[0]
+    if None in _identity(first):
+        raise ScanError(_source_name(first), "has no Rows, Columns or SeriesInstanceUID")
     orientation, spacing = _vector(first, "ImageOrientationPatient", 6), _vector(first, "PixelSpacing", 2)
     for ds in source_datasets[1:]:
-        same = (getattr(ds, "Rows", None), getattr(ds, "Columns", None), getattr(ds, "SeriesInstanceUID", None)) == (
-            first.Rows,
-            first.Columns,
-            first.SeriesInstanceUID,
-        )
+        same = _identity(ds) == _identity(first)
         if (
             not same
             or not np.allclose(_vector(ds, "ImageOrientationPatient", 6), orientation, atol=1e-4)
