@@ -235,6 +235,12 @@ def test_unsorted_or_mixed_series_are_refused(series, tmp_path):
     other = read_sorted_series(series["phantom"])[:6]
     with pytest.raises(ScanError, match="differs from the series' first slice"):
         write_dicom_seg(tmp_path / "c_seg.dcm", mask, None, datasets[:5] + other[:1])
+    stripped = [ds.copy() for ds in datasets]
+    del stripped[3].Rows
+    with pytest.raises(ScanError, match="differs from the series' first slice"):
+        write_dicom_seg(tmp_path / "e_seg.dcm", mask, None, stripped)
+    with pytest.raises(ScanError, match="has no Rows, Columns or SeriesInstanceUID"):
+        write_dicom_seg(tmp_path / "f_seg.dcm", mask, None, stripped[3:4] + stripped[:3] + stripped[4:])
     with pytest.raises(ScanError, match="1 slice"):
         write_dicom_seg(tmp_path / "d_seg.dcm", mask[:, :, :1], None, datasets[:1])
 
