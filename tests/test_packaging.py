@@ -46,3 +46,21 @@ def test_wheel_in_a_fresh_venv_imports_the_namespace_and_not_bare_training(wheel
     done = subprocess.run([str(python), "-I", "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     assert (env / "bin" / "ceds").exists()
+
+
+def test_the_command_line_lets_idle_openmp_threads_sleep_unless_the_user_chose():
+    """`ceds` sets OMP_WAIT_POLICY=PASSIVE for its own process before torch starts (spinning threads
+    slow everything on a shared machine); a user's own setting wins; importing the library does not."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os; import ceds_deploy.cli.app as app; assert 'OMP_WAIT_POLICY' not in os.environ; "
+             "app.main(['--version']); print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    plain = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split()[-1] == "PASSIVE"
+    probe_user = probe.replace("assert 'OMP_WAIT_POLICY' not in os.environ; ", "")
+    chosen = subprocess.run([sys.executable, "-c", probe_user], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.split()[-1] == "ACTIVE"

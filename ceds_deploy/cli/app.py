@@ -4,6 +4,7 @@ so `ceds --help` stays fast."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -52,9 +53,19 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 
 
+def patient_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless the user
+    chose a policy. On a machine other jobs share, spinning threads fight those jobs for the cores
+    and training steps ran about 10x slower (the demo-recipe measurements in benchmarks/RESULTS.md);
+    the arithmetic is the same either way. Only the command-line process does this, before torch
+    loads its OpenMP runtime; library code never touches the environment."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: the project's own errors become one red line and exit code 1;
     usage errors exit 2 (Typer's standalone mode prints them)."""
+    patient_openmp_threads()
     from ceds_deploy.errors import CedsError
 
     try:
