@@ -76,9 +76,9 @@ def segment(
     from ceds_deploy.inference import SegmentOptions
 
     try:
-        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, save_probabilities=save_probabilities,
-                                 overwrite=overwrite, force=force, shard=shard_pair,
-                                 confidence_threshold=confidence_threshold,
+        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
+                                 save_probabilities=save_probabilities, overwrite=overwrite, force=force,
+                                 shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
                                  window=window, io_workers=io_workers, largest_component=largest_component)
     except ConfigError as err:
