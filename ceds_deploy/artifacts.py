@@ -18,6 +18,8 @@ def artifact_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise ArtifactError(f"{path}: model file does not exist")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path}: file is empty (0 bytes)")
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     if suffix in ONNX_SUFFIXES:
@@ -57,7 +59,10 @@ def read_spec(path: Path) -> ModelSpec:
         if ONNX_SPEC_KEY not in meta:
             raise ArtifactError(f"{path}: ONNX file has no {ONNX_SPEC_KEY!r} metadata; "
                                 "export it with `ceds export`")
-        return ModelSpec.from_json(meta[ONNX_SPEC_KEY])
+        try:
+            return ModelSpec.from_json(meta[ONNX_SPEC_KEY])
+        except ArtifactError as err:
+            raise ArtifactError(f"{path}: {err}") from None
     sidecar = engine_sidecar(path)
     if not sidecar.is_file():
         raise ArtifactError(f"{path}: engine has no sidecar {sidecar.name}; build it with `ceds export --tensorrt`")
@@ -66,5 +71,7 @@ def read_spec(path: Path) -> ModelSpec:
     try:
         data = json.loads(sidecar.read_text())
         return ModelSpec.from_dict(data["spec"])
+    except ArtifactError as err:
+        raise ArtifactError(f"{sidecar}: {err}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ArtifactError(f"{sidecar}: unreadable engine sidecar: {err}") from None

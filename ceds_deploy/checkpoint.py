@@ -55,6 +55,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: checkpoint file does not exist")
+    _check_checkpoint_bytes(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -71,11 +72,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     return payload
 
 
+def _check_checkpoint_bytes(path: Path) -> None:
+    """An `ArtifactError` for a file that cannot be a PyTorch checkpoint at all: empty, or neither a
+    zip archive (torch.save since 1.6) nor a legacy pickle."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot be read: {err.strerror or err}") from None
+    if not head:
+        raise ArtifactError(f"{path}: file is empty (0 bytes)")
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
+        raise ArtifactError(f"{path}: not a PyTorch checkpoint (random bytes?): it is neither a torch.save "
+                            f"zip archive nor a pickle")
+
+
 def checkpoint_spec(payload: dict[str, Any], path: Path | str = "checkpoint") -> ModelSpec:
+    if not isinstance(payload.get("spec"), dict):
+        raise ArtifactError(f"{path}: checkpoint has no model spec")
     try:
         return ModelSpec.from_dict(payload["spec"])
-    except KeyError:
-        raise ArtifactError(f"{path}: checkpoint has no model spec") from None
+    except ArtifactError as err:
+        raise ArtifactError(f"{path}: {err}") from None
 
 
 def load_network(path: str | os.PathLike, weights: str = "teacher", map_location: str = "cpu"):

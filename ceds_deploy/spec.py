@@ -6,12 +6,20 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ceds_deploy import __version__
 from ceds_deploy.errors import ArtifactError, ConfigError
 
 SPEC_FORMAT = 1
+SPACING_RANGE_MM = (0.1, 20.0)  # finer grids than 0.1 mm allocate tens of GB per scan
+HU_RANGE = (-2000.0, 5000.0)
+PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
+
+
+def _finite_within(value: float, low: float, high: float) -> bool:
+    return math.isfinite(value) and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -37,14 +45,34 @@ class ModelSpec:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
         object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
         object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
-        if len(self.roi_size) != 3 or any(v <= 0 or v % 16 for v in self.roi_size):
-            raise ConfigError(f"roi_size must be 3 positive multiples of 16, got {self.roi_size}")
-        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-            raise ConfigError(f"target_spacing must be 3 positive values, got {self.target_spacing}")
-        if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
-            raise ConfigError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
-        if self.width <= 0:
-            raise ConfigError(f"width must be positive, got {self.width}")
+        self._check()
+
+    def _check(self) -> None:
+        """Every field within what the network and pre-processing can run; a `ConfigError` naming the
+        field and its value otherwise (an artifact's spec turns it into an `ArtifactError`)."""
+        if len(self.class_names) != 2:
+            raise ConfigError(f"class_names must name exactly 2 classes (the network has 2 outputs), "
+                              f"got {self.class_names}")
+        if len(self.roi_size) != 3 or any(not 16 <= v <= 512 or v % 16 for v in self.roi_size):
+            raise ConfigError(f"roi_size must be 3 multiples of 16 within 16..512, got {self.roi_size}")
+        if len(self.target_spacing) != 3 or not all(_finite_within(v, *SPACING_RANGE_MM) for v in self.target_spacing):
+            raise ConfigError(f"target_spacing must be 3 finite values within {SPACING_RANGE_MM[0]}.."
+                              f"{SPACING_RANGE_MM[1]} mm, got {self.target_spacing}")
+        if len(self.hu_window) != 2 or not all(_finite_within(v, *HU_RANGE) for v in self.hu_window) \
+                or self.hu_window[0] >= self.hu_window[1]:
+            raise ConfigError(f"hu_window must be (low, high), finite, low < high, within {HU_RANGE[0]:g}.."
+                              f"{HU_RANGE[1]:g} HU, got {self.hu_window}")
+        if self.body_threshold_hu is not None and not _finite_within(self.body_threshold_hu, *HU_RANGE):
+            raise ConfigError(f"body_threshold_hu must be finite within {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU "
+                              f"(or null), got {self.body_threshold_hu}")
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or not 1 <= self.width <= 256:
+            raise ConfigError(f"width must be a whole number within 1..256, got {self.width!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.weights not in ("teacher", "student"):
+            raise ConfigError(f"weights must be teacher or student, got {self.weights!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 7 <= self.opset <= 30:
+            raise ConfigError(f"opset must be a whole number within 7..30, got {self.opset!r}")
 
     @property
     def crop_threshold_hu(self) -> float:

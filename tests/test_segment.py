@@ -71,10 +71,13 @@ def test_segment_skips_finished_cases_and_overwrite_redoes_them(scan_folder, tin
     # Simulate an interrupted run: one case's outputs are missing.
     (out / "oblique.nii.gz").unlink()
     stamp = (out / "lps.nii.gz").stat().st_mtime_ns
+    first = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
     assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint)).exit_code == 0
     rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
-    assert rows["lps"]["status"] == "skipped" and "outputs exist" in rows["lps"]["error"]
+    # The report records the folder: a case done by the first run keeps that run's ok row.
+    assert rows["lps"]["status"] == "ok" and rows["lps"] == first["lps"]
     assert rows["oblique"]["status"] == "ok" and (out / "oblique.nii.gz").exists()
+    assert rows["oblique"]["run_id"] != first["oblique"]["run_id"]
     assert (out / "lps.nii.gz").stat().st_mtime_ns == stamp
     assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint), "--overwrite").exit_code == 0
     rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
@@ -132,13 +135,15 @@ def test_bad_scans_fail_alone_and_the_run_goes_on(tiny_checkpoint, tmp_path):
 def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
     model = tmp_path / "model.bin"
     model.write_bytes(b"x")
-    assert main(["segment", str(tmp_path), str(tmp_path / "o"), "--model", str(model)]) == 1
+    (tmp_path / "in").mkdir()  # an output folder inside the input would be refused first (exit 2)
+    assert main(["segment", str(tmp_path / "in"), str(tmp_path / "o"), "--model", str(model)]) == 1
     err = capsys.readouterr().err
     assert "model.bin: unknown model file type" in err and "Traceback" not in err
 
 
 def test_named_backend_that_cannot_run_the_artifact_fails_loudly(tiny_checkpoint, tmp_path, capsys):
-    code = main(["segment", str(tmp_path), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+    (tmp_path / "in").mkdir()
+    code = main(["segment", str(tmp_path / "in"), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
                  "--backend", "onnxruntime"])
     assert code == 1
     assert "the onnxruntime backend cannot run a checkpoint" in capsys.readouterr().err

@@ -25,6 +25,7 @@ AUTO_VALIDATIONS = 20  # val_every = 0: about this many validations a run
 class TrainConfig:
     data_dir: str = ""
     method: str = "ceds"
+    allow_outside: bool = False  # dataset.json may name files outside data_dir
     # data
     labeled: int | None = None  # keep only this many labels (the rest become unlabeled)
     val_fraction: float = 0.2  # of the labeled cases, held out for validation
@@ -147,6 +148,8 @@ class TrainConfig:
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.amp, bool):
             raise ConfigError(f"amp must be true or false, got {self.amp!r}")
+        if not isinstance(self.allow_outside, bool):
+            raise ConfigError(f"allow_outside must be true or false, got {self.allow_outside!r}")
 
     # ------------------------------------------------------------------ derived values
 

@@ -48,16 +48,25 @@ class DatasetSplit:
 # ---------------------------------------------------------------------- discovery
 
 
-def _resolve(root: Path, entry: object, where: str) -> Path:
+def _resolve(root: Path, entry: object, where: str, allow_outside: bool = False) -> Path:
+    """The file a dataset.json entry names; it must resolve (symbolic links followed) to a path inside
+    the dataset folder unless `allow_outside`: a `DatasetError` naming the entry otherwise."""
     if isinstance(entry, dict):
         entry = entry.get("image")
     if not isinstance(entry, str) or not entry:
         raise DatasetError(f"{root / DATASET_JSON}: {where} must be a file path, got {entry!r}")
     path = Path(entry)
-    return path if path.is_absolute() else (root / path)
+    path = path if path.is_absolute() else (root / path)
+    if not allow_outside:
+        inside = root.resolve()
+        resolved = path.resolve()
+        if resolved != inside and inside not in resolved.parents:
+            raise DatasetError(f"{root / DATASET_JSON}: {where} {entry!r} points outside the dataset folder "
+                               f"(to {resolved}); move the file into {root} or pass --allow-outside")
+    return path
 
 
-def _from_dataset_json(root: Path) -> tuple[list[LabeledCase], list[Path]]:
+def _from_dataset_json(root: Path, allow_outside: bool = False) -> tuple[list[LabeledCase], list[Path]]:
     path = root / DATASET_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -69,10 +78,11 @@ def _from_dataset_json(root: Path) -> tuple[list[LabeledCase], list[Path]]:
     for n, item in enumerate(data.get("training", [])):
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
             raise DatasetError(f"{path}: training[{n}] needs 'image' and 'label', got {item!r}")
-        image = _resolve(root, item["image"], f"training[{n}].image")
-        label = _resolve(root, item["label"], f"training[{n}].label")
+        image = _resolve(root, item["image"], f"training[{n}].image", allow_outside)
+        label = _resolve(root, item["label"], f"training[{n}].label", allow_outside)
         pairs.append(LabeledCase(case_id(image), image, label))
-    unlabeled = [_resolve(root, item, f"unlabeled[{n}]") for n, item in enumerate(data.get("unlabeled", []))]
+    unlabeled = [_resolve(root, item, f"unlabeled[{n}]", allow_outside)
+                 for n, item in enumerate(data.get("unlabeled", []))]
     return pairs, unlabeled
 
 
@@ -93,14 +103,18 @@ def _from_folders(root: Path) -> tuple[list[LabeledCase], list[Path]]:
     return pairs, unlabeled
 
 
-def discover(data_dir: str | Path) -> tuple[list[LabeledCase], list[Path]]:
-    """(labeled pairs, unlabeled images) of a dataset folder; every listed file must exist."""
+def discover(data_dir: str | Path, allow_outside: bool = False) -> tuple[list[LabeledCase], list[Path]]:
+    """(labeled pairs, unlabeled images) of a dataset folder; every listed file must exist and, unless
+    `allow_outside`, lie inside the folder (`DatasetError` otherwise)."""
     if not str(data_dir):
         raise DatasetError("no dataset folder given (data_dir is empty)")
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
-    pairs, unlabeled = _from_dataset_json(root) if (root / DATASET_JSON).is_file() else _from_folders(root)
+    if (root / DATASET_JSON).is_file():
+        pairs, unlabeled = _from_dataset_json(root, allow_outside)
+    else:
+        pairs, unlabeled = _from_folders(root)
     for case in pairs:
         for path, role in ((case.image, "image"), (case.label, "label")):
             if not path.exists():
@@ -123,7 +137,7 @@ def discover(data_dir: str | Path) -> tuple[list[LabeledCase], list[Path]]:
 def split_dataset(data_dir: str | Path, config: TrainConfig, world_size: int = 1) -> DatasetSplit:
     """Validation cases, then --labeled K, then the checks that a batch can be filled."""
     root = Path(data_dir)
-    pairs, unlabeled = discover(root)
+    pairs, unlabeled = discover(root, config.allow_outside)
     rng = np.random.default_rng(SPLIT_SEED)
     order = [pairs[i] for i in rng.permutation(len(pairs))]
     if config.val_cases:

@@ -73,13 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except CedsError as err:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _print_error(str(err))
+        return 1
+    except OSError as err:  # a file system failure outside the library's checks: still one line naming the file
+        where = f"{err.filename}: " if err.filename else ""
+        _print_error(f"{where}{err.strerror or err}")
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _print_error(text: str) -> None:
+    """One red line on stderr; the message's own brackets are not rich markup."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ def segment(
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
                                                      help="Also write <case>_probabilities.nii.gz.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose outputs exist "
-                                            "(default: skip them, so a stopped run resumes).")] = False,
+                                            "(default: skip them, so a stopped run resumes); needed to write "
+                                            "into a folder holding results of another model.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Take over the output folder's lock from another "
+                                        "run (a run on another host, or one you know is gone; a lock of a "
+                                        "dead process on this host is taken over anyway).")] = False,
     shard: Annotated[str, typer.Option(help="I/N: process only the I-th (0-based) of N deterministic "
                                        "parts of the sorted case list.")] = "0/1",
     confidence_threshold: Annotated[float, typer.Option(help="Tumour voxels below this confidence count "
@@ -63,14 +67,16 @@ def segment(
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
     shard_pair = parse_shard(shard)
+    check_paths(input, output, backend)
     from rich.console import Console
 
     from ceds_deploy.errors import ConfigError
     from ceds_deploy.inference import SegmentOptions
 
     try:
-        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, save_probabilities=save_probabilities,
-                                 overwrite=overwrite, shard=shard_pair, confidence_threshold=confidence_threshold,
+        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
+                                 save_probabilities=save_probabilities, overwrite=overwrite, force=force,
+                                 shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
                                  window=window, io_workers=io_workers, largest_component=largest_component)
     except ConfigError as err:
@@ -79,6 +85,24 @@ def segment(
                          precision=precision, cuda_graph=cuda_graph, console=Console(stderr=True))
     if failed:
         raise typer.Exit(1)
+
+
+def check_paths(input_path: Path, output: Path, backend: str) -> None:
+    """Usage errors (exit 2) before anything is opened or created: a missing input, an output that
+    is a file or would overwrite or mix with the input, an unknown backend name."""
+    from ceds_deploy.backends import BACKEND_NAMES
+    from ceds_deploy.errors import OutputError, ScanError
+    from ceds_deploy.inference.guard import check_locations
+
+    if backend not in BACKEND_NAMES:
+        raise typer.BadParameter(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}",
+                                 param_hint="--backend")
+    try:
+        check_locations(input_path, output)
+    except ScanError as err:
+        raise typer.BadParameter(str(err), param_hint="INPUT") from None
+    except OutputError as err:
+        raise typer.BadParameter(str(err), param_hint="OUTPUT") from None
 
 
 def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "auto", device: str = "cpu",

@@ -53,6 +53,8 @@ def train(
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision: fp16 with loss "
                                                 "scaling on CUDA, bf16 on the CPU.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let dataset.json name files outside "
+                                                "DATA_DIR (refused by default).")] = False,
 ) -> None:
     """Train the CEDS network: a student and its EMA teacher, checkpointed every epoch.
 
@@ -64,7 +66,7 @@ def train(
         raise typer.BadParameter("give --iterations or --epochs, not both", param_hint="--iterations/--epochs")
     settings = {"method": method, "labeled": labeled, "val_fraction": val_fraction, "width": width, "patch": patch,
                 "spacing": None if spacing is None else (spacing,) * 3, "iterations": iterations, "epochs": epochs,
-                "batch_size": batch_size, "seed": seed, "amp": amp}
+                "batch_size": batch_size, "seed": seed, "amp": amp, "allow_outside": allow_outside or None}
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
         given += [name for name, v in (("DATA_DIR", data_dir), ("--out", out), ("--config", config)) if v is not None]

@@ -4,7 +4,12 @@ Three kinds of threads overlap the work: readers (read + pre-process the next ca
 thread (the backend; windows of consecutive cases share batches) and writers (restore to the scan's
 grid, write, assess). There are `io_workers` readers and writers (one on a small CPU, up to 4 on a
 many-core GPU machine); queues of that many cases keep memory bounded. One bad scan never stops
-the run: it gets a failed row.
+the run: it gets a failed row; so does a case whose windows fail in the backend even one at a time.
+
+Before anything is written the run checks its folders (`guard`): the output is not the input,
+is writable and has room, and the model runs one window. It then holds the output folder's lock
+(`lock.FolderLock`), removes leftovers of killed runs and refuses a folder whose report holds
+results of another model (unless `overwrite`). The report is merged into the folder's (`report`).
 """
 
 from __future__ import annotations
@@ -16,17 +21,30 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ceds_deploy.backends.base import Backend
-from ceds_deploy.errors import CedsError
+from ceds_deploy.checkpoint import sha256_of
+from ceds_deploy.errors import CedsError, OutputError
+from ceds_deploy.inference.guard import (
+    PROBE_PATTERN,
+    SPACE_FACTOR,
+    check_backend_outputs,
+    check_locations,
+    input_bytes,
+    own_output_reason,
+    probe_output,
+)
+from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import case_is_done, finish_case
-from ceds_deploy.inference.report import CaseRow, status_counts, write_report
+from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, read_report, status_counts, write_report
 from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, window_plan_for, work_device
-from ceds_deploy.io import case_id, find_scans, read_scan
+from ceds_deploy.io import case_id, find_scans, read_scan, remove_leftovers
+from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan
 from ceds_deploy.volume import Volume
@@ -57,6 +75,7 @@ class FolderRun:
 
     rows: list[CaseRow] = field(default_factory=list)
     report_paths: tuple[Path, Path] | None = None
+    run_id: str = ""
 
     @property
     def failed(self) -> int:
@@ -75,10 +94,13 @@ def list_cases(input_path: Path, output: Path, backend: Backend, options: Segmen
                ) -> tuple[list[CaseRow], list[_Case]]:
     """(rows of entries not to run: skipped or failed up front, cases to run) for this shard."""
     listing = find_scans(input_path)
-    rows = [CaseRow(case=path.name, status="skipped", error=why, input_path=str(path)) for path, why in listing.skipped]
+    skipped = [(path, own_output_reason(path) or why) for path, why in listing.skipped]
+    skipped += [(path, own_output_reason(path) or "") for path in listing.scans if own_output_reason(path)]
+    scans = [path for path in listing.scans if not own_output_reason(path)]
+    rows = [CaseRow(case=path.name, status="skipped", error=str(why), input_path=str(path)) for path, why in skipped]
     seen: dict[str, Path] = {}
     todo: list[_Case] = []
-    for path in shard_cases(listing.scans, *options.shard):
+    for path in shard_cases(scans, *options.shard):
         name = case_id(path)
         row = CaseRow(case=name, status="ok", input_path=str(path), backend=backend.description, device=backend.device)
         if name in seen:
@@ -87,7 +109,7 @@ def list_cases(input_path: Path, output: Path, backend: Backend, options: Segmen
             continue
         seen[name] = path
         if not options.overwrite and case_is_done(output, name):
-            row.status, row.error = "skipped", "outputs exist (use --overwrite to redo)"
+            row.status, row.error = "skipped", DONE_BEFORE
             rows.append(row)
             continue
         todo.append(_Case(row, path))
@@ -141,10 +163,15 @@ class _Pipeline:
         on_batch = lambda n: self.progress(ProgressEvent("windows", n))  # noqa: E731
         for job, seg, conf in predict_cases(self._jobs(), self.backend, batch_size=batch_size,
                                             num_classes=self.spec.num_classes, tta=self.options.tta,
-                                            blend=self.options.blend, accumulate_on=self.device, on_batch=on_batch):
+                                            blend=self.options.blend, accumulate_on=self.device, on_batch=on_batch,
+                                            fail_cases=True):
             job.payload.row.seconds["infer"] = job.infer_seconds
             job.image = None  # the model-grid input is no longer needed
-            self._put(self.finished, (job.payload, seg, conf))
+            if job.error is not None:  # failed in the backend even alone: this case fails, the run goes on
+                job.payload.row.status, job.payload.row.error = "failed", error_text(job.error)
+                self._put(self.finished, job.payload)
+            else:
+                self._put(self.finished, (job.payload, seg, conf))
 
     def _put(self, q: queue.Queue, item: Any) -> None:
         while True:
@@ -232,29 +259,77 @@ class _Pipeline:
             log.warning("%s: %s", case.row.case, case.row.error)
 
 
+def model_digest(backend: Backend) -> str:
+    """SHA-256 of the backend's model file (its spec's source digest for an in-memory network)."""
+    if backend.artifact is not None and backend.artifact.is_file():
+        return sha256_of(backend.artifact)
+    return backend.spec.source_sha256
+
+
+def check_same_model(output: Path, model: str, overwrite: bool) -> None:
+    """Refuse (`OutputError`) a folder whose report holds ok rows of another model, unless `overwrite`."""
+    cases = read_report(output).get("cases", [])
+    others = sorted({str(r.get("model")) for r in cases if isinstance(r, dict) and r.get("status") == "ok"
+                     and r.get("model") and r.get("model") != model})
+    if others and not overwrite:
+        raise OutputError(f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
+                          f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
+                          f"another output folder")
+
+
+def _prepare_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{output}: cannot create the output folder: {err.strerror or err}") from None
+
+
 def segment_folder(input_path: Path, output: Path, backend: Backend, options: SegmentOptions | None = None, *,
                    progress: ProgressCallback = no_progress, run_info: dict | None = None) -> FolderRun:
     """Segment every scan under `input_path` into `output` with an active backend.
 
     Progress events: "todo" (count = cases to run), "planned" (windows of a case), "windows"
     (computed), "case" (finished; info: case, status). Outputs are written atomically; the report
-    (report.csv/json) is written at the end, also after an interruption.
+    (report.csv/json, merged with the folder's earlier rows) is written at the end, also after an
+    interruption. Raises `ScanError`/`OutputError` before writing anything for a missing input or an
+    unusable output folder (the input's, a file, read-only, full, locked by another run, results of
+    another model), `BackendError` when the model fails on one blank window, and `OutputError` when
+    the report cannot be written (after the masks).
     """
     options = options or SegmentOptions()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, todo = list_cases(Path(input_path), output, backend, options)
-    progress(ProgressEvent("todo", len(todo)))
-    run = FolderRun(rows=rows)
-    pipeline = _Pipeline(backend, output, options, todo, progress, run.rows)
-    try:
-        pipeline.run()
-    finally:
-        info = dict(run_info or {})
-        info.update({"options": {**asdict(options), "shard": f"{options.shard[0]}/{options.shard[1]}"},
-                     "model_spec": backend.spec.to_dict(), "backend": backend.description,
-                     "device": backend.device, "input": str(input_path), "output": str(output),
-                     "batch_size": batch_size_for(backend, options), "io_workers": pipeline.workers,
-                     "interrupted": pipeline.stop.is_set()})
-        run.report_paths = write_report(output, run.rows, info)
+    input_path, output = Path(input_path), Path(output)
+    check_locations(input_path, output)
+    _prepare_output(output)
+    model = model_digest(backend)
+    with FolderLock(output, model, options.shard, force=options.force) as lock:
+        removed = remove_leftovers(output, (*LEFTOVER_PATTERNS, PROBE_PATTERN),
+                                   older_than_s=3600.0 if lock.others_running else 0.0)
+        if removed:
+            log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
+        check_same_model(output, model, options.overwrite)
+        rows, todo = list_cases(input_path, output, backend, options)
+        probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
+        if todo:
+            check_backend_outputs(backend)
+        started = datetime.now(timezone.utc)
+        run = FolderRun(rows=rows, run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}")
+        for row in rows + [case.row for case in todo]:
+            row.run_id, row.model = run.run_id, model
+        progress(ProgressEvent("todo", len(todo)))
+        pipeline = _Pipeline(backend, output, options, todo, progress, run.rows)
+        shard = f"{options.shard[0]}/{options.shard[1]}"
+        info = {**(run_info or {}), "run_id": run.run_id, "started": started.isoformat(timespec="seconds"),
+                "model_sha256": model, "options": {**asdict(options), "shard": shard},
+                "model_spec": backend.spec.to_dict(), "backend": backend.description, "device": backend.device,
+                "input": str(input_path), "output": str(output), "batch_size": batch_size_for(backend, options),
+                "io_workers": pipeline.workers}
+        try:
+            pipeline.run()
+        except BaseException:
+            try:  # the cases finished so far are recorded; the original error goes on
+                run.report_paths = write_report(output, run.rows, {**info, "interrupted": True})
+            except OutputError as err:
+                log.error("%s", err)
+            raise
+        run.report_paths = write_report(output, run.rows, {**info, "interrupted": pipeline.stop.is_set()})
     return run

@@ -23,7 +23,8 @@ class SegmentOptions:
     save_probabilities: bool = False
     confidence_threshold: float = 0.5
     # folder runs
-    overwrite: bool = False
+    overwrite: bool = False  # redo cases whose outputs exist (also those of another model)
+    force: bool = False  # take over the output folder's lock from another run
     shard: tuple[int, int] = (0, 1)  # (index, count), 0-based
     preview: bool = False
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name

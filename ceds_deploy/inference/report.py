@@ -1,16 +1,28 @@
-"""The run report: one row per case, written as report.csv and report.json (atomically)."""
+"""The folder report: one row per case, written as report.csv and report.json (atomically).
+
+The report is a record of the output folder, not of the last run: each run merges its rows into
+the rows already there (under `lock.report_lock`, so shards of one folder each add theirs). A case
+a run skipped because its outputs exist keeps the row of the run that made them (status ok, its
+figures and review flag); every row names the run (`run_id`) and model (`model`, the artifact's
+SHA-256) that made it. `runs` in report.json lists every run's settings.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ceds_deploy.errors import OutputError
+from ceds_deploy.inference.lock import report_lock
 from ceds_deploy.io import write_atomic_text
+
+log = logging.getLogger(__name__)
 
 STAGES = ("read", "preprocess", "infer", "restore", "write")
 
@@ -32,6 +44,8 @@ class CaseRow:
     seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     backend: str = ""
     device: str = ""
+    run_id: str = ""  # the run that made this row (segment_folder's run id)
+    model: str = ""  # SHA-256 of the model artifact that made the outputs
 
     def flat(self) -> dict[str, Any]:
         row = asdict(self)
@@ -41,6 +55,8 @@ class CaseRow:
 
 
 STATUSES = ("ok", "failed", "skipped")
+DONE_BEFORE = "outputs exist (use --overwrite to redo)"  # a skipped row's reason when an earlier run made them
+REPORT_CSV, REPORT_JSON = "report.csv", "report.json"
 
 
 def status_counts(rows: list[CaseRow]) -> dict[str, int]:
@@ -60,20 +76,65 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any]) -> tuple[Path, Path]:
-    rows = sorted(rows, key=lambda r: r.case)
-    flat = [r.flat() for r in rows]
+def read_report(output: Path) -> dict[str, Any]:
+    """The folder's report.json as written ({} when there is none); an unreadable one is logged and
+    treated as absent (it is replaced by the next write)."""
+    path = Path(output) / REPORT_JSON
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("%s: earlier report cannot be read (%s); starting a new one", path, err)
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def merge_rows(earlier: list[dict[str, Any]], rows: list[CaseRow]) -> list[dict[str, Any]]:
+    """Flat rows of the folder: this run's rows replace earlier ones of the same case, except a
+    case skipped because its outputs exist, which keeps an earlier ok row. Sorted by case."""
+    columns = list(CaseRow("", "").flat().keys())
+    merged = {str(r.get("case")): {c: r.get(c) for c in columns} for r in earlier if isinstance(r, dict)}
+    for row in rows:
+        before = merged.get(row.case)
+        if row.status == "skipped" and row.error == DONE_BEFORE and before and before.get("status") == "ok":
+            continue
+        merged[row.case] = row.flat()
+    return [merged[case] for case in sorted(merged)]
+
+
+def _csv_text(flat: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     columns = list(CaseRow("", "").flat().keys())
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in flat:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    counts = status_counts(rows)
-    document = {"run": run_info, "counts": counts,
-                "needs_review": [r.case for r in rows if r.status == "ok" and r.needs_review],
-                "cases": flat}
-    csv_path, json_path = Path(output) / "report.csv", Path(output) / "report.json"
-    write_atomic_text(csv_path, buffer.getvalue())
-    write_atomic_text(json_path, json.dumps(_json_safe(document), indent=2))
+        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                         for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any]) -> tuple[Path, Path]:
+    """Merge this run's `rows` into the folder's report and write report.csv and report.json
+    atomically, under the report lock. Returns (csv path, json path); raises `OutputError` naming
+    the file when it cannot be written (read-only folder, full disk)."""
+    output = Path(output)
+    csv_path, json_path = output / REPORT_CSV, output / REPORT_JSON
+    target = output
+    try:
+        with report_lock(output):
+            before = read_report(output)
+            flat = merge_rows(before.get("cases", []), rows)
+            runs = [r for r in before.get("runs", []) if isinstance(r, dict)] + [run_info]
+            counts = {status: sum(r.get("status") == status for r in flat) for status in STATUSES}
+            document = {"run": run_info, "runs": runs, "counts": counts,
+                        "needs_review": [r["case"] for r in flat if r.get("status") == "ok" and r.get("needs_review")],
+                        "cases": flat}
+            target = csv_path
+            write_atomic_text(csv_path, _csv_text(flat))
+            target = json_path
+            write_atomic_text(json_path, json.dumps(_json_safe(document), indent=2))
+    except OSError as err:
+        raise OutputError(f"{target}: cannot write the report: "
+                          f"{err.strerror or err}") from None
     return csv_path, json_path

@@ -3,10 +3,16 @@
 Windows of consecutive cases share batches: when one case has fewer windows left than a batch,
 the next case's windows fill it. The same code serves `ceds segment`, training validation and
 the benchmarks.
+
+A batch whose call fails (CUDA out of memory, a backend error) is retried in halves, down to
+single windows; the batch size stays at what worked. A window that fails alone fails its case:
+with `fail_cases` the case is yielded with `job.error` set (and no outputs) and the others go
+on; without it the error propagates.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +25,8 @@ from ceds_deploy.backends.base import Predictor, WindowOutputs
 from ceds_deploy.errors import BackendError, ConfigError
 from ceds_deploy.inference.stitcher import Stitcher
 from ceds_deploy.inference.windows import WindowPlan, blend_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +41,7 @@ class CaseJob:
     next_window: int = 0
     done_windows: int = 0
     infer_seconds: float = 0.0  # this case's share of the batches its windows ran in
+    error: Exception | None = None  # why the case failed (predict_cases with fail_cases)
 
     def input(self) -> np.ndarray:
         if self.image is None:
@@ -110,12 +119,15 @@ def predict_cases(
     blend: str = "constant",
     accumulate_on: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
-) -> Iterator[tuple[CaseJob, torch.Tensor, torch.Tensor]]:
+    fail_cases: bool = False,
+) -> Iterator[tuple[CaseJob, torch.Tensor | None, torch.Tensor | None]]:
     """Run `predict` over the windows of every job, `batch_size` windows at a time across cases,
     yielding (job, seg_logits, confidence) for each case as soon as its last window is stitched.
 
     `blend` names the windows' blending weights (`windows.blend_weights`).
     `on_batch(n)` is called after each batch with the number of windows computed (for progress).
+    With `fail_cases`, a case whose window fails even alone is yielded as (job, None, None) with
+    `job.error` set, and the run goes on; without it that error is raised.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -135,13 +147,14 @@ def predict_cases(
         job.stitcher = Stitcher(job.input().shape, num_classes, *weights(job.windows.roi))
 
     batches = _Batches(jobs, batch_size, start)
+
+    def run(batch: list[tuple[CaseJob, int]]) -> WindowOutputs:
+        tensor = torch.from_numpy(np.stack([j.input()[j.windows.slices(i)] for j, i in batch])[:, None])
+        return predict_with_mirroring(predict, tensor) if tta else predict(tensor)
+
     while batch := batches.next_batch():
         started = time.perf_counter()
-        tensor = torch.from_numpy(np.stack([j.input()[j.windows.slices(i)] for j, i in batch])[:, None])
-        out = predict_with_mirroring(predict, tensor) if tta else predict(tensor)
-        for k, (job, index) in enumerate(batch):
-            job.stitching().add(job.windows.slices(index), out.seg_logits[k], out.confidence[k])
-            job.done_windows += 1
+        _predict_or_split(batch, run, batches, fail_cases)
         share = (time.perf_counter() - started) / len(batch)
         for job, _ in batch:
             job.infer_seconds += share
@@ -151,8 +164,59 @@ def predict_cases(
     yield from _finish(batches.finished())  # cases with no window at all
 
 
-def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor, torch.Tensor]]:
+def _predict_or_split(batch: list[tuple[CaseJob, int]], run: Callable[[list[tuple[CaseJob, int]]], WindowOutputs],
+                      batches: _Batches, fail_cases: bool) -> None:
+    """Compute and stitch `batch`; when the call fails, retry its halves (and lower the batch size to
+    what is tried), down to one window, whose failure fails its case (or propagates)."""
+    live = [(job, index) for job, index in batch if job.error is None]
+    for job, _ in batch:
+        if job.error is not None:
+            job.done_windows += 1  # a window of a case that already failed: not computed
+    if not live:
+        return
+    try:
+        out = run(live)
+    except Exception as err:  # noqa: BLE001 - retried smaller, then the case fails alone
+        if len(live) == 1:
+            if not fail_cases:
+                raise
+            _fail(live[0][0], err)
+            live[0][0].done_windows += 1
+            return
+        half = (len(live) + 1) // 2
+        if batches.batch_size > half:
+            log.warning("a batch of %d windows failed (%s: %s); retrying with batches of %d", len(live),
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "", half)
+            batches.batch_size = half
+        _release_cuda_cache()
+        _predict_or_split(live[:half], run, batches, fail_cases)
+        _predict_or_split(live[half:], run, batches, fail_cases)
+        return
+    for k, (job, index) in enumerate(live):
+        if job.error is None:
+            job.stitching().add(job.windows.slices(index), out.seg_logits[k], out.confidence[k])
+        job.done_windows += 1
+
+
+def _fail(job: CaseJob, err: Exception) -> None:
+    """Mark `job` failed: its windows not yet handed out are dropped, its buffers released."""
+    job.error = err
+    job.done_windows += len(job.windows) - job.next_window
+    job.next_window = len(job.windows)
+    job.stitcher, job.image = None, None
+    log.warning("case %s failed in the backend: %s: %s", job.key, type(err).__name__, err)
+
+
+def _release_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor | None, torch.Tensor | None]]:
     for job in jobs:
+        if job.error is not None:
+            yield job, None, None
+            continue
         seg, conf = job.stitching().result()
         job.stitcher = None
         yield job, seg, conf
@@ -165,5 +229,6 @@ def sliding_window_predict(image: np.ndarray, windows: WindowPlan, predict: Pred
     job = CaseJob(key=None, image=image, windows=windows)
     for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
                                       tta=tta, blend=blend, accumulate_on=accumulate_on):
+        assert seg is not None and conf is not None  # without fail_cases a failure raises
         return seg, conf
     raise RuntimeError("unreachable: predict_cases yields every job")

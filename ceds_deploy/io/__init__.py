@@ -5,7 +5,7 @@ ITK), `atomic` (temp file + rename), `listing` (image files and DICOM series fol
 (suffixes and case names).
 """
 
-from ceds_deploy.io.atomic import write_atomic_bytes, write_atomic_text
+from ceds_deploy.io.atomic import remove_leftovers, write_atomic_bytes, write_atomic_text
 from ceds_deploy.io.listing import ScanListing, find_scans, is_dicom_folder
 from ceds_deploy.io.paths import IMAGE_SUFFIXES, case_id, image_suffix, is_nifti
 from ceds_deploy.io.read import read_scan
@@ -20,6 +20,7 @@ __all__ = [
     "is_dicom_folder",
     "is_nifti",
     "read_scan",
+    "remove_leftovers",
     "to_sitk",
     "write_atomic_bytes",
     "write_atomic_text",

@@ -27,3 +27,46 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
 def write_atomic_text(path: Path, text: str) -> None:
     """`write_atomic_bytes` of UTF-8 text."""
     write_atomic_bytes(path, text.encode("utf-8"))
+
+
+# Names of the hidden temp files and folders our writers make next to their targets; a writer
+# killed with SIGKILL leaves them behind. Full-match regular expressions.
+ATOMIC_TMP = r"\..+\.[0-9a-f]{32}\.tmp"  # write_atomic_bytes: .<name>.<uuid4 hex>.tmp
+STAGING_DIR = r"\..+\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)\.[A-Za-z0-9_]{8}"  # write_volumes: mkdtemp(prefix=.<name>.)
+VALIDATING_ONNX = r"\..+\.onnx\.[0-9a-f]{32}\.validating"  # export: .<model>.onnx.<uuid4 hex>.validating
+LEFTOVER_PATTERNS = (ATOMIC_TMP, STAGING_DIR, VALIDATING_ONNX)
+
+
+def remove_leftovers(folder: Path, patterns: tuple[str, ...] = LEFTOVER_PATTERNS,
+                     older_than_s: float = 0.0) -> list[Path]:
+    """Remove our own hidden temp files and staging folders directly in `folder` (not below it):
+    entries whose name starts with "." and fully matches one of `patterns`, last modified more than
+    `older_than_s` seconds ago (a writer still running elsewhere keeps younger ones). Anything else
+    is never touched. Returns what was removed; a missing folder or an entry that cannot be removed
+    is passed over."""
+    import re
+    import shutil
+    import time
+
+    folder = Path(folder)
+    compiled = [re.compile(p) for p in patterns]
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(".") or not any(p.fullmatch(entry.name) for p in compiled):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < older_than_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed

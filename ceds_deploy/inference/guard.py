@@ -1,0 +1,110 @@
+"""Checks before a folder run writes anything: the output folder is not the input's, is writable
+and has room; our own outputs are never taken for scans; the model runs one window."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from ceds_deploy.backends.base import Backend
+from ceds_deploy.errors import BackendError, CedsError, OutputError, ScanError
+from ceds_deploy.inference.outputs import CONFIDENCE_SUFFIX, PREVIEW_SUFFIX, PROBABILITIES_SUFFIX, output_paths
+from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON
+from ceds_deploy.io import case_id
+
+PROBE_PATTERN = r"\.ceds-probe\.[0-9]+\.[0-9a-f]{32}"  # the write probe's name, for remove_leftovers
+SPACE_FACTOR = 2.0  # outputs need at most about this many times the input scans' bytes
+
+
+def check_locations(input_path: Path, output: Path) -> None:
+    """Refuse an output that would destroy or mix with the input, before anything is created.
+
+    Raises `ScanError` for a missing input, `OutputError` for an output that is a file, equal to,
+    inside or containing the input folder, or (for one scan) a folder where an output would
+    overwrite the scan itself.
+    """
+    input_path, output = Path(input_path), Path(output)
+    if not input_path.exists():
+        raise ScanError(input_path, "does not exist")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: output is a file; give a folder for the masks and the report")
+    source, target = input_path.resolve(), output.resolve()
+    if source.is_dir():
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else ("is inside" if source in target.parents else "contains")
+            raise OutputError(f"{output}: output folder {relation} the input folder {input_path}; masks would "
+                              f"overwrite or mix with the scans; choose a separate folder")
+        return
+    if target == source.parent and source in output_paths(target, case_id(source)).values():
+        raise OutputError(f"{output}: writing here would overwrite the scan {input_path} with its mask; "
+                          f"choose another output folder")
+
+
+def own_output_reason(path: Path) -> str | None:
+    """Why `path` (an entry of an input folder) is one of our own outputs, not a scan; None otherwise."""
+    name = Path(path).name
+    if name.endswith(CONFIDENCE_SUFFIX) or name.endswith(PROBABILITIES_SUFFIX):
+        return "an output of ceds segment (confidence map or probabilities), not a scan"
+    if name.endswith(PREVIEW_SUFFIX):
+        return "a preview written by ceds segment"
+    if name in (REPORT_CSV, REPORT_JSON):
+        return "a report written by ceds segment"
+    return None
+
+
+def input_bytes(paths: list[Path]) -> int:
+    """Bytes on disk of the scans (a DICOM folder: its files)."""
+    total = 0
+    for path in paths:
+        try:
+            if path.is_dir():
+                total += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            else:
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def probe_output(output: Path, needed_bytes: int) -> None:
+    """Write and remove a small file in `output`, then compare its free space with `needed_bytes`.
+    Raises `OutputError` for a folder that cannot be written (read-only, permissions) or is too full."""
+    probe = Path(output) / f".ceds-probe.{os.getpid()}.{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise OutputError(f"{output}: cannot write to the output folder: {err.strerror or err}") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    free = shutil.disk_usage(output).free
+    if free < needed_bytes:
+        raise OutputError(f"{output}: {free / 1e9:.2f} GB free, the outputs need about {needed_bytes / 1e9:.2f} GB "
+                          f"({SPACE_FACTOR:g}x the input scans); free some space or choose another folder")
+
+
+def check_backend_outputs(backend: Backend) -> None:
+    """Run one blank window through an active backend, so a model with wrongly shaped outputs (or
+    one that cannot run at all) is refused before any case: `BackendError` naming the artifact."""
+    window = torch.zeros((1, 1, *backend.spec.roi_size), dtype=torch.float32)
+    try:
+        out = backend(window)
+    except CedsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the model is reported as the backend's
+        raise BackendError(f"{backend.artifact or backend.name}: the model fails on one blank window: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if out.seg_logits.shape[1] != backend.spec.num_classes:
+        raise BackendError(f"{backend.artifact or backend.name}: the model returns {out.seg_logits.shape[1]} "
+                           f"classes, its spec names {backend.spec.num_classes}")
