@@ -212,8 +212,11 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(cohort, straight_ru
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert _payload(run)["epoch"] < 5  # killed before the end
+    leftover = run / "checkpoints" / f".best_teacher.pt.{'0' * 32}.tmp"  # as a kill mid-write leaves it
+    leftover.write_bytes(b"partial")
     resume_training(run)
     _assert_same_state(_payload(straight_run), _payload(run))
+    assert not leftover.exists()
 
 
 # ---------------------------------------------------------------------- the CLI

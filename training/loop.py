@@ -21,6 +21,8 @@ import torch
 
 from ceds_deploy.backends.base import is_cuda
 from ceds_deploy.errors import ConfigError, DatasetError
+from ceds_deploy.io import remove_leftovers
+from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.training import logs, state
 from ceds_deploy.training.batches import BatchMaker, step_seeds
@@ -30,7 +32,6 @@ from ceds_deploy.training.data import split_dataset
 from ceds_deploy.training.distributed import DistContext, init_distributed
 from ceds_deploy.training.ema import make_teacher
 from ceds_deploy.training.methods import Optimization, Stepper
-from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.training.sampler import TwoStreamSampler
 from ceds_deploy.training.schedule import RunSchedule
 from ceds_deploy.training.transforms import labeled_transforms, unlabeled_transforms
@@ -146,6 +147,8 @@ class Trainer:
         self.should_stop, self.stopped_early = should_stop, False
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, self.checkpoint_dir):  # temp files of a killed earlier process
+                remove_leftovers(folder)
             logs.write_run_files(self.run_dir, self.config, self.split)
         stop_at = self.total_epochs if stop_after_epochs is None else min(self.total_epochs,
                                                                            self.epoch + stop_after_epochs)
