@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ceds_deploy.backends.base import Backend
+from ceds_deploy.backends.base import Backend, WindowOutputs
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, ModelInputError
 from ceds_deploy.spec import ModelSpec
-from ceds_deploy.backends.base import WindowOutputs
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("seg_logits", "confidence")

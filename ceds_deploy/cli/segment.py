@@ -45,6 +45,9 @@ def segment(
     force: Annotated[bool, typer.Option("--force", help="Take over the output folder's lock from another "
                                         "run (a run on another host, or one you know is gone; a lock of a "
                                         "dead process on this host is taken over anyway).")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also write report.html: the cases sortable by review "
+                                       "flag, confidence and volume, with thumbnails (use with --preview), "
+                                       "failures first.")] = False,
     shard: Annotated[str, typer.Option(help="I/N: process only the I-th (0-based) of N deterministic "
                                        "parts of the sorted case list.")] = "0/1",
     confidence_threshold: Annotated[float, typer.Option(help="Tumour voxels below this confidence count "
@@ -78,7 +81,8 @@ def segment(
                                  save_probabilities=save_probabilities, overwrite=overwrite, force=force,
                                  shard=shard_pair, confidence_threshold=confidence_threshold,
                                  preview=preview, skip_air=skip_air, preview_labels=labels,
-                                 window=window, io_workers=io_workers, largest_component=largest_component)
+                                 window=window, io_workers=io_workers, largest_component=largest_component,
+                                 html=html)
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
     failed = run_segment(input, output, model, backend=backend, device=device, options=options,

@@ -163,7 +163,9 @@ def write_index(out: Path, rows: list[dict], stages: list[tuple[str, float, str]
         body.append("<tr>" + _cell(f"<a href='#{esc(r['case'])}'>{esc(r['case'])}</a>") + _cell(_fmt(r["dice"]), True)
                     + _cell(_fmt(r["tumour_ml"], 1), True) + _cell(_fmt(r["mean_confidence"]), True)
                     + _cell(review) + "</tr>")
-    body.append("</table><h2>Stages</h2><table>" + _header(["stage", "seconds", "what"], {"seconds"}))
+    body.append("</table><p>The segmentation run's own report: <a href='segment/report.html'>segment/report.html"
+                "</a> (every case, sortable, with its timings).</p>")
+    body.append("<h2>Stages</h2><table>" + _header(["stage", "seconds", "what"], {"seconds"}))
     body += ["<tr>" + _cell(esc(n)) + _cell(f"{s:.1f}", True) + _cell(esc(note)) + "</tr>" for n, s, note in stages]
     body.append("</table><h2>Training curves</h2><img src='run/curves.png' alt='training curves'>")
     body.append("<h2>Held-out cases</h2><p>Red outline: prediction; green outline: ground truth; heat: low "

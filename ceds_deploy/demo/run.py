@@ -259,16 +259,16 @@ def _export(out: Path) -> StageOutcome:
 
 
 def _segment(out: Path, console) -> StageOutcome:
-    from ceds_deploy.io import write_atomic_text
     from ceds_deploy.cli.segment import run_segment
     from ceds_deploy.inference import SegmentOptions
+    from ceds_deploy.io import write_atomic_text
 
     seg = out / "segment"
     if (seg / DONE_MARKER).exists():
         return StageOutcome(f"masks and previews in {seg}", reused=True)
     # Every phantom has one mass, so the largest tumour region is kept (nnU-Net's post-processing
     # for one-lesion tasks); `ceds segment --largest-component` does the same.
-    options = SegmentOptions(preview=True, preview_labels=out / "data" / "labelsTs", overwrite=True,
+    options = SegmentOptions(preview=True, html=True, preview_labels=out / "data" / "labelsTs", overwrite=True,
                              largest_component=True)
     failed = run_segment(out / "data" / "imagesTs", seg, out / MODEL_ONNX, backend="onnxruntime",
                          options=options, console=console)

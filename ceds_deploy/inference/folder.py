@@ -327,9 +327,10 @@ def segment_folder(input_path: Path, output: Path, backend: Backend, options: Se
             pipeline.run()
         except BaseException:
             try:  # the cases finished so far are recorded; the original error goes on
-                run.report_paths = write_report(output, run.rows, {**info, "interrupted": True})
+                run.report_paths = write_report(output, run.rows, {**info, "interrupted": True}, html=options.html)
             except OutputError as err:
                 log.error("%s", err)
             raise
-        run.report_paths = write_report(output, run.rows, {**info, "interrupted": pipeline.stop.is_set()})
+        run.report_paths = write_report(output, run.rows, {**info, "interrupted": pipeline.stop.is_set()},
+                                        html=options.html)
     return run

@@ -25,6 +25,7 @@ class SegmentOptions:
     # folder runs
     overwrite: bool = False  # redo cases whose outputs exist (also those of another model)
     force: bool = False  # take over the output folder's lock from another run
+    html: bool = False  # also write report.html, a page of the run to look at
     shard: tuple[int, int] = (0, 1)  # (index, count), 0-based
     preview: bool = False
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name

@@ -114,10 +114,12 @@ def _csv_text(flat: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any],
+                 html: bool = False) -> tuple[Path, Path]:
     """Merge this run's `rows` into the folder's report and write report.csv and report.json
-    atomically, under the report lock. Returns (csv path, json path); raises `OutputError` naming
-    the file when it cannot be written (read-only folder, full disk)."""
+    atomically, under the report lock, and with `html` report.html (`qa.report_page`). Returns
+    (csv path, json path); raises `OutputError` naming the file when it cannot be written
+    (read-only folder, full disk)."""
     output = Path(output)
     csv_path, json_path = output / REPORT_CSV, output / REPORT_JSON
     target = output
@@ -133,7 +135,12 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any]) ->
             target = csv_path
             write_atomic_text(csv_path, _csv_text(flat))
             target = json_path
-            write_atomic_text(json_path, json.dumps(_json_safe(document), indent=2))
+            safe = _json_safe(document)
+            write_atomic_text(json_path, json.dumps(safe, indent=2))
+            if html:
+                from ceds_deploy.qa.report_page import write_report_page
+
+                write_report_page(output, safe)
     except OSError as err:
         raise OutputError(f"{target}: cannot write the report: "
                           f"{err.strerror or err}") from None
