@@ -199,3 +199,35 @@ def test_multiframe_file_in_a_folder_reads_as_3d(tmp_path):
     np.testing.assert_array_equal(in_folder.array, direct.array)
     shutil.copy(source, folder / "dose.dcm")  # the dose grid itself is not a CT scan
     assert [why for _, why in find_scans(folder).skipped] == ["DICOM series is RTDOSE, not CT"]
+
+
+def test_segment_runs_each_series_and_reports_the_skipped(tmp_path, tiny_checkpoint):
+    """`ceds segment` on a folder whose DICOM study holds two CT series and a localizer, next to a
+    broken link: one output per series under its own name, the rest reported as skipped."""
+    import json
+
+    from helpers import GEOMETRIES, sphere_scan
+    from typer.testing import CliRunner
+
+    from ceds_deploy.cli.app import app
+
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"])
+    volume = Volume(np.round(image.array), image.geometry)
+    study = tmp_path / "in" / "study"
+    write_series(study, volume, number=2)
+    write_series(study, volume, uid="1.2.826.0.1.3680043.8.498.3", number=3)
+    scout = Volume(volume.array[:, :, :3], volume.geometry.with_(shape=(*volume.shape[:2], 3)))
+    write_series(study, scout, uid="1.2.826.0.1.3680043.8.498.4", number=1, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
+    (tmp_path / "in" / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "in"), str(out), "--model", str(tiny_checkpoint)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    assert {c: rows[c]["status"] for c in rows} == {"study_2": "ok", "study_3": "ok", "study_1": "skipped",
+                                                    "gone.nii.gz": "skipped"}
+    assert rows["gone.nii.gz"]["error"] == "broken link: target missing"
+    assert rows["study_1"]["error"].startswith("DICOM series is a localizer")
+    for case in ("study_2", "study_3"):
+        mask = read_scan(out / f"{case}.nii.gz", dtype=None)
+        np.testing.assert_allclose(mask.geometry.affine, image.geometry.affine, atol=1e-4)
