@@ -132,6 +132,20 @@ def test_nan_or_zero_spacing_without_sform_is_refused(tmp_path, pixdim):
         read_scan(path)
 
 
+def test_nan_in_a_metaimage_or_nrrd_header_is_refused(tmp_path):
+    """ITK's MetaImage parser reads "nan" as 0: the origin would silently move."""
+    mha = tmp_path / "nan_origin.mha"
+    mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nOffset = nan 0 0\nElementType = MET_SHORT\n"
+                    b"ElementDataFile = LOCAL\n" + b"\0" * 128)
+    with pytest.raises(ScanError, match=r"nan_origin\.mha: header geometry is not usable: offset is 'nan 0 0'"):
+        read_scan(mha)
+    nrrd = tmp_path / "nan_spacing.nrrd"
+    nrrd.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
+                     b"spacings: 1 NaN 1\n\n" + b"\0" * 128)
+    with pytest.raises(ScanError, match=r"nan_spacing\.nrrd: (header geometry is not usable|cannot be read)"):
+        read_scan(nrrd)
+
+
 # Defect 12: NIfTI-2, broken links, what ITK said.
 @pytest.mark.parametrize("name", ["v2.nii", "v2.nii.gz"])
 def test_nifti2_reads_in_lps(tmp_path, name):

@@ -26,6 +26,9 @@ MAX_SCAN_BYTES = 4 * 2**30  # voxels as stored: 2^31 int16 voxels, e.g. 1024 x 1
 MEMORY_FRACTION = 0.5  # stored voxels + the returned array, of the machine's physical memory
 DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion (258-byte matches in ~2 bits)
 _SLACK = 1 << 16  # compressed headers and framing
+# NRRD and MetaImage fields that place the grid: ITK's parsers read "nan" in them as 0.
+_GEOMETRY_FIELDS = {"offset", "origin", "position", "elementspacing", "elementsize", "transformmatrix", "rotation",
+                    "orientation", "centerofrotation", "space origin", "space directions", "spacings"}
 
 
 def _gib(n: int | float) -> str:
@@ -201,6 +204,10 @@ def check_itk_claim(path: Path, out_itemsize: int) -> None:
     itemsize = pixel.itemsize * max(1, reader.GetNumberOfComponents())
     check_budget(path, size, itemsize, out_itemsize, str(pixel))
     fields, offset = _text_header(path)
+    for key in _GEOMETRY_FIELDS & set(fields):
+        if re.search(r"(?<![a-z])(nan|inf(inity)?)(?![a-z])", fields[key], re.IGNORECASE):
+            raise ScanError(path, f"header geometry is not usable: {key} is {fields[key]!r} (NaN or infinite; "
+                                  "ITK would read it as 0)")
     location = _data_location(path, fields, offset)
     if location is None:
         return

@@ -66,8 +66,10 @@ def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
     # Axes x, y, z as a transposed view of ITK's (z, y, x) buffer: copying keeps that layout
     # (order K), so a large scan is never transposed across memory.
     array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
-    geometry = Geometry(image.GetSpacing(), image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3),
-                        array.shape)
+    spacing, origin = np.asarray(image.GetSpacing()), np.asarray(image.GetOrigin())
+    if not (np.all(np.isfinite(spacing)) and np.all(np.isfinite(origin)) and spacing.min() > 0):
+        raise ScanError(path, f"header geometry is not usable: spacing {spacing.tolist()}, origin {origin.tolist()}")
+    geometry = Geometry(spacing, origin, np.asarray(image.GetDirection()).reshape(3, 3), array.shape)
     return image, array, geometry
 
 
