@@ -1,19 +1,23 @@
 """Scans in and out: reading with full geometry, atomic writing, finding the scans of a folder.
 
-`read` (SimpleITK parsing, checks), `write` (NIfTI via `nifti`'s ISA-L writer, other formats via
-ITK), `atomic` (temp file + rename), `listing` (image files and DICOM series folders), `paths`
-(suffixes and case names).
+`read` (SimpleITK parsing, checks), `headers` (a header's size claim checked before allocating),
+`dicom` (series grouped by UID, slice grid checked from the headers), `write` (NIfTI via
+`nifti`'s ISA-L writer, other formats via ITK), `atomic` (temp file + rename), `listing` (image
+files, DICOM series folders and series), `paths` (suffixes and case names).
 """
 
 from ceds_deploy.io.atomic import remove_leftovers, write_atomic_bytes, write_atomic_text
-from ceds_deploy.io.listing import ScanListing, find_scans, is_dicom_folder
+from ceds_deploy.io.dicom import DicomSeries
+from ceds_deploy.io.listing import ScanListing, ScanSource, find_scans, is_dicom_folder
 from ceds_deploy.io.paths import IMAGE_SUFFIXES, case_id, image_suffix, is_nifti
 from ceds_deploy.io.read import read_scan
 from ceds_deploy.io.write import to_sitk, write_volume, write_volumes
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "DicomSeries",
     "ScanListing",
+    "ScanSource",
     "case_id",
     "find_scans",
     "image_suffix",

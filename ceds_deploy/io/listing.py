@@ -1,4 +1,4 @@
-"""Finding the scans in a folder: image files and DICOM series folders."""
+"""Finding the scans in a folder: image files, DICOM series folders and the series inside them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ceds_deploy.errors import ScanError
+from ceds_deploy.io.dicom import DicomSeries, scan_dicom_folder
 from ceds_deploy.io.paths import image_suffix
+
+BROKEN_LINK = "broken link: target missing"
+ScanSource = Path | DicomSeries  # what a listing holds and `read_scan` and `case_id` take
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -28,32 +32,57 @@ def is_dicom_folder(path: Path) -> bool:
 
 @dataclass
 class ScanListing:
-    """What `find_scans` found: scans to process, and entries it passed over (with why)."""
+    """What `find_scans` found: scans to process (paths, or `DicomSeries` where a DICOM folder
+    holds several CT series; `read_scan` and `case_id` take either), and entries it passed over
+    (with why)."""
 
-    scans: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    scans: list[ScanSource] = field(default_factory=list)
+    skipped: list[tuple[ScanSource, str]] = field(default_factory=list)
+
+
+def _add_dicom_folder(folder: Path, listing: ScanListing) -> None:
+    """A DICOM folder holding one CT series is listed as the folder; several as one `DicomSeries`
+    each. Series that are not CT scans are listed in `skipped` with the reason."""
+    found = scan_dicom_folder(folder)
+    if len(found.series) == 1:
+        listing.scans.append(folder)
+    else:
+        listing.scans.extend(found.series)
+    listing.skipped.extend(found.skipped)
+    if not found.series and not found.skipped:
+        listing.skipped.append((folder, "folder without a DICOM series"))
 
 
 def find_scans(folder: str | os.PathLike) -> ScanListing:
     """List the scans in `folder`: image files and DICOM series sub-folders, sorted by name.
 
-    A single image file or DICOM folder given as `folder` is a listing of one. Hidden files are
-    ignored; anything else that is not a scan is reported in `skipped`.
+    A single image file or DICOM folder given as `folder` is a listing of one (or of each CT
+    series when the DICOM folder holds several). Hidden files are ignored; anything else that is
+    not a scan is reported in `skipped`: other files, folders without DICOM, broken links, DICOM
+    series that are not CT scans (localizers, other modalities, fewer than 3 slices).
+    Raises `ScanError` when `folder` does not exist.
     """
     folder = Path(folder)
     listing = ScanListing()
+    if folder.is_symlink() and not folder.exists():
+        raise ScanError(folder, BROKEN_LINK)
     if not folder.exists():
         raise ScanError(folder, "does not exist")
-    if folder.is_file() or is_dicom_folder(folder):
+    if is_dicom_folder(folder):
+        _add_dicom_folder(folder, listing)
+        return listing
+    if folder.is_file():
         listing.scans.append(folder)
         return listing
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and image_suffix(entry):
+        if entry.is_symlink() and not entry.exists():
+            listing.skipped.append((entry, BROKEN_LINK))
+        elif entry.is_file() and image_suffix(entry):
             listing.scans.append(entry)
         elif entry.is_dir() and is_dicom_folder(entry):
-            listing.scans.append(entry)
+            _add_dicom_folder(entry, listing)
         else:
             kind = "folder without a DICOM series" if entry.is_dir() else "not a recognised scan format"
             listing.skipped.append((entry, kind))

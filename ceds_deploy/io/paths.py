@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -22,8 +23,13 @@ def is_nifti(path: Path) -> bool:
     return image_suffix(path) in NIFTI_SUFFIXES
 
 
-def case_id(path: Path) -> str:
-    """A case's name: the file name without its image suffix (and nnU-Net's `_0000`)."""
+def case_id(path: os.PathLike) -> str:
+    """A case's name: the file name without its image suffix (and nnU-Net's `_0000`); for a
+    `DicomSeries` that `find_scans` listed, its name (<folder>_<SeriesNumber>)."""
+    from ceds_deploy.io.dicom import DicomSeries
+
+    if isinstance(path, DicomSeries):
+        return path.name
     path = Path(path)
     suffix = image_suffix(path)
     stem = path.name[: -len(suffix)] if suffix else path.name

@@ -1,14 +1,18 @@
 """Reading scans with their full geometry: NIfTI, NRRD, MHA/MHD, DICOM series.
 
 SimpleITK does the parsing; this module turns its images into `Volume`s (array axes x, y, z)
-and every failure into a one-line `ScanError` that names the file.
+and every failure into a one-line `ScanError` that names the file. Before ITK allocates, the
+header's claim is checked (`headers`); DICOM series are grouped and their slice grid checked
+from the headers (`dicom`). NIfTI files are also read by nibabel's header: its geometry
+(sform/qform codes) decides where ITK's differs, NaN/Inf voxels (which ITK turns into zeros)
+are counted in the raw data, and NIfTI-2 files (which ITK does not read) are read by nibabel.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,143 +20,229 @@ import numpy as np
 import numpy.typing as npt
 
 from ceds_deploy.errors import ScanError
-from ceds_deploy.io.paths import is_nifti
+from ceds_deploy.io.dicom import (
+    DicomSeries,
+    check_stack,
+    file_claim,
+    series_to_read,
+    slice_tolerance,
+    stack_bytes,
+)
+from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
+from ceds_deploy.io.paths import image_suffix, is_nifti
 from ceds_deploy.volume import Geometry, Volume
 
+log = logging.getLogger(__name__)
 
-def _first_line(err: Exception) -> str:
-    lines = [ln.strip().replace("sitk::ERROR: ", "") for ln in str(err).splitlines() if ln.strip()]
-    # ITK messages start with file/line noise; the last "Description:"-like line says the most.
-    for ln in reversed(lines):
-        if ln.lower().startswith(("description:", "itk::error")):
-            return ln.split(":", 1)[-1].strip()
-    return lines[-1] if lines else type(err).__name__
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+GEOMETRY_TOLERANCE_MM = 1e-3  # ITK's and nibabel's reading of a NIfTI header agree within this
+_UNREADABLE = "cannot be read as an image (corrupt, truncated or not an image)"
 
 
-def _read_sitk(path: Path):
-    import SimpleITK as sitk
-
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise ScanError(path, "folder holds no DICOM series")
-        # The series with the most slices is the scan; localisers and dose reports are smaller.
-        files = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
-        if len(files) < 2:
-            raise ScanError(path, f"DICOM series has {len(files)} slice; a 3D scan needs at least 2")
-        reader.SetFileNames(files)
-        return reader.Execute()
-    if not path.exists():
-        raise ScanError(path, "file does not exist")
-    if path.stat().st_size == 0:
-        raise ScanError(path, "file is empty (0 bytes)")
-    return sitk.ReadImage(str(path))
-
-
-def _gzip_content_size(path: Path) -> int | None:
-    """Bytes the gzip file `path` decompresses to, over all its members (trailing zero padding
-    allowed); None when a member ends before its end-of-stream marker or is not gzip."""
-    total, pending = 0, False  # pending: a member has begun and not yet ended
-    decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            while chunk:
-                if not pending and not chunk.strip(b"\0"):
-                    break  # zero padding after the last member
-                pending = True
-                try:
-                    total += len(decompressor.decompress(chunk))
-                except zlib.error:
-                    return None
-                if not decompressor.eof:
-                    break
-                pending, chunk = False, decompressor.unused_data  # the next member starts here
-                decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    return None if pending else total
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI file without complaint (the missing voxels become zeros).
-
-    A .nii must be as long as its header promises. For .nii.gz the gzip trailer's ISIZE must
-    equal that size; only when it does not (multi-member gzip, or truncation) is the whole
-    stream decompressed and counted.
-    """
-    import nibabel
-
-    try:
-        image: Any = nibabel.load(str(path))  # reads the header only
-        header = image.header
-        # The proxy's offset is the file's; the loaded header's vox_offset is reset to 0.
-        offset = int(getattr(image.dataobj, "offset", header["vox_offset"]))
-        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        if not path.name.lower().endswith(".gz"):
-            if path.stat().st_size < expected:
-                raise ScanError(path, f"is truncated: {path.stat().st_size} bytes, the header describes {expected}")
-            return
-        with open(path, "rb") as fh:
-            fh.seek(-4, os.SEEK_END)
-            isize = struct.unpack("<I", fh.read(4))[0]
-    except ScanError:
-        raise
-    except Exception:  # noqa: BLE001 - nibabel could not parse it; SimpleITK already did
-        return
-    if isize == expected % (1 << 32):
-        return
-    size = _gzip_content_size(path)  # multi-member gzip, or truncated: count it all
-    if size is None or size < expected:
-        raise ScanError(path, "is truncated: the compressed data ends before the image the header "
-                              f"describes ({expected} bytes)")
-
-
-def read_scan(path: str | os.PathLike, dtype: npt.DTypeLike | None = np.float32) -> Volume:
-    """Read one scan (a file or a DICOM series folder) as a 3D `Volume`.
-
-    Raises `ScanError` naming the file for anything that is not a finite, non-empty 3D image.
-    """
-    import SimpleITK as sitk
-
-    path = Path(path)
-    try:
-        image = _read_sitk(path)
-    except ScanError:
-        raise
-    except RuntimeError as err:
-        raise ScanError(path, f"cannot be read as an image (corrupt, truncated or not an image): "
-                              f"{_first_line(err)}") from None
-    if is_nifti(path):
-        _check_nifti_complete(path)
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                              "expected a single-channel CT scan")
-    dim = image.GetDimension()
-    size = image.GetSize()
-    if dim == 4 and size[3] == 1:
-        image = image[:, :, :, 0]
-        dim, size = 3, image.GetSize()
-    if dim != 3:
-        raise ScanError(path, f"is {dim}D with size {tuple(size)}; expected a 3D scan")
+def _check_size(path: object, size: tuple[int, ...]) -> tuple[int, ...]:
+    """The 3D size of an image of `size` (a trailing 4th axis of 1 dropped); raises `ScanError`."""
+    if len(size) == 4 and size[3] == 1:
+        size = size[:3]
+    if len(size) != 3:
+        raise ScanError(path, f"is {len(size)}D with size {tuple(size)}; expected a 3D scan")
     if 0 in size:
         raise ScanError(path, f"has no voxels (size {tuple(size)})")
     if 1 in size:
         raise ScanError(path, f"is 2D in effect (size {tuple(size)}); expected a 3D scan")
+    return size
+
+
+def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
+    """(the 3D image, the (x, y, z) view of its buffer, its geometry); raises `ScanError` for
+    images that are not single-channel 3D. The view is valid while the caller holds the image."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                              "expected a single-channel CT scan")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    _check_size(path, tuple(image.GetSize()))
     # Axes x, y, z as a transposed view of ITK's (z, y, x) buffer: copying keeps that layout
     # (order K), so a large scan is never transposed across memory.
     array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    spacing, origin = np.asarray(image.GetSpacing()), np.asarray(image.GetOrigin())
+    if not (np.all(np.isfinite(spacing)) and np.all(np.isfinite(origin)) and spacing.min() > 0):
+        raise ScanError(path, f"header geometry is not usable: spacing {spacing.tolist()}, origin {origin.tolist()}")
+    geometry = Geometry(spacing, origin, np.asarray(image.GetDirection()).reshape(3, 3), array.shape)
+    return image, array, geometry
+
+
+def _finish(path: object, array: np.ndarray, geometry: Geometry, dtype: npt.DTypeLike | None,
+            nonfinite: int = 0) -> Volume:
+    """The `Volume` of `array` as `dtype`; raises `ScanError` for NaN or infinite voxels (`nonfinite`
+    of them found in the file where the reader hid them)."""
     array = np.array(array, dtype=dtype, order="K")
     if array.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad == array.size:
-            raise ScanError(path, "every voxel is NaN or infinite")
-        if bad:
-            raise ScanError(path, f"{bad} of {array.size} voxels are NaN or infinite")
-    geometry = Geometry(
-        spacing=image.GetSpacing(),
-        origin=image.GetOrigin(),
-        direction=np.asarray(image.GetDirection()).reshape(3, 3),
-        shape=array.shape,
-    )
-    return Volume(array, geometry)
+        nonfinite = max(nonfinite, int(np.count_nonzero(~np.isfinite(array))))
+    if nonfinite == array.size:
+        raise ScanError(path, "every voxel is NaN or infinite")
+    if nonfinite:
+        raise ScanError(path, f"{nonfinite} of {array.size} voxels are NaN or infinite")
+    return Volume(np.asarray(array), geometry)
 
 
+def _read_file_itk(path: Path, name: object) -> Any:
+    import SimpleITK as sitk
+
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ScanError(name, f"{_UNREADABLE}: {itk_reason(err)}") from None
+
+
+def _read_dicom(series: DicomSeries, out_itemsize: int) -> Any:
+    """The ITK image of `series` after the header checks; raises `ScanError` naming the series."""
+    import SimpleITK as sitk
+
+    size, itemsize = stack_bytes(series)
+    check_budget(series, size, itemsize, out_itemsize)
+    if series.multiframe:
+        return _read_file_itk(series.files[0], series)  # one file, one volume: ITK knows its frames
+    files, expected = check_stack(series)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise ScanError(series, f"{_UNREADABLE}: {itk_reason(err)}") from None
+    got = Geometry(image.GetSpacing(), image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3),
+                   image.GetSize())
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in expected.shape])), dtype=np.float64)
+    apart = float(np.max(np.abs(got.index_to_world(corners) - expected.index_to_world(corners))))
+    if got.shape != expected.shape or apart > slice_tolerance(expected.spacing[2]):
+        raise ScanError(series, f"ITK reads the series on another grid than its headers describe (corners up to "
+                                f"{apart:.3g} mm apart; ITK's spacing {np.round(got.spacing, 4)}, the headers' "
+                                f"{np.round(expected.spacing, 4)})")
+    # The checked grid, exactly: ITK's differs by rounding at most.
+    image.SetSpacing(expected.spacing)
+    image.SetOrigin(expected.origin)
+    image.SetDirection(tuple(expected.direction_matrix.ravel()))
+    return image
+
+
+def _raw_pixdim(path: Path, claim: NiftiClaim) -> np.ndarray:
+    """pixdim[1:4] as written (nibabel's loaded header has zeros already replaced by 1)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        header = type(claim.image.header).from_fileobj(fh, check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
+
+
+def _nifti_geometry(path: Path, claim: NiftiClaim, itk: Geometry | None, shape: tuple[int, ...]) -> Geometry:
+    """The geometry of a NIfTI file as nibabel resolves it (sform, else qform, by their codes),
+    or ITK's reading `itk` where the two agree. Raises `ScanError` for NaN or zero spacing and for
+    a sheared affine."""
+    header = claim.image.header
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code <= 0:
+        pixdim = _raw_pixdim(path, claim)
+        if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+            raise ScanError(path, f"header spacing (pixdim) is {np.round(pixdim, 4).tolist()}: NaN or zero "
+                                  "spacing, and no sform to take the geometry from")
+    affine = LPS_FROM_RAS @ np.asarray(claim.image.affine, dtype=np.float64)
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-6):
+        raise ScanError(path, f"header geometry (sform code {sform_code}, qform code {qform_code}) has NaN, "
+                              f"infinite or zero spacing: {np.round(spacing, 4)}")
+    if itk is not None and np.allclose(affine, itk.affine, rtol=0, atol=GEOMETRY_TOLERANCE_MM):
+        return itk
+    directions = linear / spacing
+    if np.max(np.abs(directions.T @ directions - np.eye(3))) > 1e-4:
+        form = "sform" if sform_code > 0 else "qform"
+        raise ScanError(path, f"its {form} is sheared (axes not orthogonal); a scan needs orthogonal axes")
+    if itk is not None:
+        log.warning("%s: ITK reads the header as affine %s, nibabel (sform code %d, qform code %d) as %s: "
+                    "using nibabel's", path, np.round(itk.affine[:3], 4).tolist(), sform_code, qform_code,
+                    np.round(affine[:3], 4).tolist())
+    return Geometry.from_affine(affine, shape)
+
+
+def _count_nonfinite(path: Path, claim: NiftiClaim) -> int:
+    """NaN and infinite values in the voxels of a float NIfTI file, read in pieces from the raw
+    data (ITK's reader turns them into zeros)."""
+    if claim.dtype.kind != "f":
+        return 0
+    if path.name.lower().endswith(".gz"):
+        from isal import igzip
+
+        opener: Any = igzip.open(path, "rb")
+    else:
+        opener = open(path, "rb")
+    count, left = 0, claim.nbytes
+    step = (1 << 24) // claim.dtype.itemsize * claim.dtype.itemsize
+    with opener as fh:
+        fh.seek(claim.offset)
+        while left > 0 and (chunk := fh.read(min(step, left))):
+            usable = len(chunk) // claim.dtype.itemsize * claim.dtype.itemsize
+            count += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], dtype=claim.dtype))))
+            left -= len(chunk)
+    return count
+
+
+def _read_nifti(path: Path, dtype: npt.DTypeLike | None, out_itemsize: int) -> Volume:
+    """A NIfTI file: header claim checked, read by ITK (NIfTI-1) or nibabel (NIfTI-2), geometry
+    resolved as nibabel does, NaN/Inf voxels counted in the raw data."""
+    claim = check_nifti_claim(path, out_itemsize)
+    if claim is not None and claim.version == 2:
+        array = np.asanyarray(claim.image.dataobj)  # x fastest, as ITK lays it out
+        shape = _check_size(path, tuple(array.shape))
+        array = array.reshape(shape, order="A")
+        return _finish(path, array, _nifti_geometry(path, claim, None, shape), dtype)
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        problem = f"ITK refuses it: {itk_reason(err)}" if claim is not None else f"{_UNREADABLE}: {itk_reason(err)}"
+        raise ScanError(path, problem) from None
+    image, array, geometry = _itk_array(path, image)
+    if claim is None:
+        return _finish(path, array, geometry, dtype)
+    geometry = _nifti_geometry(path, claim, geometry, geometry.shape)
+    return _finish(path, array, geometry, dtype, _count_nonfinite(path, claim))
+
+
+def _check_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ScanError(path, "broken link: target missing")
+    if not path.exists():
+        raise ScanError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise ScanError(path, "file is empty (0 bytes)")
+
+
+def read_scan(path: str | os.PathLike | DicomSeries, dtype: npt.DTypeLike | None = np.float32) -> Volume:
+    """Read one scan as a 3D `Volume` (axes x, y, z; `dtype` None keeps the stored type): an image
+    file, a DICOM folder holding one CT series, or a `DicomSeries` that `find_scans` listed.
+
+    Raises `ScanError` naming the file (or series) for anything that is not a finite, non-empty,
+    single-channel 3D image on a regular grid, and for a header claiming more voxels than the file
+    holds or than the memory budget (`headers.MAX_SCAN_BYTES`) allows.
+    """
+    out_itemsize = np.dtype(dtype).itemsize if dtype is not None else 0
+    if not isinstance(path, DicomSeries):
+        path = Path(path)
+        if path.is_dir():
+            path = series_to_read(path)
+    if isinstance(path, DicomSeries):
+        image = _read_dicom(path, out_itemsize)
+        image, array, geometry = _itk_array(path, image)
+        return _finish(path, array, geometry, dtype)
+    _check_file(path)
+    if is_nifti(path):
+        return _read_nifti(path, dtype, out_itemsize)
+    if image_suffix(path):
+        check_itk_claim(path, out_itemsize)
+    elif (dicom := file_claim(path)) is not None:
+        check_budget(path, *dicom, out_itemsize)
+    image = _read_file_itk(path, path)
+    image, array, geometry = _itk_array(path, image)
+    return _finish(path, array, geometry, dtype)
