@@ -43,7 +43,7 @@ from ceds_deploy.inference.outputs import case_is_done, finish_case
 from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, read_report, status_counts, write_report
 from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, window_plan_for, work_device
-from ceds_deploy.io import case_id, find_scans, read_scan, remove_leftovers
+from ceds_deploy.io import ScanSource, case_id, find_scans, read_scan, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan
@@ -58,7 +58,7 @@ def default_io_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
-def shard_cases(cases: list[Path], index: int, count: int) -> list[Path]:
+def shard_cases(cases: list[ScanSource], index: int, count: int) -> list[ScanSource]:
     """Deterministic split of the sorted case list: case k goes to shard k mod count."""
     ordered = sorted(cases, key=lambda p: (case_id(p), str(p)))
     return ordered[index::count]
@@ -85,7 +85,7 @@ class FolderRun:
 @dataclass
 class _Case:
     row: CaseRow
-    path: Path
+    path: ScanSource
     mapping: GridMapping | None = None
     source: Volume | None = None  # the scan in HU, kept only when a preview needs it
 
@@ -98,7 +98,7 @@ def list_cases(input_path: Path, output: Path, backend: Backend, options: Segmen
     skipped += [(path, own_output_reason(path) or "") for path in listing.scans if own_output_reason(path)]
     scans = [path for path in listing.scans if not own_output_reason(path)]
     rows = [CaseRow(case=path.name, status="skipped", error=str(why), input_path=str(path)) for path, why in skipped]
-    seen: dict[str, Path] = {}
+    seen: dict[str, ScanSource] = {}
     todo: list[_Case] = []
     for path in shard_cases(scans, *options.shard):
         name = case_id(path)

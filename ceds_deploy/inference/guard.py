@@ -14,7 +14,7 @@ from ceds_deploy.backends.base import Backend
 from ceds_deploy.errors import BackendError, CedsError, OutputError, ScanError
 from ceds_deploy.inference.outputs import CONFIDENCE_SUFFIX, PREVIEW_SUFFIX, PROBABILITIES_SUFFIX, output_paths
 from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON
-from ceds_deploy.io import case_id
+from ceds_deploy.io import DicomSeries, ScanSource, case_id
 
 PROBE_PATTERN = r"\.ceds-probe\.[0-9]+\.[0-9a-f]{32}"  # the write probe's name, for remove_leftovers
 SPACE_FACTOR = 2.0  # outputs need at most about this many times the input scans' bytes
@@ -44,7 +44,7 @@ def check_locations(input_path: Path, output: Path) -> None:
                           f"choose another output folder")
 
 
-def own_output_reason(path: Path) -> str | None:
+def own_output_reason(path: ScanSource) -> str | None:
     """Why `path` (an entry of an input folder) is one of our own outputs, not a scan; None otherwise."""
     name = Path(path).name
     if name.endswith(CONFIDENCE_SUFFIX) or name.endswith(PROBABILITIES_SUFFIX):
@@ -56,17 +56,21 @@ def own_output_reason(path: Path) -> str | None:
     return None
 
 
-def input_bytes(paths: list[Path]) -> int:
-    """Bytes on disk of the scans (a DICOM folder: its files)."""
+def input_bytes(scans: list[ScanSource]) -> int:
+    """Bytes on disk of the scans (a DICOM folder or series: its files)."""
     total = 0
-    for path in paths:
-        try:
-            if path.is_dir():
-                total += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-            else:
-                total += path.stat().st_size
-        except OSError:
-            continue
+    for scan in scans:
+        if isinstance(scan, DicomSeries):
+            files = list(scan.files)
+        elif scan.is_dir():
+            files = [p for p in scan.iterdir() if p.is_file()]
+        else:
+            files = [scan]
+        for file in files:
+            try:
+                total += file.stat().st_size
+            except OSError:
+                continue
     return total
 
 

@@ -69,7 +69,7 @@ def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
     spacing, origin = np.asarray(image.GetSpacing()), np.asarray(image.GetOrigin())
     if not (np.all(np.isfinite(spacing)) and np.all(np.isfinite(origin)) and spacing.min() > 0):
         raise ScanError(path, f"header geometry is not usable: spacing {spacing.tolist()}, origin {origin.tolist()}")
-    geometry = Geometry(spacing, origin, np.asarray(image.GetDirection()).reshape(3, 3), array.shape)
+    geometry = Geometry(tuple(spacing), tuple(origin), np.asarray(image.GetDirection()).reshape(3, 3), array.shape)
     return image, array, geometry
 
 

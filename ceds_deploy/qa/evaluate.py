@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ceds_deploy.errors import CedsError, ScanError
-from ceds_deploy.io import case_id, find_scans, read_scan, write_atomic_text
+from ceds_deploy.io import ScanSource, case_id, find_scans, read_scan, write_atomic_text
 from ceds_deploy.qa.metrics import dice, hausdorff95
 from ceds_deploy.volume import Geometry
 
@@ -151,7 +151,7 @@ def evaluate_case(prediction: Path, label: Path) -> CaseEvaluation:
 # ---------------------------------------------------------------- folders
 
 
-def is_prediction_file(path: Path) -> bool:
+def is_prediction_file(path: ScanSource) -> bool:
     """True for a mask; False for the confidence/probability maps `ceds segment` writes beside it."""
     return not case_id(path).endswith(NON_MASK_CASE_SUFFIXES)
 
@@ -211,8 +211,9 @@ def evaluate_folder(pred_dir: str | os.PathLike, label_dir: str | os.PathLike,
     for folder, role in ((pred_dir, "prediction folder"), (label_dir, "label folder")):
         if not folder.is_dir():
             raise ScanError(folder, f"{role} does not exist or is not a folder")
-    predictions = _by_case([p for p in find_scans(pred_dir).scans if is_prediction_file(p)])
-    labels = _by_case(find_scans(label_dir).scans)
+    # Masks and labels are image files (a DICOM series is a scan, never a mask here).
+    predictions = _by_case([p for p in find_scans(pred_dir).scans if isinstance(p, Path) and is_prediction_file(p)])
+    labels = _by_case([p for p in find_scans(label_dir).scans if isinstance(p, Path)])
     if not predictions:
         raise CedsError(f"{pred_dir}: no predicted masks found (expected <case>.nii.gz files, as "
                         "`ceds segment` writes)")
