@@ -376,5 +376,24 @@ def run_demo(out: Path, settings: DemoSettings | None = None, *, minutes: float 
     rows = final_rows(out, scores["report"])
     verdict = judge(rows, read_training_record(out), settings, out)
     index = write_index(out, rows, times.rows, verdict)
+    write_demo_record(out, rows, times.rows, verdict, settings)
     print_final_summary(console, rows, times.rows, out, index, verdict)
     return {"rows": rows, "stages": times.rows, "verdict": verdict, "index": index}
+
+
+DEMO_RECORD = "demo.json"
+
+
+def write_demo_record(out: Path, rows: list[dict], stages: list, verdict: Verdict, settings: DemoSettings) -> Path:
+    """`out/demo.json`: the held-out rows, the stage times, the verdict and the recipe, as data (what
+    benchmarks/demo_check.py and a reader of the folder use instead of the printed table)."""
+    import dataclasses
+
+    from ceds_deploy.io import write_atomic_text
+
+    document = {"cases": rows, "stages": [{"stage": n, "seconds": round(t, 2), "note": note} for n, t, note in stages],
+                "verdict": dataclasses.asdict(verdict), "recipe": settings.as_record(),
+                "training": read_training_record(out)}
+    path = out / DEMO_RECORD
+    write_atomic_text(path, json.dumps(document, indent=2, default=str))
+    return path
