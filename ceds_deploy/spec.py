@@ -12,6 +12,9 @@ from ceds_deploy import __version__
 from ceds_deploy.errors import ArtifactError
 
 SPEC_FORMAT = 1
+# The precision of the artifact's graph: an fp16 ONNX file (`ceds export --precision fp16`) is mixed
+# precision with fp32 inputs, outputs and head; its TensorRT engines (strongly typed) run it as is.
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ModelSpec:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def crop_threshold_hu(self) -> float:
