@@ -4,6 +4,14 @@
 The artifact is either an engine (its sidecar must match this TensorRT version and GPU) or an
 ONNX file from `ceds export`, whose engine is built into the engine cache on first use.
 Optionally the full-batch call is captured once as a CUDA graph and replayed.
+
+Engines are strongly typed: they run the ONNX file's own precision (fp32, or the mixed fp16 of
+`ceds export --precision fp16`), so there is no precision to choose here. Running an engine only
+needs `ceds_deploy.backends.tensorrt_runtime`; the build-time code (`ceds_deploy.export`) is
+imported in one place, `_engine_for_onnx`, and only when the artifact is an ONNX file whose
+engine is not cached yet. (Resolving the engine before the backend is created would keep even
+that import out, but `ceds segment` hands the backend the .onnx path, and the cache key needs
+the GPU and TensorRT version, known only once TensorRT is loaded on the device.)
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ from pathlib import Path
 import torch
 
 from ceds_deploy.backends.base import Backend
+from ceds_deploy.backends.tensorrt_runtime import (BatchProfile, check_sidecar, make_logger, read_sidecar,
+                                                    require_tensorrt, runtime_info)
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, ModelInputError
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.stitch import WindowOutputs
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("seg_logits", "confidence")
-PRECISIONS = ("fp16", "fp32")
 
 
 class TensorRTBackend(Backend):
@@ -27,17 +36,18 @@ class TensorRTBackend(Backend):
     default_batch_size = 4
 
     def __init__(self, artifact: Path, spec: ModelSpec, *, device: str = "cuda", max_batch_size: int | None = None,
-                 precision: str = "fp16", cache_dir: Path | None = None, workspace_gb: float = 4.0,
+                 precision: str | None = None, cache_dir: Path | None = None, workspace_gb: float = 4.0,
                  cuda_graph: bool = False, validate_build: bool = True) -> None:
         if not str(device).startswith("cuda"):
             raise BackendUnavailableError(f"the tensorrt backend runs on a CUDA GPU; use --device cuda (got {device!r})")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"tensorrt precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision is not None and precision != spec.precision:
+            # Strongly typed engines run the file's types; a different precision is another ONNX file.
+            raise ConfigError(f"{Path(artifact).name} is {spec.precision}: TensorRT engines run the ONNX file's own "
+                              f"precision; for {precision}, export with `ceds export CHECKPOINT --out model-{precision}"
+                              f".onnx --precision {precision}` and give that file")
         artifact = Path(artifact)
         self._sidecar = None
         if artifact.suffix.lower() != ".onnx":
-            from ceds_deploy.export.engine_cache import BatchProfile, read_sidecar
-
             # The sidecar (plain JSON) says the profile's max batch before any GPU work.
             self._sidecar = read_sidecar(artifact)
             profile_max = BatchProfile.parse(self._sidecar["profile"]["batch"]).max
@@ -46,7 +56,7 @@ class TensorRTBackend(Backend):
                                   f"max {profile_max}; rebuild with a larger --batch")
             max_batch_size = max_batch_size or profile_max
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
-        self.precision = precision
+        self.precision = spec.precision
         self.cache_dir = cache_dir
         self.workspace_gb = workspace_gb
         self.cuda_graph = cuda_graph
@@ -55,19 +65,22 @@ class TensorRTBackend(Backend):
 
     # -------------------------------------------------------------- activation
 
-    def _activate(self) -> None:
-        from ceds_deploy.export.engine_cache import BatchProfile, check_sidecar, get_or_build
-        from ceds_deploy.export.tensorrt_build import make_logger, require_tensorrt, runtime_info
+    def _engine_for_onnx(self, runtime) -> Path:
+        """The cached engine of the ONNX artifact, built on first use.
 
+        BUILD-TIME IMPORT: the only place the runtime backend reaches into `ceds_deploy.export`."""
+        from ceds_deploy.export.engine_cache import get_or_build
+
+        n = self.max_batch_size
+        return get_or_build(self.artifact, self.spec, runtime, profile=BatchProfile(1, n, n), cache_dir=self.cache_dir,
+                            workspace_gb=self.workspace_gb, device=self.device, validate=self.validate_build)
+
+    def _activate(self) -> None:
         trt = require_tensorrt(self.device)
         self._device = torch.device(self.device)
         runtime = runtime_info(trt, self.device)
         if self._sidecar is None:
-            n = self.max_batch_size
-            self.engine_path = get_or_build(self.artifact, self.spec, runtime, profile=BatchProfile(1, n, n),
-                                            fp16=self.precision == "fp16", cache_dir=self.cache_dir,
-                                            workspace_gb=self.workspace_gb, device=self.device,
-                                            validate=self.validate_build)
+            self.engine_path = self._engine_for_onnx(runtime)
         else:
             check_sidecar(self.artifact, self._sidecar, runtime)
             self.engine_path = self.artifact
@@ -87,7 +100,7 @@ class TensorRTBackend(Backend):
         self._graph = None
         self._graph_io: dict[str, torch.Tensor] = {}
         engine_precision = (self._sidecar or {}).get("precision", self.precision)
-        self.description = (f"tensorrt {trt.__version__} {engine_precision} on {runtime.gpu_name} "
+        self.description = (f"tensorrt {trt.__version__} {engine_precision} (strongly typed) on {runtime.gpu_name} "
                             f"(batch <= {self.max_batch_size}{', CUDA graph' if self.cuda_graph else ''})")
 
     def _check_io(self, trt) -> None:

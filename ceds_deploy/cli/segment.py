@@ -28,8 +28,10 @@ def segment(
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
     precision: Annotated[Optional[str], typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
-                                                     "default fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
-                                                     "or fp32.")] = None,
+                                                     "default fp32 on CPU and fp16 on CUDA. A .onnx or .engine model "
+                                                     "runs its own precision (fp16 files come from `ceds export "
+                                                     "--precision fp16`); tensorrt accepts only that value "
+                                                     "here.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="torch or tensorrt on CUDA: capture the "
                                              "fixed-shape call once and replay it as a CUDA graph.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
