@@ -185,6 +185,12 @@ def check_graph(model, path: Path, precision: str = "fp32") -> dict[str, int]:
     if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
         raise ArtifactError(f"{path}: graph has inputs {inputs} and outputs {outputs}, "
                             f"expected [{INPUT_NAME}] and {list(OUTPUT_NAMES)}")
+    from onnx import TensorProto
+
+    not_fp32 = [v.name for v in (*model.graph.input, *model.graph.output)
+                if v.type.tensor_type.elem_type != TensorProto.FLOAT]
+    if not_fp32:
+        raise ArtifactError(f"{path}: inputs and outputs must be float32 in every precision, {not_fp32} are not")
     return histogram
 
 
