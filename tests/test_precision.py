@@ -100,6 +100,7 @@ def test_fp16_export_is_mixed_precision_with_fp32_inputs_and_outputs(exports):
     validation = json.loads({p.key: p.value for p in model.metadata_props}[VALIDATION_META_KEY])
     assert validation["passed"] and validation["argmax_agreement"] >= 0.999 and validation["min_agreement"] == 0.999
     assert validation["max_prob_diff"] <= 5e-2 and validation["max_confidence_diff"] <= 5e-2
+    assert "unoptimised: fp16 activations" in validation["label"]  # the gate stores activations in fp16
     assert fp16.parity.windows >= 4 and len(set(fp16.parity.shapes)) == 2  # ROI windows and a larger one
 
 
@@ -165,7 +166,8 @@ def test_argmax_agreement_is_part_of_the_gate(tmp_path):
     from ceds_deploy.export import parity
 
     gate = parity.gate_for("fp16")
-    assert gate == {"tolerance": 5e-2, "min_agreement": 0.999} and parity.gate_for("fp32") == {"tolerance": 1e-4}
+    assert gate == {"tolerance": 5e-2, "min_agreement": 0.999, "ort_optimize": False}
+    assert parity.gate_for("fp32") == {"tolerance": 1e-4}
     report = parity.ParityReport(label="onnxruntime vs torch", windows=3, shapes=((32, 32, 32),), max_prob_diff=0.01,
                                  mean_prob_diff=1e-4, max_confidence_diff=0.01, max_logit_diff=0.1, dice=0.999,
                                  tolerance=5e-2, min_dice=None, argmax_agreement=0.9985, min_agreement=0.999)
