@@ -25,9 +25,9 @@ the ONNX checker accepts, and no new dependency.
 Why the whole head stays fp32 (`HEAD_FP32`): CBAM pools over every voxel of a window (about 10^6
 voxels at 112x112x80), which fp16 reductions do badly, and the head is 0.2% of the network's
 FLOPs (2.6 of 1300 GFLOP per 112x112x80 window at width 16, `network.flops`) and 1335 of its
-67 M weights. Measured at width 16 (random weights, ONNX Runtime CPU vs torch fp32 on one random
-and two phantom 112x112x80 windows): head fp32: max |prob diff| 8.2e-5, confidence 1.8e-5, argmax
-agreement 0.999936; head fp16: 1.1e-4, 6.8e-5, 0.999801, and no faster.
+67 M weights. Measured at width 16 (random weights, ONNX Runtime CPU with its default optimisations
+vs torch fp32 on one random and two phantom 112x112x80 windows): head fp32: max |prob diff| 8.2e-5,
+confidence 1.8e-5, argmax agreement 0.999936; head fp16: 1.1e-4, 6.8e-5, 0.999801, and no faster.
 """
 
 from __future__ import annotations
