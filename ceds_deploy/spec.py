@@ -15,7 +15,9 @@ from ceds_deploy.errors import ArtifactError, ConfigError
 SPEC_FORMAT = 1
 SPACING_RANGE_MM = (0.1, 20.0)  # finer grids than 0.1 mm allocate tens of GB per scan
 HU_RANGE = (-2000.0, 5000.0)
-PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
+# The precision of the artifact's graph: an fp16 ONNX file (`ceds export --precision fp16`) is mixed
+# precision with fp32 inputs, outputs and head; its TensorRT engines (strongly typed) run it as is.
+PRECISIONS = ("fp32", "fp16")
 
 
 def _finite_within(value: float, low: float, high: float) -> bool:

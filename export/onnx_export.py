@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ceds_deploy.errors import ArtifactError, ConfigError
-from ceds_deploy.export.operators import TENSORRT_OPSET_RANGE, node_histogram, unsupported_nodes
-from ceds_deploy.spec import ONNX_SPEC_KEY, ModelSpec
+from ceds_deploy.export.operators import TENSORRT_OPSET_RANGE, node_histogram, unsupported_nodes, unsupported_types
+from ceds_deploy.export.precision import graph_precision
+from ceds_deploy.spec import INPUT_NAME, ONNX_SPEC_KEY, OUTPUT_NAMES, ModelSpec
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("seg_logits", "confidence")
+log = logging.getLogger(__name__)
 EXPORT_META_KEY = "ceds.export"  # exporter and tool versions, dynamic axes, folding
 VALIDATION_META_KEY = "ceds.validation"  # the parity report the file passed
 DEFAULT_OPSET = 17  # TensorRT >= 8.5 and every JetPack 5/6 parse it
@@ -162,20 +162,34 @@ def downgrade_opset(model, opset: int):
     return converted
 
 
-def check_graph(model, path: Path) -> dict[str, int]:
+def check_graph(model, path: Path, precision: str = "fp32") -> dict[str, int]:
     """The node-type histogram; raises if the graph is not what a deployment needs."""
     histogram = node_histogram(model)
+    float_types = graph_precision(model)
+    expected = {"fp32": {"float32"}, "fp16": {"float16", "float32"}}[precision]
+    if not set(float_types) <= expected or (precision == "fp16" and "float16" not in float_types):
+        raise ArtifactError(f"{path}: {precision} export has initializers of types {float_types}; not written")
     for op in ("BatchNormalization", "Dropout"):
         if histogram.get(op):
             raise ArtifactError(f"{path}: exported graph still has {histogram[op]} {op} nodes; not written")
     bad = unsupported_nodes(model)
     if bad:
         raise ArtifactError(f"{path}: {len(bad)} nodes TensorRT cannot parse, e.g. {bad[0]}; not written")
+    bad_types = unsupported_types(model)
+    if bad_types:
+        raise ArtifactError(f"{path}: {len(bad_types)} nodes use types TensorRT's parser does not take for them, "
+                            f"e.g. {bad_types[0]}; not written")
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
         raise ArtifactError(f"{path}: graph has inputs {inputs} and outputs {outputs}, "
                             f"expected [{INPUT_NAME}] and {list(OUTPUT_NAMES)}")
+    from onnx import TensorProto
+
+    not_fp32 = [v.name for v in (*model.graph.input, *model.graph.output)
+                if v.type.tensor_type.elem_type != TensorProto.FLOAT]
+    if not_fp32:
+        raise ArtifactError(f"{path}: inputs and outputs must be float32 in every precision, {not_fp32} are not")
     return histogram
 
 
@@ -220,17 +234,20 @@ def check_opset(opset: int) -> int:
 # ------------------------------------------------------------------ export
 
 
-def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, validate: bool = True,
-                   window_sets=None, log=None) -> ExportResult:
+def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+                   validate: bool = True, window_sets=None, log=None) -> ExportResult:
     """Export an in-memory CedsNet (eval mode) with `spec` to `out`, validated before it is written.
 
-    `window_sets` overrides the parity windows (default: `parity.parity_windows(spec)`);
-    `log(message)` receives progress lines.
+    `precision`: "fp32", or "fp16" for a mixed-precision graph (`export/precision.py`) whose parity
+    gate against torch fp32 is the fp16 one (probabilities and confidence within 5e-2, argmax
+    agreement >= 0.999). `window_sets` overrides the parity windows (default:
+    `parity.parity_windows(spec)`); `log(message)` receives progress lines.
     """
     import onnx
 
     from ceds_deploy import __version__
     from ceds_deploy.export import parity
+    from ceds_deploy.export.precision import check_precision, mixed_precision_module
     from ceds_deploy.io import write_atomic_bytes
     from ceds_deploy.network import CedsInference
 
@@ -239,15 +256,17 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
     check_opset(opset)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"ONNX output must end in .onnx, got {out.name}")
-    spec = spec.replace(opset=opset, precision="fp32", package_version=__version__)
+    check_precision(precision)
+    spec = spec.replace(opset=opset, precision=precision, package_version=__version__)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
     folded, n_folded = fold_batchnorm(net)
-    model = _export_graph(CedsInference(folded).eval(), spec.roi_size, max(opset, EXPORTER_OPSET))
+    module = mixed_precision_module(folded) if precision == "fp16" else CedsInference(folded).eval()
+    model = _export_graph(module, spec.roi_size, max(opset, EXPORTER_OPSET))
     if opset < EXPORTER_OPSET:
         model = downgrade_opset(model, opset)
-    histogram = check_graph(model, out)
+    histogram = check_graph(model, out, precision)
     model.producer_name, model.producer_version = "ceds-deploy", spec.package_version
     model.doc_string = ("CEDS mediastinal tumour segmentation. image (batch, 1, X, Y, Z) in [0, 1] after the "
                         "pre-processing in ceds.model_spec; seg_logits (batch, 2, ...), confidence (batch, 1, ...) "
@@ -255,14 +274,16 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
     export_info = {"exporter": "torch.onnx.export(dynamo=True)", "tools": tool_versions(),
                    "dynamic_axes": {"batch": [1, MAX_BATCH], "spatial_multiple_of": SIZE_MULTIPLE,
                                     "spatial_max": MAX_BLOCKS * SIZE_MULTIPLE},
-                   "batchnorm_folded": n_folded, "exporter_opset": EXPORTER_OPSET}
+                   "batchnorm_folded": n_folded, "exporter_opset": EXPORTER_OPSET, "precision": precision,
+                   "initializer_types": graph_precision(model)}
     set_metadata(model, {ONNX_SPEC_KEY: spec.to_json(), EXPORT_META_KEY: json.dumps(export_info, sort_keys=True)})
     onnx.checker.check_model(model, full_check=True)
     seconds["export"] = time.perf_counter() - start
-    say(f"exported opset {opset} graph in {seconds['export']:.1f} s ({n_folded} BatchNorm folded, "
+    say(f"exported opset {opset} {precision} graph in {seconds['export']:.1f} s ({n_folded} BatchNorm folded, "
         f"{sum(histogram.values())} nodes)")
 
     report = None
+    _remove_leftovers_of(out)
     if validate:
         # Validate a staged copy next to `out`; only a file that passed is moved into place.
         staged = out.with_name(f".{out.name}.{uuid.uuid4().hex}.validating")
@@ -270,7 +291,7 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
             write_atomic_bytes(staged, model.SerializeToString())
             start = time.perf_counter()
             sets = window_sets if window_sets is not None else parity.parity_windows(spec)
-            report = parity.check_onnx_against_torch(staged, net, spec, sets)
+            report = parity.check_onnx_against_torch(staged, net, spec, sets, **parity.gate_for(precision))
             seconds["validate"] = time.perf_counter() - start
             say(report.summary())
             parity.require_parity(report, out, delete=[staged])
@@ -284,7 +305,7 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, weights: str = "teacher", opset: int = DEFAULT_OPSET,
-                      validate: bool = True, window_sets=None, log=None) -> ExportResult:
+                      precision: str = "fp32", validate: bool = True, window_sets=None, log=None) -> ExportResult:
     """`ceds export CHECKPOINT --out model.onnx`: the teacher or student network of a checkpoint."""
     from ceds_deploy.checkpoint import load_network, sha256_of
 
@@ -293,5 +314,18 @@ def export_checkpoint(checkpoint: Path, out: Path, *, weights: str = "teacher", 
     spec = spec.replace(weights=weights, source_sha256=sha256_of(checkpoint))
     if Path(out).resolve() == checkpoint.resolve():
         raise ConfigError(f"--out {out} would overwrite the checkpoint")
-    return export_network(net, spec, Path(out), opset=opset, validate=validate, window_sets=window_sets, log=log)
+    return export_network(net, spec, Path(out), opset=opset, precision=precision, validate=validate,
+                          window_sets=window_sets, log=log)
 
+
+def _remove_leftovers_of(out: Path) -> None:
+    """The temp files an export of `out` killed mid-way left behind (its own names only, so exports
+    of other files in the folder are never touched)."""
+    import re
+
+    from ceds_deploy.io import remove_leftovers
+
+    name = re.escape(out.name)
+    removed = remove_leftovers(out.parent, (rf"\.{name}\.[0-9a-f]{{32}}\.(tmp|validating)", rf"\.\.{name}\..+\.tmp"))
+    if removed:
+        log.info("%s: removed %d leftover temp file(s) of an earlier export", out.parent, len(removed))

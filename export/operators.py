@@ -6,6 +6,12 @@ https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md). Operators ma
 are in SUPPORTED; those marked "N" are in UNSUPPORTED. Restrictions that matter for a graph like
 ours are checked in `unsupported_nodes` (Reduce* axes must be initializers, Conv/Pool must be 2D
 or 3D).
+
+The element types the parser takes per operator (`PARSER_TYPES`, for the operators our two graphs
+use, fp32 and fp16) come from the same table's "Supported Types" column as of the ONNX-TensorRT
+10.1 GA release (onnx/onnx-tensorrt commit 96e7811, docs/operators.md); TensorRT 11.0 to 11.5's
+parser release notes add operators (Swish, TRT_* custom ops, opset 25, Squeeze without axes) and
+remove none of these. `unsupported_types` checks a graph's inferred tensor types against it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,24 @@ SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Sequ
 SoftmaxCrossEntropyLoss SplitToSequence StringConcat StringNormalizer StringSplit
 TfIdfVectorizer Unique
 """.split())
+
+TENSORRT_TYPES_SOURCE = ("onnx/onnx-tensorrt docs/operators.md, Supported Types column, ONNX-TensorRT 10.1 GA "
+                         "(commit 96e7811): https://github.com/onnx/onnx-tensorrt/blob/96e7811/docs/operators.md")
+_FLOAT = ("FP32", "FP16", "BF16")
+_NUMERIC = (*_FLOAT, "INT32", "INT64")
+_ANY = (*_NUMERIC, "BOOL")
+# The operators of our fp32 and fp16 graphs (and a few neighbours), with the types the parser takes.
+PARSER_TYPES: dict[str, tuple[str, ...]] = {
+    "Add": _NUMERIC, "Cast": (*_NUMERIC, "UINT8", "BOOL"), "Concat": _ANY, "Constant": _ANY,
+    "Conv": _FLOAT, "ConvTranspose": _FLOAT, "Div": _NUMERIC, "Elu": _FLOAT, "Exp": _FLOAT, "Expand": _ANY,
+    "Identity": _ANY, "Log": _FLOAT, "Mul": _NUMERIC, "Neg": _NUMERIC, "ReduceMax": _NUMERIC,
+    "ReduceMean": _NUMERIC, "ReduceSum": _NUMERIC, "Relu": _NUMERIC, "Reshape": _ANY, "Shape": _ANY,
+    "Sigmoid": _FLOAT, "Slice": _ANY, "Softmax": _FLOAT, "Sub": _NUMERIC, "Tile": _ANY, "Transpose": _ANY,
+    "Unsqueeze": _ANY,
+}
+# ONNX TensorProto element type -> the table's names.
+ONNX_TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE",
+                   16: "BF16"}
 
 _AXES_INPUT_OPS = frozenset(op for op in SUPPORTED if op.startswith("Reduce"))
 _SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "AveragePool", "MaxPool"})
@@ -93,3 +117,51 @@ def unsupported_nodes(model) -> list[UnsupportedNode]:
             found.append(UnsupportedNode(name, op, "TensorRT supports 2D or 3D convolutions and pooling only"))
     return found
 
+
+
+def tensor_types(model) -> dict[str, str]:
+    """Every named tensor of the main graph -> its element type name ("FP32", "FP16", "INT64", ...),
+    from the graph's inputs, outputs, initializers, Constant nodes and ONNX shape inference."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    graph = inferred.graph
+    types: dict[str, str] = {}
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        if info.type.HasField("tensor_type"):
+            types[info.name] = ONNX_TYPE_NAMES.get(info.type.tensor_type.elem_type, str(info.type.tensor_type.elem_type))
+    for tensor in graph.initializer:
+        types[tensor.name] = ONNX_TYPE_NAMES.get(tensor.data_type, str(tensor.data_type))
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = ONNX_TYPE_NAMES.get(attr.t.data_type, str(attr.t.data_type))
+    return types
+
+
+def node_types(model) -> dict[str, set[str]]:
+    """Operator -> the element types of its data tensors (first input and outputs) in `model`."""
+    types = tensor_types(model)
+    used: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        names = [n for n in (node.input[:1] if node.op_type != "Constant" else []) if n] + [n for n in node.output if n]
+        used.setdefault(node.op_type, set()).update(types[n] for n in names if n in types)
+    return used
+
+
+def unsupported_types(model) -> list[UnsupportedNode]:
+    """Nodes whose data tensors have a type the parser's table does not list for the operator
+    (only for the operators in PARSER_TYPES; others are left to `unsupported_nodes`)."""
+    types = tensor_types(model)
+    found: list[UnsupportedNode] = []
+    for node in model.graph.node:
+        allowed = PARSER_TYPES.get(node.op_type)
+        if allowed is None:
+            continue
+        names = ([] if node.op_type == "Constant" else [n for n in node.input[:1] if n]) + [n for n in node.output if n]
+        bad = sorted({types[n] for n in names if n in types and types[n] not in allowed})
+        if bad:
+            found.append(UnsupportedNode(node.name or "(unnamed)", node.op_type,
+                                         f"type {', '.join(bad)} not supported (parser takes {', '.join(allowed)})"))
+    return found

@@ -19,8 +19,9 @@ from ceds_deploy.errors import ArtifactError
 from ceds_deploy.spec import ModelSpec
 
 FP32_PROB_TOLERANCE = 1e-4  # ONNX Runtime vs PyTorch, both fp32
-FP16_PROB_TOLERANCE = 5e-2  # an fp16 engine vs fp32: a few voxels near the decision boundary
+FP16_PROB_TOLERANCE = 5e-2  # an fp16 graph or engine vs fp32: a few voxels near the decision boundary
 MIN_ARGMAX_DICE = 0.99
+MIN_ARGMAX_AGREEMENT = 0.999  # fp16 ONNX vs torch fp32: share of voxels with the same argmax class
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,19 @@ class ParityReport:
     dice: float  # Dice of the argmax foreground masks (1.0 when both are empty)
     tolerance: float
     min_dice: float | None
+    argmax_agreement: float = 1.0  # share of voxels whose argmax class is the same
+    min_agreement: float | None = None
 
     @property
     def passed(self) -> bool:
         worst = max(self.max_prob_diff, self.max_confidence_diff)
-        return worst <= self.tolerance and (self.min_dice is None or self.dice >= self.min_dice)
+        return worst <= self.tolerance and (self.min_dice is None or self.dice >= self.min_dice) \
+            and (self.min_agreement is None or self.argmax_agreement >= self.min_agreement)
 
     def summary(self) -> str:
         dice = f", argmax Dice {self.dice:.5f}" + (f" (>= {self.min_dice})" if self.min_dice is not None else "")
+        if self.min_agreement is not None:
+            dice += f", argmax agreement {self.argmax_agreement:.6f} (>= {self.min_agreement})"
         return (f"{self.label}: {self.windows} windows {', '.join('x'.join(map(str, s)) for s in self.shapes)}; "
                 f"max |diff| probabilities {self.max_prob_diff:.2e}, confidence {self.max_confidence_diff:.2e} "
                 f"(<= {self.tolerance:.0e}), mean {self.mean_prob_diff:.1e}, logits {self.max_logit_diff:.2e}{dice}")
@@ -80,7 +86,7 @@ def phantom_windows(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray | 
     if count < 1 or importlib.util.find_spec("ceds_deploy.synthetic") is None:
         return None
     from ceds_deploy.synthetic import make_case
-    from ceds_deploy.transforms.preprocess import prepare_scan, prepare_label
+    from ceds_deploy.transforms.preprocess import prepare_label, prepare_scan
 
     roi = np.asarray(spec.roi_size)
     out = np.empty((count, 1, *spec.roi_size), dtype=np.float32)
@@ -137,11 +143,12 @@ def _predict(predict: Predictor, windows: np.ndarray, batch_size: int) -> tuple[
 
 def compare_backends(reference: Predictor, candidate: Predictor, window_sets: Iterable[WindowSet], *,
                      label: str, tolerance: float, min_dice: float | None = None,
-                     batch_size: int = 2) -> ParityReport:
+                     min_agreement: float | None = None, batch_size: int = 2) -> ParityReport:
     """Run both predictors on every window set and measure how far the candidate is from the reference."""
     max_prob = max_conf = max_logit = 0.0
     abs_sum, count = 0.0, 0
     intersection = total = 0
+    agree = voxels = 0
     shapes, n = [], 0
     for window_set in window_sets:
         windows = np.ascontiguousarray(window_set.windows, dtype=np.float32)
@@ -153,7 +160,9 @@ def compare_backends(reference: Predictor, candidate: Predictor, window_sets: It
         abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
         max_conf = max(max_conf, float(np.abs(conf - ref_conf).max()))
         max_logit = max(max_logit, float(np.abs(seg - ref_seg).max()))
-        ref_fg, fg = ref_seg.argmax(axis=1) > 0, seg.argmax(axis=1) > 0
+        ref_class, cand_class = ref_seg.argmax(axis=1), seg.argmax(axis=1)
+        agree, voxels = agree + int((ref_class == cand_class).sum()), voxels + ref_class.size
+        ref_fg, fg = ref_class > 0, cand_class > 0
         intersection += int(np.logical_and(ref_fg, fg).sum())
         total += int(ref_fg.sum()) + int(fg.sum())
         shapes.append(tuple(windows.shape[2:]))
@@ -161,7 +170,48 @@ def compare_backends(reference: Predictor, candidate: Predictor, window_sets: It
     return ParityReport(label=label, windows=n, shapes=tuple(shapes), max_prob_diff=max_prob,
                         mean_prob_diff=abs_sum / max(count, 1), max_confidence_diff=max_conf,
                         max_logit_diff=max_logit, dice=1.0 if total == 0 else 2.0 * intersection / total,
-                        tolerance=tolerance, min_dice=min_dice)
+                        tolerance=tolerance, min_dice=min_dice, argmax_agreement=agree / max(voxels, 1),
+                        min_agreement=min_agreement)
+
+
+def gate_for(precision: str) -> dict:
+    """The ONNX Runtime vs torch fp32 gate for an export of `precision` (keyword arguments of
+    `check_onnx_against_torch`). fp16 files run with ONNX Runtime's graph optimisations off: see
+    `_UnoptimizedOnnxRuntime`."""
+    if precision == "fp16":
+        return {"tolerance": FP16_PROB_TOLERANCE, "min_agreement": MIN_ARGMAX_AGREEMENT, "ort_optimize": False}
+    return {"tolerance": FP32_PROB_TOLERANCE}
+
+
+class _UnoptimizedOnnxRuntime:
+    """ONNX Runtime's CPU provider on an fp16 file with graph optimisations off.
+
+    The CPU provider has no fp16 kernels for most of our operators: it wraps each fp16 node in
+    Casts (fp16 in, fp32 compute, fp16 out). With optimisations on (ORT_ENABLE_ALL, what `ceds
+    segment` uses) it then removes those Casts and converts the fp16 weights to fp32 (measured with
+    ORT 1.31: 1 Cast and no fp16 initializer left), so the graph runs in fp32 with fp16-rounded
+    weights and the activations are never rounded. With optimisations off, every activation is
+    stored in fp16 between nodes, as on a GPU (fp16 tensors, fp32 accumulation): the closer
+    emulation of what TensorRT and the CUDA provider run, so the gate measures that."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        from ceds_deploy.backends.onnxruntime_backend import physical_cores
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = threads or physical_cores()
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch):
+        import torch
+
+        from ceds_deploy.stitch import WindowOutputs
+
+        feed = {"image": np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)}
+        seg, conf = self.session.run(["seg_logits", "confidence"], feed)
+        return WindowOutputs(torch.from_numpy(seg), torch.from_numpy(conf))
 
 
 def require_parity(report: ParityReport, artifact: Path, *, delete: Sequence[Path] = ()) -> ParityReport:
@@ -177,16 +227,22 @@ def require_parity(report: ParityReport, artifact: Path, *, delete: Sequence[Pat
 
 
 def check_onnx_against_torch(onnx_path: Path, net, spec: ModelSpec, window_sets: Sequence[WindowSet], *,
-                             tolerance: float = FP32_PROB_TOLERANCE, threads: int | None = None) -> ParityReport:
-    """ONNX Runtime (CPU) on `onnx_path` against the PyTorch network it was exported from."""
+                             tolerance: float = FP32_PROB_TOLERANCE, min_agreement: float | None = None,
+                             ort_optimize: bool = True, threads: int | None = None) -> ParityReport:
+    """ONNX Runtime (CPU) on `onnx_path` against the PyTorch network (fp32) it was exported from.
+    `ort_optimize=False` (the fp16 gate) runs ONNX Runtime unoptimised: see `_UnoptimizedOnnxRuntime`."""
     from ceds_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
     from ceds_deploy.backends.torch_backend import TorchBackend
 
     batch = 2
-    with TorchBackend.from_module(net, spec, device="cpu", max_batch_size=batch) as reference, \
-            OnnxRuntimeBackend(onnx_path, spec, device="cpu", max_batch_size=batch, threads=threads) as candidate:
-        return compare_backends(reference, candidate, window_sets, label="onnxruntime vs torch",
-                                tolerance=tolerance, batch_size=batch)
+    with TorchBackend.from_module(net, spec, device="cpu", max_batch_size=batch) as reference:
+        if not ort_optimize:
+            return compare_backends(reference, _UnoptimizedOnnxRuntime(onnx_path, threads), window_sets,
+                                    label="onnxruntime (unoptimised: fp16 activations) vs torch fp32",
+                                    tolerance=tolerance, min_agreement=min_agreement, batch_size=batch)
+        with OnnxRuntimeBackend(onnx_path, spec, device="cpu", max_batch_size=batch, threads=threads) as candidate:
+            return compare_backends(reference, candidate, window_sets, label="onnxruntime vs torch",
+                                    tolerance=tolerance, min_agreement=min_agreement, batch_size=batch)
 
 
 def check_engine_against_onnx(engine_path: Path, onnx_path: Path, spec: ModelSpec,

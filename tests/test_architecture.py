@@ -22,6 +22,7 @@ LAYERS = [
     ("backends", ["backends"]),
     ("inference", ["inference"]),
     ("export", ["export"]),
+    ("models", ["models"]),
     ("training", ["training"]),
     ("application", ["cli", "demo"]),
 ]

@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import GEOMETRIES, sphere_scan
 
 from ceds_deploy.backends import create_backend
 from ceds_deploy.inference import SegmentOptions, segment_volume
-
-from helpers import GEOMETRIES, sphere_scan
 
 
 def process_state() -> dict:

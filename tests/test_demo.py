@@ -11,9 +11,18 @@ import time
 import pytest
 
 from ceds_deploy.demo import run as demo_module
-from ceds_deploy.demo.run import (MIN_MEAN_DICE, TESTED_RECIPE, DemoSettings, TrainingClock, Verdict, demo_console,
-                                  judge, read_training_record, run_demo)
 from ceds_deploy.demo.page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
+from ceds_deploy.demo.run import (
+    MIN_MEAN_DICE,
+    TESTED_RECIPE,
+    DemoSettings,
+    TrainingClock,
+    Verdict,
+    demo_console,
+    judge,
+    read_training_record,
+    run_demo,
+)
 
 # Four training steps of a width-2 network: it finds no tumour, so the quality gate must fire.
 TINY = DemoSettings(iterations=4, cases=3, labeled=2, test=1, width=2, patch=(32, 32, 32), spacing=6.0)

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import GEOMETRIES, sphere_scan
 
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
-
-from helpers import GEOMETRIES, sphere_scan
 
 TOLERANCE = 1e-4  # max |diff| of probabilities, fp32
 
@@ -325,10 +324,10 @@ def test_cli_export_errors_are_one_red_line(tmp_path, capsys):
 def test_segment_with_onnxruntime_reproduces_the_torch_masks(exported, bn_checkpoint, tmp_path):
     from rich.console import Console
 
-    from ceds_deploy.export.parity import dice
-    from ceds_deploy.io import read_scan, write_volume
-    from ceds_deploy.inference import SegmentOptions
     from ceds_deploy.cli.segment import run_segment
+    from ceds_deploy.export.parity import dice
+    from ceds_deploy.inference import SegmentOptions
+    from ceds_deploy.io import read_scan, write_volume
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -386,8 +385,7 @@ def _fake_engine(tmp_path: Path, spec, runtime, profile="1:4:8", name="model.eng
     engine.write_bytes(b"not really an engine")
     write_sidecar(engine, make_sidecar(spec=spec.replace(precision="fp16"), runtime=runtime,
                                        onnx_path=tmp_path / "model.onnx", onnx_sha256="ab" * 32,
-                                       profile=BatchProfile.parse(profile), precision="fp16", fp32_layers=0,
-                                       build_seconds=12.3))
+                                       profile=BatchProfile.parse(profile), build_seconds=12.3))
     return engine
 
 
@@ -415,13 +413,15 @@ def test_engine_for_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command(
     assert read_spec(engine).precision == "fp16"
     assert sidecar["gpu"] == {"name": "Orin", "compute_capability": "8.7"} and sidecar["profile"]["batch"] == "1:4:8"
     assert sidecar["profile"]["max"] == [8, 1, 32, 32, 32] and sidecar["onnx"]["sha256"] == "ab" * 32
+    assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] is True  # the ONNX spec's precision
     check_sidecar(engine, sidecar, RuntimeInfo(**ORIN))  # same machine: fine
     for other in (H100, {**ORIN, "tensorrt_version": "10.4.0"}, {**ORIN, "compute_capability": "8.6"}):
         with pytest.raises(ArtifactError) as err:
             check_sidecar(engine, sidecar, RuntimeInfo(**other))
         message = str(err.value)
         assert "built for TensorRT 10.3.0 on Orin" in message
-        assert "ceds export model.onnx --tensorrt model.engine --fp16 --batch 1:4:8" in message
+        assert "ceds export model.onnx --tensorrt model.engine --batch 1:4:8" in message
+        assert "--fp16" not in message and "ONNX file's precision, fp16" in message
 
 
 def test_engine_without_or_with_a_broken_sidecar_is_refused(tmp_path, tiny_spec):
@@ -459,6 +459,11 @@ def test_engine_cache_keys_separate_what_changes_an_engine(tmp_path, tiny_spec):
     assert lookup(entry, base, orin)
     assert not lookup(entry, base, h100)  # the GPU changed under the cache: rebuild
     assert not lookup(entry, others[0], orin)  # another ONNX file
+    assert not lookup(entry, others[2], orin)  # another precision (another ONNX file, in fact)
+    sidecar = json.loads((entry.parent / "model.engine.json").read_text())
+    del sidecar["strongly_typed"]  # an engine from before strongly typed builds: rebuilt
+    (entry.parent / "model.engine.json").write_text(json.dumps(sidecar))
+    assert not lookup(entry, base, orin)
 
 
 @pytest.mark.skipif(TENSORRT_MISSING is None, reason="TensorRT and a CUDA GPU are present")
@@ -470,9 +475,9 @@ def test_tensorrt_commands_fail_in_one_line_without_tensorrt(exported, tmp_path,
     from ceds_deploy.export.tensorrt_build import build_engine
 
     engine = _fake_engine(tmp_path, tiny_spec, RuntimeInfo(**ORIN))
-    calls = [lambda: export(exported.path, tensorrt=tmp_path / "m.engine", fp16=True, batch="1:4:8"),
+    calls = [lambda: export(exported.path, tensorrt=tmp_path / "m.engine", batch="1:4:8"),
              lambda: build_engine(exported.path, tmp_path / "m.engine"),
-             lambda: TensorRTBackend(exported.path, tiny_spec).activate(),
+             lambda: TensorRTBackend(exported.path, tiny_spec, engine_for_onnx=lambda *_: engine).activate(),
              lambda: create_backend("tensorrt", engine, tiny_spec, device="cuda").activate()]
     for call in calls:
         with pytest.raises(BackendUnavailableError) as err:
@@ -509,29 +514,28 @@ def built_engine(exported, tmp_path_factory):
     from ceds_deploy.export.tensorrt_build import BuildOptions, build_checked_engine
 
     folder = tmp_path_factory.mktemp("engine")
-    options = BuildOptions(fp16=True, batch=BatchProfile(1, 2, 2), workspace_gb=1.0, timing_cache=folder / "timing.cache")
+    options = BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0, timing_cache=folder / "timing.cache")
     return build_checked_engine(exported.path, folder / "model.engine", options)
 
 
 @pytest.mark.gpu
 @needs_tensorrt
-def test_fp16_engine_build_writes_sidecar_timing_cache_and_passes_parity(built_engine, exported, tiny_spec):
+def test_engine_build_writes_sidecar_timing_cache_and_passes_parity(built_engine, exported, tiny_spec):
     import tensorrt as trt
 
     from ceds_deploy.checkpoint import sha256_of
-    from ceds_deploy.export.engine_cache import read_sidecar
+    from ceds_deploy.export.engine_cache import BatchProfile, read_sidecar
     from ceds_deploy.export.tensorrt_build import BuildOptions, build_engine
-    from ceds_deploy.export.engine_cache import BatchProfile
 
     sidecar = read_sidecar(built_engine.engine)
     assert sidecar["tensorrt_version"] == trt.__version__
     assert sidecar["gpu"]["name"] == torch.cuda.get_device_name()
     assert sidecar["onnx"]["sha256"] == sha256_of(exported.path) and sidecar["profile"]["batch"] == "1:2:2"
-    assert sidecar["precision"] == "fp16" and sidecar["parity"]["passed"]
+    assert sidecar["precision"] == "fp32" and sidecar["strongly_typed"] and sidecar["parity"]["passed"]
     assert built_engine.parity.dice >= 0.99
     assert built_engine.timing_cache.is_file()
     again = build_engine(exported.path, built_engine.engine.with_name("again.engine"),
-                         BuildOptions(fp16=True, batch=BatchProfile(1, 2, 2), workspace_gb=1.0,
+                         BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0,
                                       timing_cache=built_engine.timing_cache))
     assert again.timing_cache_loaded_bytes > 0
 
@@ -566,13 +570,17 @@ def test_tensorrt_backend_matches_onnxruntime_with_and_without_cuda_graph(built_
 @needs_tensorrt
 def test_onnx_model_builds_into_the_engine_cache_once(exported, tiny_spec, tmp_path):
     from ceds_deploy.backends.tensorrt_backend import TensorRTBackend
+    from ceds_deploy.export.engine_cache import get_or_build
 
-    with TensorRTBackend(exported.path, tiny_spec, max_batch_size=2, cache_dir=tmp_path) as backend:
+    def cached(runtime, profile):
+        return get_or_build(exported.path, tiny_spec, runtime, profile=profile, cache_dir=tmp_path)
+
+    with TensorRTBackend(exported.path, tiny_spec, max_batch_size=2, engine_for_onnx=cached) as backend:
         engine = backend.engine_path
         backend(torch.rand(2, 1, *tiny_spec.roi_size))
     stamp = engine.stat().st_mtime_ns
     assert tmp_path in engine.parents
-    with TensorRTBackend(exported.path, tiny_spec, max_batch_size=2, cache_dir=tmp_path) as backend:
+    with TensorRTBackend(exported.path, tiny_spec, max_batch_size=2, engine_for_onnx=cached) as backend:
         assert backend.engine_path == engine
     assert engine.stat().st_mtime_ns == stamp  # reused, not rebuilt
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import GEOMETRIES, sphere_scan
 
-from ceds_deploy.transforms.orientation import canonical_reorientation
 from ceds_deploy.qa.preview import PLANES, display_slice, plane_views, preview_centre, render_preview, write_preview
+from ceds_deploy.transforms.orientation import canonical_reorientation
 from ceds_deploy.volume import Geometry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -80,29 +80,3 @@ def create_backend(name: str, artifact: Path, spec: ModelSpec, *, device: str = 
     backend: Backend = cls(artifact, spec, device=device, max_batch_size=max_batch_size, **options)
     return backend
 
-
-def open_backend(model: Path, *, backend: str = "auto", device: str = "cpu", max_batch_size: int | None = None,
-                 precision: str | None = None, cuda_graph: bool = False) -> tuple[Backend, str]:
-    """(an inactive backend for the model artifact `model`, why that backend was chosen).
-
-    The artifact's own `ModelSpec` says how to pre-process; `precision` and `cuda_graph` are checked
-    against what the chosen backend supports. Raises `ArtifactError`, `BackendUnavailableError`
-    or `ConfigError` with one line naming the problem.
-    """
-    from ceds_deploy.artifacts import artifact_kind, read_spec
-    from ceds_deploy.errors import ConfigError
-
-    kind = artifact_kind(model)
-    spec = read_spec(model)
-    name, why = resolve_backend(backend, kind, device)
-    options: dict[str, Any] = {}
-    if precision is not None:
-        if name == "onnxruntime":
-            raise ConfigError("--precision applies to the torch and tensorrt backends; the onnxruntime backend "
-                              "runs the ONNX file's own precision")
-        options["precision"] = precision
-    if cuda_graph:
-        if name not in ("torch", "tensorrt"):
-            raise ConfigError(f"--cuda-graph applies to the torch and tensorrt backends; the {name} backend was chosen")
-        options["cuda_graph"] = True
-    return create_backend(name, model, spec, device=device, max_batch_size=max_batch_size, **options), why

@@ -2,23 +2,38 @@
 (no pycuda), `execute_async_v3` on a torch CUDA stream.
 
 The artifact is either an engine (its sidecar must match this TensorRT version and GPU) or an
-ONNX file from `ceds export`, whose engine is built into the engine cache on first use.
+ONNX file from `ceds export` together with `engine_for_onnx`, a function that returns the file's
+engine for this GPU and TensorRT version (`ceds_deploy.models.open_backend` passes the engine
+cache's, which builds it on first use; the cache key needs the GPU and TensorRT version, known only
+once TensorRT is loaded on the device). Running an engine only needs
+`ceds_deploy.backends.tensorrt_runtime`: this module never imports the build-time code.
 Optionally the full-batch call is captured once as a CUDA graph and replayed.
+
+Engines are strongly typed: they run the ONNX file's own precision (fp32, or the mixed fp16 of
+`ceds export --precision fp16`), so there is no precision to choose here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ceds_deploy.backends.base import Backend, WindowOutputs
-from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, ModelInputError
-from ceds_deploy.spec import ModelSpec
+from ceds_deploy.backends.tensorrt_runtime import (
+    BatchProfile,
+    RuntimeInfo,
+    check_sidecar,
+    make_logger,
+    read_sidecar,
+    require_tensorrt,
+    runtime_info,
+)
+from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, ModelInputError, UsageError
+from ceds_deploy.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("seg_logits", "confidence")
-PRECISIONS = ("fp16", "fp32")
+EngineForOnnx = Callable[[RuntimeInfo, BatchProfile], Path]  # (this machine, the profile) -> engine file
 
 
 class TensorRTBackend(Backend):
@@ -26,17 +41,21 @@ class TensorRTBackend(Backend):
     default_batch_size = 4
 
     def __init__(self, artifact: Path, spec: ModelSpec, *, device: str = "cuda", max_batch_size: int | None = None,
-                 precision: str = "fp16", cache_dir: Path | None = None, workspace_gb: float = 4.0,
-                 cuda_graph: bool = False, validate_build: bool = True) -> None:
+                 precision: str | None = None, cuda_graph: bool = False,
+                 engine_for_onnx: EngineForOnnx | None = None) -> None:
         if not str(device).startswith("cuda"):
             raise BackendUnavailableError(f"the tensorrt backend runs on a CUDA GPU; use --device cuda (got {device!r})")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"tensorrt precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision is not None and precision != spec.precision:
+            # Strongly typed engines run the file's types; a different precision is another ONNX file.
+            raise ConfigError(f"{Path(artifact).name} is {spec.precision}: TensorRT engines run the ONNX file's own "
+                              f"precision; for {precision}, export with `ceds export CHECKPOINT --out model-{precision}"
+                              f".onnx --precision {precision}` and give that file")
         artifact = Path(artifact)
         self._sidecar = None
+        if artifact.suffix.lower() == ".onnx" and engine_for_onnx is None:
+            raise UsageError(f"{artifact.name}: the tensorrt backend runs an engine; for an ONNX file pass "
+                             "engine_for_onnx (ceds_deploy.models.open_backend does, with the engine cache)")
         if artifact.suffix.lower() != ".onnx":
-            from ceds_deploy.export.engine_cache import BatchProfile, read_sidecar
-
             # The sidecar (plain JSON) says the profile's max batch before any GPU work.
             self._sidecar = read_sidecar(artifact)
             profile_max = BatchProfile.parse(self._sidecar["profile"]["batch"]).max
@@ -45,31 +64,24 @@ class TensorRTBackend(Backend):
                                   f"max {profile_max}; rebuild with a larger --batch")
             max_batch_size = max_batch_size or profile_max
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
-        self.precision = precision
-        self.cache_dir = cache_dir
-        self.workspace_gb = workspace_gb
+        self.precision = spec.precision
         self.cuda_graph = cuda_graph
-        self.validate_build = validate_build
+        self.engine_for_onnx = engine_for_onnx
         self.engine_path: Path | None = None
 
     # -------------------------------------------------------------- activation
 
     def _activate(self) -> None:
-        from ceds_deploy.export.engine_cache import BatchProfile, check_sidecar, get_or_build
-        from ceds_deploy.export.tensorrt_build import make_logger, require_tensorrt, runtime_info
-
         trt = require_tensorrt(self.device)
         self._device = torch.device(self.device)
         runtime = runtime_info(trt, self.device)
-        if self._sidecar is None:
+        artifact = Path(self.artifact or "")
+        if self._sidecar is None and self.engine_for_onnx is not None:
             n = self.max_batch_size
-            self.engine_path = get_or_build(self.artifact, self.spec, runtime, profile=BatchProfile(1, n, n),
-                                            fp16=self.precision == "fp16", cache_dir=self.cache_dir,
-                                            workspace_gb=self.workspace_gb, device=self.device,
-                                            validate=self.validate_build)
+            self.engine_path = self.engine_for_onnx(runtime, BatchProfile(1, n, n))
         else:
-            check_sidecar(self.artifact, self._sidecar, runtime)
-            self.engine_path = self.artifact
+            check_sidecar(artifact, self._sidecar or {}, runtime)
+            self.engine_path = artifact
         self._logger = make_logger(trt)  # must outlive the runtime and engine
         with torch.cuda.device(self._device):
             self._runtime = trt.Runtime(self._logger)
@@ -83,10 +95,10 @@ class TensorRTBackend(Backend):
                 raise ArtifactError(f"{self.engine_path}: cannot create an execution context "
                                     f"(out of GPU memory?): {self._logger.last_error}")
             self._stream = torch.cuda.Stream(device=self._device)
-        self._graph = None
+        self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_io: dict[str, torch.Tensor] = {}
         engine_precision = (self._sidecar or {}).get("precision", self.precision)
-        self.description = (f"tensorrt {trt.__version__} {engine_precision} on {runtime.gpu_name} "
+        self.description = (f"tensorrt {trt.__version__} {engine_precision} (strongly typed) on {runtime.gpu_name} "
                             f"(batch <= {self.max_batch_size}{', CUDA graph' if self.cuda_graph else ''})")
 
     def _check_io(self, trt) -> None:
@@ -165,10 +177,11 @@ class TensorRTBackend(Backend):
             with torch.cuda.graph(graph, stream=self._stream):
                 self._enqueue()
             self._graph, self._graph_io = graph, {INPUT_NAME: static, **outputs}
+        graph = self._graph
         self._graph_io[INPUT_NAME].copy_(image)
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
-            self._graph.replay()
+            graph.replay()
         # The static outputs are overwritten by the next replay: hand out copies, made on the
         # current stream once the replay is done (the next replay waits for the copies).
         current.wait_stream(self._stream)
@@ -179,4 +192,4 @@ class TensorRTBackend(Backend):
             self._stream.synchronize()
         self._graph, self._graph_io = None, {}
         self._context = self._engine = self._runtime = None
-        self._stream = None
+        self._stream = None  # type: ignore[assignment]  # released; _activate makes a new one

@@ -33,8 +33,10 @@ def segment(
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
                                       "(8x slower).")] = False,
     precision: Annotated[str | None, typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
-                                                     "default fp32 on CPU and fp16 on CUDA; tensorrt: fp16 (default) "
-                                                     "or fp32.")] = None,
+                                                     "default fp32 on CPU and fp16 on CUDA. A .onnx or .engine model "
+                                                     "runs its own precision (fp16 files come from `ceds export "
+                                                     "--precision fp16`); tensorrt accepts only that value "
+                                                     "here.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="torch or tensorrt on CUDA: capture the "
                                              "fixed-shape call once and replay it as a CUDA graph.")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
@@ -116,9 +118,9 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
     failed cases. The demo calls this too."""
     from rich.console import Console
 
-    from ceds_deploy.backends import open_backend
     from ceds_deploy.inference import SegmentOptions, segment_folder
     from ceds_deploy.inference.report import status_counts
+    from ceds_deploy.models import open_backend
 
     options = options or SegmentOptions()
     console = console or Console(stderr=True)
