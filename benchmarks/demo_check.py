@@ -48,7 +48,7 @@ def run(out: Path, busy: int, limit_s: float) -> dict:
         for loop in loops:
             loop.kill()
             loop.wait()
-    record = json.loads((out / "demo.json").read_text()) if (out / "demo.json").is_file() else {}
+    record = json.loads((out / "demo.json").read_text(encoding="utf-8")) if (out / "demo.json").is_file() else {}
     dice = {c["case"]: c["dice"] for c in record.get("cases", [])}
     return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), "busy_loops": busy,
             "load_average_during": [round(v, 2) for v in loads], "dice": dice,

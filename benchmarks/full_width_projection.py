@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.spec import ModelSpec
 
     spec = ModelSpec()  # the paper's network: width 16, 112x112x80 at 1 mm
-    throughput = json.loads(args.throughput.read_text())
+    throughput = json.loads(args.throughput.read_text(encoding="utf-8"))
     ours_batch = 1  # the CPU default at this window size (Backend.default_batch_size_for)
     ref_batch = 4 if seconds_per_window(throughput, spec.width, 4, False) else 2
     ref_s = seconds_per_window(throughput, spec.width, ref_batch, False)

@@ -130,7 +130,7 @@ def end_to_end(scans: Path, checkpoint: Path, out: Path, precision: str, graph: 
 
 
 def run_info_workers(folder: Path):
-    return json.loads((folder / "report.json").read_text())["run"].get("io_workers")
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))["run"].get("io_workers")
 
 
 def network_only(checkpoint: Path, precision: str, graph: bool, batch: int, windows: int, device: str) -> float:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         def tests():
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                    "-rs", "tests/test_gpu.py"],
-                                  capture_output=True, text=True)
+                                  capture_output=True, encoding="utf-8")
             print(proc.stdout[-3000:], proc.stderr[-2000:])
             return {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
         stage(results, "tests", tests)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             window_throughput.main(["--device", "cuda", "--widths", "16", "8", "--batches", "1", "2", "4",
                                     "--repeats", "10", "--backends", "torch-fp32", "torch-tf32", "torch-bf16",
                                     "torch-fp16", "torch-fp16-graph", "--json", str(path)])
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         stage(results, "throughput", throughput)
         save()
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as err:
                 return {"skipped": f"TensorRT is not installed here ({err})"}
             proc = subprocess.run([sys.executable, "benchmarks/tensorrt_bench.py", "--width", "16", "--roi", "112",
-                                   "112", "80", "--batch", "1:4:8"], capture_output=True, text=True)
+                                   "112", "80", "--batch", "1:4:8"], capture_output=True, encoding="utf-8")
             print(proc.stdout[-4000:], proc.stderr[-2000:])
             return {"returncode": proc.returncode, "output_tail": proc.stdout[-2000:]}
         stage(results, "tensorrt", tensorrt)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         path = write_volume(folder / f"scan_{size}.nii.gz", volume.array.astype(np.int16), volume.geometry)
         body = int(np.count_nonzero(volume.array > -500))
         done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(work / f"out_{size}"), str(args.model),
-                               args.backend], capture_output=True, text=True)
+                               args.backend], capture_output=True, encoding="utf-8")
         if done.returncode != 0:
             print(done.stderr[-2000:])
             raise SystemExit(f"segment failed for {size}")

@@ -64,7 +64,7 @@ def make_cohort_once(args: argparse.Namespace) -> Path:
     wanted = {"cases": args.labeled + args.val + args.unlabeled, "labeled": args.labeled + args.val,
               "test": args.test}
     stamp = root / "benchmark_cohort.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted:
         return root
     make_cohort(root, seed=0, size="small", **wanted)
     stamp.write_text(json.dumps(wanted))
@@ -76,7 +76,7 @@ def split_cases(root: Path, n_val: int):
     from ceds_deploy.io import case_id
     from ceds_deploy.training.data import LabeledCase
 
-    data = json.loads((root / "dataset.json").read_text())
+    data = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     labeled = [case_id(Path(item["image"])) for item in data["training"]]
     val = labeled[len(labeled) - n_val:] if n_val else []
     tests = [LabeledCase(case_id(Path(img)), root / img, root / lab)

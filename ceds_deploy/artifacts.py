@@ -69,7 +69,7 @@ def read_spec(path: Path) -> ModelSpec:
     import json
 
     try:
-        data = json.loads(sidecar.read_text())
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
         return ModelSpec.from_dict(data["spec"])
     except ArtifactError as err:
         raise ArtifactError(f"{sidecar}: {err}") from None

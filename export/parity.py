@@ -207,7 +207,7 @@ class _UnoptimizedOnnxRuntime:
     def __call__(self, batch):
         import torch
 
-        from ceds_deploy.stitch import WindowOutputs
+        from ceds_deploy.backends.base import WindowOutputs
 
         feed = {"image": np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)}
         seg, conf = self.session.run(["seg_logits", "confidence"], feed)

@@ -51,7 +51,7 @@ def top_part(module: str) -> str:
 
 def imported_modules(path: Path, module: str) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.startswith("ceds_deploy"))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
@@ -83,7 +83,7 @@ def test_the_library_draws_nothing():
     for module, path in modules():
         if LAYER_OF[top_part(module)] == len(LAYERS) - 1:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             drawing += [f"{module} imports {n}" for n in names if n == "rich" or n.startswith("rich.")]
@@ -91,8 +91,8 @@ def test_the_library_draws_nothing():
 
 
 def test_modules_are_small():
-    large = [f"{m}: {len(p.read_text().splitlines())} lines" for m, p in modules()
-             if len(p.read_text().splitlines()) > MAX_MODULE_LINES]
+    large = [f"{m}: {len(p.read_text(encoding='utf-8').splitlines())} lines" for m, p in modules()
+             if len(p.read_text(encoding="utf-8").splitlines()) > MAX_MODULE_LINES]
     assert not large, "\n".join(large)
 
 
@@ -100,7 +100,7 @@ def test_long_functions_say_why():
     """A function over MAX_FUNCTION_LINES lines carries its reason in its docstring ("Long: ...")."""
     unexplained = []
     for module, path in modules():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES and "Long:" not in (ast.get_docstring(node) or ""):

@@ -54,9 +54,9 @@ def test_demo_runs_every_stage_and_writes_the_pictures(demo_run):
     (row,) = result["rows"]
     assert (out / row["preview"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0.0 <= row["dice"] <= 1.0
-    page = (out / "index.html").read_text()
+    page = (out / "index.html").read_text(encoding="utf-8")
     assert row["case"] in page and "run/curves.png" in page and row["preview"] in page
-    report = json.loads((out / "segment" / "report.json").read_text())
+    report = json.loads((out / "segment" / "report.json").read_text(encoding="utf-8"))
     assert report["run"]["backend"].startswith("onnxruntime")
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp files left anywhere
     record = read_training_record(out)
@@ -95,7 +95,7 @@ def test_a_model_that_finds_nothing_fails_loudly_in_the_terminal(demo_run):
 
 def test_a_model_that_finds_nothing_gets_a_red_banner_on_the_page(demo_run):
     out, _, _ = demo_run
-    page = (out / "index.html").read_text()
+    page = (out / "index.html").read_text(encoding="utf-8")
     body = page[page.index("<body>"):]
     assert body.index(f"id='{FAILURE_BANNER_ID}'") < body.index("<h1>")  # top of the page
     assert "ceds demo --out" in body and "--fresh" in body and "training too short" in body
@@ -178,7 +178,7 @@ def test_page_and_summary_show_the_banner_only_on_failure_and_the_cap_notice_onl
     capped = judge(rows((0.8, 20.0)), CAPPED_RUN, TESTED_RECIPE, tmp_path)
     failed = judge(rows((0.2, 20.0)), RECIPE_RUN, TESTED_RECIPE, tmp_path)
     for verdict, banner, notice in ((ok, False, False), (capped, False, True), (failed, True, False)):
-        page = write_index(tmp_path, rows((0.8, 20.0)), stages, verdict).read_text()
+        page = write_index(tmp_path, rows((0.8, 20.0)), stages, verdict).read_text(encoding="utf-8")
         assert (f"id='{FAILURE_BANNER_ID}'" in page) is banner
         assert (f"id='{CAP_NOTICE_ID}'" in page) is notice
         console = recording_console()
@@ -190,7 +190,7 @@ def test_page_and_summary_show_the_banner_only_on_failure_and_the_cap_notice_onl
 
 
 def test_page_aligns_text_left_and_numbers_right(tmp_path):
-    page = write_index(tmp_path, rows((0.8, 20.0)), [("train", 1.0, "trained")], Verdict(True)).read_text()
+    page = write_index(tmp_path, rows((0.8, 20.0)), [("train", 1.0, "trained")], Verdict(True)).read_text(encoding="utf-8")
     assert "<th class='num'>Dice</th>" in page and "<th>case</th>" in page
     assert "<td class='num'>0.800</td>" in page and "<td class='num'>20.0</td>" in page
     assert "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left" in page

@@ -65,14 +65,14 @@ def browse(page: Path, tmp_path: Path, *args: str) -> str:
                "--virtual-time-budget=5000", *args, page.as_uri()]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.insert(1, "--no-sandbox")  # Chromium refuses to run as root otherwise
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
 
 def page_check(index: Path, tmp_path: Path) -> dict:
     checked = index.with_name("_browser_check.html")  # same folder: the same relative links
-    checked.write_text(index.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+    checked.write_text(index.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"))
     dom = browse(checked, tmp_path, "--dump-dom")
     found = re.search(r'data-check="([^"]*)"', dom)
     assert found, dom[-2000:]

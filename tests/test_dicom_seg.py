@@ -266,7 +266,7 @@ def test_dciodvfy_finds_no_errors(series, tmp_path, name):
     mask, confidence = arrays_for(series[name])
     files = write_dicom_seg(tmp_path / "v_seg.dcm", mask, confidence, read_sorted_series(series[name]))
     for path, iod in ((files.seg, "Segmentation"), (files.confidence, "ParametricMap")):
-        result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([dciodvfy, str(path)], capture_output=True, encoding="utf-8", timeout=120)
         report = (result.stdout + result.stderr).splitlines()
         assert iod in report, report
         errors = [line for line in report if line.startswith("Error")]
@@ -292,7 +292,7 @@ def test_dcmqi_converts_both_back_onto_the_source_grid(series, tmp_path):
         [map_tool, "--inputDICOM", str(files.confidence), "--outputDirectory", str(tmp_path / "pm"), "-t", "nifti"],
     ):
         Path(command[4]).mkdir()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=120)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     pmap = read_scan(tmp_path / "pm" / "pmap.nii.gz")
     assert pmap.geometry.same_grid(scan.geometry, atol=1e-3)

@@ -223,7 +223,7 @@ def test_segment_runs_each_series_and_reports_the_skipped(tmp_path, tiny_checkpo
     result = CliRunner().invoke(app, ["segment", str(tmp_path / "in"), str(out), "--model", str(tiny_checkpoint)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
     assert {c: rows[c]["status"] for c in rows} == {"study_2": "ok", "study_3": "ok", "study_1": "skipped",
                                                     "gone.nii.gz": "skipped"}
     assert rows["gone.nii.gz"]["error"] == "broken link: target missing"

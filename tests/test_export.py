@@ -349,7 +349,7 @@ def test_segment_with_onnxruntime_reproduces_the_torch_masks(exported, bn_checkp
         assert np.abs(confidence[0] - confidence[1]).max() <= 1e-3
         foreground.append(float(masks[0].mean()))
     assert 0.01 < min(foreground) and max(foreground) < 0.99  # neither empty nor full: Dice means something
-    report = json.loads((outputs["onnxruntime"] / "report.json").read_text())
+    report = json.loads((outputs["onnxruntime"] / "report.json").read_text(encoding="utf-8"))
     assert report["cases"][0]["backend"].startswith("onnxruntime")
 
 
@@ -460,7 +460,7 @@ def test_engine_cache_keys_separate_what_changes_an_engine(tmp_path, tiny_spec):
     assert not lookup(entry, base, h100)  # the GPU changed under the cache: rebuild
     assert not lookup(entry, others[0], orin)  # another ONNX file
     assert not lookup(entry, others[2], orin)  # another precision (another ONNX file, in fact)
-    sidecar = json.loads((entry.parent / "model.engine.json").read_text())
+    sidecar = json.loads((entry.parent / "model.engine.json").read_text(encoding="utf-8"))
     del sidecar["strongly_typed"]  # an engine from before strongly typed builds: rebuilt
     (entry.parent / "model.engine.json").write_text(json.dumps(sidecar))
     assert not lookup(entry, base, orin)
@@ -594,7 +594,7 @@ def test_engine_with_a_mismatched_sidecar_is_refused_on_activation(built_engine,
 
     engine = tmp_path / "model.engine"
     shutil.copy(built_engine.engine, engine)
-    sidecar = json.loads(Path(str(built_engine.engine) + ".json").read_text())
+    sidecar = json.loads(Path(str(built_engine.engine) + ".json").read_text(encoding="utf-8"))
     sidecar["gpu"]["name"] = "Orin"
     Path(str(engine) + ".json").write_text(json.dumps(sidecar))
     with pytest.raises(ArtifactError, match="built for TensorRT .* on Orin.*rebuild it on this machine"):

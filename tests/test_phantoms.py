@@ -180,7 +180,7 @@ def test_cohort_layout_and_dataset_json(tmp_path):
     from ceds_deploy.io import read_scan
 
     out = make_cohort(tmp_path / "ds", cases=3, labeled=2, test=1, seed=0)
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["tensorImageSize"] == "3D"
     assert meta["modality"] == {"0": "CT"}
     assert meta["labels"] == {"0": "background", "1": "tumour"}
@@ -212,7 +212,7 @@ def test_cohort_layout_and_dataset_json(tmp_path):
         a = read_scan(out / rel, dtype=None)
         b = read_scan(out2 / rel, dtype=None)
         assert np.array_equal(a.array, b.array)
-    assert json.loads((out2 / "dataset.json").read_text())["training"] == []
+    assert json.loads((out2 / "dataset.json").read_text(encoding="utf-8"))["training"] == []
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -235,11 +235,11 @@ def test_cli_module_imports_light_and_runs(tmp_path):
     code = ("import sys, ceds_deploy.cli.phantoms as m; "
             "bad = [n for n in ('numpy', 'SimpleITK', 'torch', 'ceds_deploy.synthetic') if n in sys.modules]; "
             "print(bad)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert res.stdout.strip() == "[]"
 
     from ceds_deploy.cli.phantoms import phantoms
 
     phantoms(tmp_path / "cli", cases=1, labeled=1, test=0, seed=0, size="small")
-    meta = json.loads((tmp_path / "cli" / "dataset.json").read_text())
+    meta = json.loads((tmp_path / "cli" / "dataset.json").read_text(encoding="utf-8"))
     assert meta["numTraining"] == 1 and meta["numTest"] == 0

@@ -213,10 +213,10 @@ def test_fp16_export_that_fails_the_gate_is_refused_and_not_written(tmp_path, ti
 def test_segment_runs_the_fp16_onnx_file_with_onnxruntime(exports, tmp_path):
     from rich.console import Console
 
+    from ceds_deploy.cli.segment import run_segment
     from ceds_deploy.export.parity import dice
+    from ceds_deploy.inference import SegmentOptions
     from ceds_deploy.io import read_scan, write_volume
-    from ceds_deploy.pipeline import SegmentOptions
-    from ceds_deploy.segment_run import run_segment
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -230,7 +230,7 @@ def test_segment_runs_the_fp16_onnx_file_with_onnxruntime(exports, tmp_path):
                            console=quiet, show_progress=False) == 0
         masks[precision] = read_scan(out / "case.nii.gz", dtype=None).array > 0
         confidence[precision] = read_scan(out / "case_confidence.nii.gz").array
-        report = json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         assert report["cases"][0]["backend"].startswith("onnxruntime")
     assert dice(masks["fp32"], masks["fp16"]) >= 0.99
     assert np.abs(confidence["fp32"] - confidence["fp16"]).max() <= 5e-2
@@ -297,7 +297,7 @@ def test_tensorrt_extra_resolves_only_to_supported_majors():
 
     from ceds_deploy.backends.tensorrt_runtime import MIN_TENSORRT, SUPPORTED_MAJORS, version_problem
 
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tensorrt"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["tensorrt"]
     (requirement,) = [Requirement(r) for r in extra]
     assert requirement.name == "tensorrt"
     for version in ("10.0.1", "10.3.0", "10.16.1.11", "11.0.0", "11.5.0"):

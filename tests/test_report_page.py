@@ -90,7 +90,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def load(folder: Path) -> dict:
-    return json.loads((folder / "report.json").read_text())
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))
 
 
 class Page(HTMLParser):
@@ -124,7 +124,7 @@ class Page(HTMLParser):
 def test_page_lists_failures_first_and_links_previews_relatively(run_folder):
     path = write_report_page(run_folder, load(run_folder))
     assert path == run_folder / REPORT_PAGE
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     page = Page(text)
     assert page.ids.index("failures") < page.ids.index("cases")
     assert FAILED[1] in text and SKIPPED[1] in text
@@ -196,7 +196,7 @@ def headless(url: str, tmp_path: Path, *extra: str) -> str:
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
-    result = subprocess.run([binary, *flags, *extra, url], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([binary, *flags, *extra, url], capture_output=True, encoding="utf-8", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

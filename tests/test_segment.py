@@ -52,13 +52,13 @@ def test_segment_writes_outputs_on_each_scans_own_grid(scan_folder, tiny_checkpo
         assert 0.0 <= confidence.array.min() and confidence.array.max() <= 1.0
         steps = confidence.array * 1024  # stored in steps of 1/1024 (smaller, faster files)
         assert np.abs(steps - np.round(steps)).max() < 1e-3
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     rows = {r["case"]: r for r in report["cases"]}
     assert rows["notes.txt"]["status"] == "skipped"
     assert all(rows[c]["status"] == "ok" for c in ("lps", "oblique", "permuted_flipped"))
     assert rows["lps"]["backend"].startswith("torch fp32") and rows["lps"]["windows"] >= 1
     assert report["run"]["options"]["overlap"] == 0.25 and report["run"]["batch_size"] == 3
-    header = (out / "report.csv").read_text().splitlines()[0].split(",")
+    header = (out / "report.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     for column in ("case", "status", "error", "tumour_ml", "mean_confidence", "low_confidence_fraction",
                    "needs_review", "read_s", "preprocess_s", "infer_s", "restore_s", "write_s", "backend", "device"):
         assert column in header
@@ -71,16 +71,16 @@ def test_segment_skips_finished_cases_and_overwrite_redoes_them(scan_folder, tin
     # Simulate an interrupted run: one case's outputs are missing.
     (out / "oblique.nii.gz").unlink()
     stamp = (out / "lps.nii.gz").stat().st_mtime_ns
-    first = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    first = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
     assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint)).exit_code == 0
-    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
     # The report records the folder: a case done by the first run keeps that run's ok row.
     assert rows["lps"]["status"] == "ok" and rows["lps"] == first["lps"]
     assert rows["oblique"]["status"] == "ok" and (out / "oblique.nii.gz").exists()
     assert rows["oblique"]["run_id"] != first["oblique"]["run_id"]
     assert (out / "lps.nii.gz").stat().st_mtime_ns == stamp
     assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint), "--overwrite").exit_code == 0
-    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
     assert rows["lps"]["status"] == "ok"
 
 
@@ -121,7 +121,7 @@ def test_bad_scans_fail_alone_and_the_run_goes_on(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     code = main(["segment", str(folder), str(out), "--model", str(tiny_checkpoint)])
     assert code == 1
-    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    rows = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
     assert rows["good"]["status"] == "ok"
     assert "every voxel is NaN" in rows["nan"]["error"]
     assert "file is empty" in rows["empty"]["error"]
@@ -196,7 +196,7 @@ def test_interrupted_run_leaves_no_partial_outputs(scan_folder, tiny_checkpoint,
     for mask in out.glob("*.nii.gz"):
         if not mask.name.endswith("_confidence.nii.gz"):
             read_scan(mask)  # every mask present is complete
-    assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["run"]["interrupted"] is True
 
 
 def test_larger_inference_window_is_clamped_to_the_image():
@@ -241,7 +241,7 @@ def test_several_io_workers_give_the_same_outputs_and_survive_a_bad_scan(scan_fo
         status = {r.case: r.status for r in run.rows}
         assert status == {"lps": "ok", "oblique": "ok", "permuted_flipped": "ok", "broken": "failed",
                           "notes.txt": "skipped"}, workers
-        assert json.loads((tmp_path / f"out{workers}" / "report.json").read_text())["run"]["io_workers"] == workers
+        assert json.loads((tmp_path / f"out{workers}" / "report.json").read_text(encoding="utf-8"))["run"]["io_workers"] == workers
     for case in ("lps", "oblique", "permuted_flipped"):
         one = read_scan(tmp_path / "out1" / f"{case}_confidence.nii.gz").array
         three = read_scan(tmp_path / "out3" / f"{case}_confidence.nii.gz").array
@@ -276,7 +276,7 @@ def test_largest_component_option_reaches_the_written_mask(scan_folder, tiny_che
 
     mask = read_scan(tmp_path / "o" / "lps.nii.gz", dtype=None).array
     assert ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))[1] <= 1
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
     assert report["run"]["options"]["largest_component"] is True
 
 

@@ -51,7 +51,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def report_rows(out: Path) -> dict[str, dict]:
-    return {r["case"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    return {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
 
 
 def torch_backend(checkpoint: Path):
@@ -110,7 +110,7 @@ def test_rerun_of_a_finished_folder_keeps_every_ok_row(scans, tiny_checkpoint, t
     assert segment(scans, out, "--model", tiny_checkpoint) == 0
     first = report_rows(out)
     assert segment(scans, out, "--model", tiny_checkpoint) == 0
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
     rows = report_rows(out)
     assert document["counts"]["ok"] == 2
     for case in ("lps", "oblique"):
@@ -127,7 +127,7 @@ def test_shards_of_one_folder_merge_their_reports(scans, tiny_checkpoint, tmp_pa
     assert {rows[c]["status"] for c in ("lps", "oblique")} == {"ok"}
     assert len({rows[c]["run_id"] for c in ("lps", "oblique")}) == 2
     assert "report.csv" in {p.name for p in out.iterdir()}
-    assert len((out / "report.csv").read_text().splitlines()) == 1 + 3  # header, 2 cases, notes.txt
+    assert len((out / "report.csv").read_text(encoding="utf-8").splitlines()) == 1 + 3  # header, 2 cases, notes.txt
 
 
 # ---------------------------------------------------------------- 6: one run per output folder
@@ -152,7 +152,7 @@ def test_a_locked_output_folder_is_refused_and_force_takes_it_over(scans, tiny_c
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(scans, tiny_checkpoint, tmp_path):
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, encoding="utf-8")
     out = tmp_path / "out"
     write_lock(out, int(done.stdout))
     assert segment(scans, out, "--model", tiny_checkpoint) == 0

@@ -195,7 +195,7 @@ def used_tensorrt_api(source: str) -> set[str]:
 
 
 def _used_in(path: Path) -> set[str]:
-    return used_tensorrt_api(path.read_text())
+    return used_tensorrt_api(path.read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("path", TENSORRT_MODULES, ids=lambda p: p.name)
@@ -234,7 +234,7 @@ def test_no_weakly_typed_builder_api_is_left_in_the_package():
     """No code (docstrings and messages may explain what is gone) names the weakly typed API."""
     names = set()
     for path in TENSORRT_MODULES:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Name):
                 names.add(node.id)
             elif isinstance(node, ast.Attribute):

@@ -171,7 +171,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(cohort, straight_r
     assert resumed.epochs == 5
     _assert_same_state(_payload(straight_run), _payload(tmp_path / "resumed"))
     # The logs of the resumed run hold every epoch once.
-    lines = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    lines = (tmp_path / "resumed" / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
 
 
@@ -249,10 +249,10 @@ def test_cli_trains_and_writes_a_usable_run(cohort, tmp_path) -> None:
     assert "trained 3 steps" in result.output
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["best_student.pt", "best_teacher.pt", "last.pt"]
-    saved = build_config(yaml.safe_load((run / "config.yaml").read_text()))
+    saved = build_config(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     assert (saved.method, saved.width, saved.iterations, saved.epochs, saved.seed) == ("mean-teacher", 2, 3, None, 1)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = (run / "metrics.csv").read_text().splitlines()
+    rows = (run / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 1  # header + one epoch of 3 steps (3 labeled training cases)
     for weights in ("teacher", "student"):
         net, spec = load_network(run / "checkpoints" / "best_teacher.pt", weights)
@@ -326,9 +326,9 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), json.dumps(config), str(tmp_path)],
-                          capture_output=True, text=True, timeout=240, env=env)
+                          capture_output=True, encoding="utf-8", timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
     assert [i["world_size"] for i in info] == [2, 2] and [i["steps"] for i in info] == [3, 3]
     assert info[1]["written"] == [] and any(p.endswith("last.pt") for p in info[0]["written"])
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

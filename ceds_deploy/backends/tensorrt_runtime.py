@@ -179,7 +179,7 @@ def read_sidecar(engine: Path) -> dict:
         raise ArtifactError(f"{engine}: engine has no sidecar {path.name}; build engines with "
                             "`ceds export model.onnx --tensorrt model.engine`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         ModelSpec.from_dict(data["spec"])
         BatchProfile.parse(data["profile"]["batch"])
         built_for(data)

@@ -53,13 +53,27 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 
 
-def patient_openmp_threads() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless the user
-    chose a policy. On a machine other jobs share, spinning threads fight those jobs for the cores
-    and training steps ran about 10x slower (the demo-recipe measurements in benchmarks/RESULTS.md);
-    the arithmetic is the same either way. Only the command-line process does this, before torch
-    loads its OpenMP runtime; library code never touches the environment."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+BUSY_LOAD_PER_CORE = 0.5  # a 1-minute load average above this per usable core: other jobs are running
+
+
+def patient_openmp_threads(load: float | None = None, cores: int | None = None) -> bool:
+    """On a machine other jobs keep busy, let idle OpenMP threads sleep instead of spinning
+    (OMP_WAIT_POLICY=PASSIVE), unless the user chose a policy; returns whether it did.
+
+    Spinning threads fight the other jobs for the cores: a training step ran 3-10x slower beside
+    two busy loops, and about 40% faster with spinning on an idle machine (benchmarks/RESULTS.md), so
+    the choice follows the load when `ceds` starts. The arithmetic is the same either way. Only the
+    command-line process does this, before torch loads its OpenMP runtime; library code never
+    touches the environment."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    load = os.getloadavg()[0] if load is None else load
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= BUSY_LOAD_PER_CORE * cores:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

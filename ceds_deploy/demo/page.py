@@ -17,7 +17,7 @@ CAP_NOTICE_ID = "training-capped"
 def final_rows(out: Path, evaluation) -> list[dict]:
     """One row per held-out case: Dice (from evaluate), volume, confidence and review flag (from
     the segment report)."""
-    report = json.loads((out / "segment" / "report.json").read_text())
+    report = json.loads((out / "segment" / "report.json").read_text(encoding="utf-8"))
     by_case = {r["case"]: r for r in report["cases"] if r["status"] == "ok"}
     dice = {r.case: r.dice for r in evaluation.rows if r.status == "ok"}
     rows = []

@@ -174,7 +174,7 @@ def read_training_record(out: Path) -> dict:
     """run/DEMO_TRAINING.json: the recipe the run follows, plus `steps`, `planned`, `stopped_early`,
     `minutes` and `best` once training ended; {} when there is none."""
     path = out / "run" / TRAINING_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: float) -> StageOutcome:
