@@ -24,9 +24,15 @@ def machine() -> dict:
     import numpy
     import torch
 
-    info = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    info = {
+        "cpu": cpu_name(),
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     try:
         import monai
         import onnxruntime
@@ -36,8 +42,12 @@ def machine() -> dict:
         pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                    compute_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+        )
     return info
 
 

@@ -50,11 +50,18 @@ def run(out: Path, busy: int, limit_s: float) -> dict:
             loop.wait()
     record = json.loads((out / "demo.json").read_text(encoding="utf-8")) if (out / "demo.json").is_file() else {}
     dice = {c["case"]: c["dice"] for c in record.get("cases", [])}
-    return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), "busy_loops": busy,
-            "load_average_during": [round(v, 2) for v in loads], "dice": dice,
-            "mean_dice": sum(dice.values()) / len(dice) if dice else None,
-            "stages": record.get("stages"), "verdict": record.get("verdict"), "recipe": record.get("recipe"),
-            "training": record.get("training")}
+    return {
+        "exit_code": done.returncode,
+        "wall_seconds": round(wall, 1),
+        "busy_loops": busy,
+        "load_average_during": [round(v, 2) for v in loads],
+        "dice": dice,
+        "mean_dice": sum(dice.values()) / len(dice) if dice else None,
+        "stages": record.get("stages"),
+        "verdict": record.get("verdict"),
+        "recipe": record.get("recipe"),
+        "training": record.get("training"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-minutes", type=float, default=60.0, help="give up after this long")
     parser.add_argument("--json", type=Path, help="where to write the result")
     args = parser.parse_args(argv)
-    result = {"machine": machine(), "command": "ceds demo --out OUT --fresh",
-              **run(args.out, args.busy, args.limit_minutes * 60)}
-    print(json.dumps({k: result[k] for k in ("exit_code", "wall_seconds", "busy_loops", "dice", "mean_dice")},
-                     indent=2))
+    result = {
+        "machine": machine(),
+        "command": "ceds demo --out OUT --fresh",
+        **run(args.out, args.busy, args.limit_minutes * 60),
+    }
+    print(
+        json.dumps({k: result[k] for k in ("exit_code", "wall_seconds", "busy_loops", "dice", "mean_dice")}, indent=2)
+    )
     if args.json:
         write_json(args.json, result)
     return 0 if result["exit_code"] == 0 else 1

@@ -48,13 +48,15 @@ def reference_preprocessing(spec):
     from monai.transforms import Compose, CropForegroundd, Orientationd, ScaleIntensityRanged, Spacingd, SpatialPadd
 
     low, high = spec.hu_window
-    return Compose([
-        Orientationd("image", axcodes="LPS"),  # the array order ceds-deploy's canonical grid uses
-        Spacingd("image", pixdim=spec.target_spacing, mode="bilinear"),
-        ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-        CropForegroundd("image", source_key="image"),
-        SpatialPadd("image", spatial_size=spec.roi_size),
-    ])
+    return Compose(
+        [
+            Orientationd("image", axcodes="LPS"),  # the array order ceds-deploy's canonical grid uses
+            Spacingd("image", pixdim=spec.target_spacing, mode="bilinear"),
+            ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+            CropForegroundd("image", source_key="image"),
+            SpatialPadd("image", spatial_size=spec.roi_size),
+        ]
+    )
 
 
 def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> dict:
@@ -78,12 +80,16 @@ def reference_way(path: Path, net, spec, out: Path, blend: str = "constant") -> 
     times["preprocess"] = time.perf_counter() - t
     t = time.perf_counter()
     with torch.inference_mode():
-        logits = sliding_window_inference(data["image"][None].float(), spec.roi_size, 4, lambda x: net(x)[0],
-                                          overlap=0.25, mode=blend)
+        logits = sliding_window_inference(
+            data["image"][None].float(), spec.roi_size, 4, lambda x: net(x)[0], overlap=0.25, mode=blend
+        )
     times["infer"] = time.perf_counter() - t
     t = time.perf_counter()
-    data["pred"] = MetaTensor(logits[0].as_tensor() if hasattr(logits[0], "as_tensor") else logits[0],
-                              meta=data["image"].meta, applied_operations=data["image"].applied_operations)
+    data["pred"] = MetaTensor(
+        logits[0].as_tensor() if hasattr(logits[0], "as_tensor") else logits[0],
+        meta=data["image"].meta,
+        applied_operations=data["image"].applied_operations,
+    )
     restored = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"]
     restored = np.asarray(restored.detach().cpu())
     probability = torch.softmax(torch.from_numpy(restored), 0)[1].numpy()
@@ -115,8 +121,9 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     gaussian_reference = reference_way(path, net, spec, out, blend="gaussian")["mask"] > 0
     image, plan = prepare_scan(read_scan(path, dtype=None), spec)
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(image)[None, None], spec.roi_size, 4,
-                                          lambda x: net(x)[0], overlap=0.25, mode="constant")[0]
+        logits = sliding_window_inference(
+            torch.from_numpy(image)[None, None], spec.roi_size, 4, lambda x: net(x)[0], overlap=0.25, mode="constant"
+        )[0]
     monai_ours_grid = restore_prediction(logits, torch.zeros((1, *image.shape)), plan, True)
     windows = window_plan_for(image, spec, SegmentOptions())
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="constant")
@@ -124,11 +131,13 @@ def explain_agreement(path: Path, net, backend, spec, out: Path, reference: dict
     seg, conf = sliding_window_predict(image, windows, backend, batch_size=backend.max_batch_size, blend="gaussian")
     ours_gaussian = restore_prediction(seg, conf, plan).mask > 0
     ref_mask = reference["mask"] > 0
-    return {"blending_in_reference": dice(ref_mask, gaussian_reference),
-            "pre_post_processing": dice(ref_mask, monai_ours_grid.mask > 0),
-            "stitching": dice(monai_ours_grid.mask > 0, ours_constant.mask > 0),
-            "stitching_prob_max_abs_diff": float(np.abs(monai_ours_grid.probabilities - ours_constant.probabilities).max()),
-            "gaussian_blending_in_ours": dice(ours_gaussian, ours_mask > 0)}
+    return {
+        "blending_in_reference": dice(ref_mask, gaussian_reference),
+        "pre_post_processing": dice(ref_mask, monai_ours_grid.mask > 0),
+        "stitching": dice(monai_ours_grid.mask > 0, ours_constant.mask > 0),
+        "stitching_prob_max_abs_diff": float(np.abs(monai_ours_grid.probabilities - ours_constant.probabilities).max()),
+        "gaussian_blending_in_ours": dice(ours_gaussian, ours_mask > 0),
+    }
 
 
 def save_atomically(path: Path, save) -> None:
@@ -161,10 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, nargs=3, default=None, help="ceds segment inference window (lever)")
     parser.add_argument("--no-skip-air", action="store_true", help="compute air windows too (lever off)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    parser.add_argument("--no-reference", action="store_true", help="time ceds segment only; agreement "
-                        "against the reference masks of an earlier run in --work")
-    parser.add_argument("--explain", action="store_true", help="also split the disagreement with the reference "
-                        "into blending, pre/post-processing and stitching (untimed, about 2x the reference's time)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="time ceds segment only; agreement against the reference masks of an earlier run in --work",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also split the disagreement with the reference "
+        "into blending, pre/post-processing and stitching (untimed, about 2x the reference's time)",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args(argv)
 
@@ -185,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
         artifact = args.work / "model.onnx"
         export_checkpoint(args.model, artifact, validate=False)
-    lever = {"overlap": args.overlap, "window": tuple(args.window) if args.window else None,
-             "skip_air": not args.no_skip_air}
+    lever = {
+        "overlap": args.overlap,
+        "window": tuple(args.window) if args.window else None,
+        "skip_air": not args.no_skip_air,
+    }
     lever = {k: v for k, v in lever.items() if v is not None}
     lever_used = args.overlap is not None or args.window is not None or args.no_skip_air
 
@@ -210,9 +229,16 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             reference = reference_way(path, wrapper, spec, ref_out)
             reference_seconds = time.perf_counter() - start
-            save_atomically(cached, lambda f: np.savez(
-                f, mask=reference["mask"], probability=reference["probability"].astype(np.float16),
-                times=np.array(reference["times"], dtype=object), seconds=reference_seconds))
+            save_atomically(
+                cached,
+                lambda f: np.savez(
+                    f,
+                    mask=reference["mask"],
+                    probability=reference["probability"].astype(np.float16),
+                    times=np.array(reference["times"], dtype=object),
+                    seconds=reference_seconds,
+                ),
+            )
 
         ours_out = args.work / "ours"
         single = args.work / "single" / path.name
@@ -239,25 +265,38 @@ def main(argv: list[str] | None = None) -> int:
         explained = {}
         if args.explain:
             with make_backend() as explain_backend:
-                explained = {f"explain_{k}": v for k, v in explain_agreement(
-                    path, wrapper, explain_backend, spec, ref_out, reference, mask).items()}
-        rows.append({
-            **explained,
-            "case": case, "shape": "x".join(map(str, source.shape)),
-            "spacing": "x".join(f"{s:.2f}" for s in source.spacing),
-            "reference_s": reference_seconds, "ceds_segment_s": ours_seconds,
-            "speedup": reference_seconds / ours_seconds,
-            "mask_dice": dice(mask > 0, reference["mask"] > 0), "dice_vs_ours_default": dice_vs_default,
-            # In the body: outside the body crop Invertd pads zero logits (probability 0.5 in the air).
-            "prob_max_abs_diff": float(np.abs(probability - reference["probability"].astype(np.float32))[
-                source.array > spec.crop_threshold_hu].max()),
-            "dice_vs_truth_ours": truth_dice(args.work, path, mask),
-            "dice_vs_truth_reference": truth_dice(args.work, path, reference["mask"]),
-            "tumour_voxels": int(mask.sum()), "windows_ours": row.windows,
-            **{f"ref_{k}_s": v for k, v in reference["times"].items()},
-            **{f"ours_{k}_s": v for k, v in row.seconds.items()},
-            "backend": backend.description,
-        })
+                explained = {
+                    f"explain_{k}": v
+                    for k, v in explain_agreement(
+                        path, wrapper, explain_backend, spec, ref_out, reference, mask
+                    ).items()
+                }
+        rows.append(
+            {
+                **explained,
+                "case": case,
+                "shape": "x".join(map(str, source.shape)),
+                "spacing": "x".join(f"{s:.2f}" for s in source.spacing),
+                "reference_s": reference_seconds,
+                "ceds_segment_s": ours_seconds,
+                "speedup": reference_seconds / ours_seconds,
+                "mask_dice": dice(mask > 0, reference["mask"] > 0),
+                "dice_vs_ours_default": dice_vs_default,
+                # In the body: outside the body crop Invertd pads zero logits (probability 0.5 in the air).
+                "prob_max_abs_diff": float(
+                    np.abs(probability - reference["probability"].astype(np.float32))[
+                        source.array > spec.crop_threshold_hu
+                    ].max()
+                ),
+                "dice_vs_truth_ours": truth_dice(args.work, path, mask),
+                "dice_vs_truth_reference": truth_dice(args.work, path, reference["mask"]),
+                "tumour_voxels": int(mask.sum()),
+                "windows_ours": row.windows,
+                **{f"ref_{k}_s": v for k, v in reference["times"].items()},
+                **{f"ours_{k}_s": v for k, v in row.seconds.items()},
+                "backend": backend.description,
+            }
+        )
     total_ref = sum(r["reference_s"] for r in rows)
     total_ours = sum(r["ceds_segment_s"] for r in rows)
     # The whole folder in one run: reading, the network and writing overlap across scans.
@@ -265,29 +304,73 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         segment_folder(args.work / "scans", args.work / "ours_folder", backend, SegmentOptions(overwrite=True, **lever))
         folder_seconds = time.perf_counter() - start
-    summary = {"reference_s": total_ref, "ceds_segment_s": total_ours, "speedup": total_ref / total_ours,
-               "ceds_segment_folder_s": folder_seconds, "speedup_folder": total_ref / folder_seconds,
-               "lever": {k: str(v) for k, v in lever.items()}, "backend": args.backend,
-               "mean_mask_dice": float(np.mean([r["mask_dice"] for r in rows])),
-               "mean_dice_vs_ours_default": float(np.mean([r["dice_vs_ours_default"] for r in rows])),
-               "mean_dice_vs_truth_ours": float(np.mean([r["dice_vs_truth_ours"] for r in rows])),
-               "mean_dice_vs_truth_reference": float(np.mean([r["dice_vs_truth_reference"] for r in rows])),
-               "min_mask_dice": min(r["mask_dice"] for r in rows), "peak_rss_gb": peak_rss_gb(),
-               "torch_threads": torch.get_num_threads()}
-    print_table(f"ceds segment vs reference ({spec.width=}, roi {spec.roi_size}, spacing {spec.target_spacing})",
-                rows, ["case", "shape", "spacing", "reference_s", "ceds_segment_s", "speedup", "mask_dice",
-                       "prob_max_abs_diff", "dice_vs_ours_default", "dice_vs_truth_ours", "dice_vs_truth_reference", "windows_ours",
-                       "ref_infer_s", "ours_infer_s"])
-    print_table("stages (seconds, summed over cases)", [
-        {"way": way, **{s: sum(r[f"{prefix}_{s}_s"] for r in rows) for s in ("read", "preprocess", "infer", "restore", "write")}}
-        for way, prefix in (("reference", "ref"), ("ceds segment", "ours"))])
+    summary = {
+        "reference_s": total_ref,
+        "ceds_segment_s": total_ours,
+        "speedup": total_ref / total_ours,
+        "ceds_segment_folder_s": folder_seconds,
+        "speedup_folder": total_ref / folder_seconds,
+        "lever": {k: str(v) for k, v in lever.items()},
+        "backend": args.backend,
+        "mean_mask_dice": float(np.mean([r["mask_dice"] for r in rows])),
+        "mean_dice_vs_ours_default": float(np.mean([r["dice_vs_ours_default"] for r in rows])),
+        "mean_dice_vs_truth_ours": float(np.mean([r["dice_vs_truth_ours"] for r in rows])),
+        "mean_dice_vs_truth_reference": float(np.mean([r["dice_vs_truth_reference"] for r in rows])),
+        "min_mask_dice": min(r["mask_dice"] for r in rows),
+        "peak_rss_gb": peak_rss_gb(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print_table(
+        f"ceds segment vs reference ({spec.width=}, roi {spec.roi_size}, spacing {spec.target_spacing})",
+        rows,
+        [
+            "case",
+            "shape",
+            "spacing",
+            "reference_s",
+            "ceds_segment_s",
+            "speedup",
+            "mask_dice",
+            "prob_max_abs_diff",
+            "dice_vs_ours_default",
+            "dice_vs_truth_ours",
+            "dice_vs_truth_reference",
+            "windows_ours",
+            "ref_infer_s",
+            "ours_infer_s",
+        ],
+    )
+    print_table(
+        "stages (seconds, summed over cases)",
+        [
+            {
+                "way": way,
+                **{
+                    s: sum(r[f"{prefix}_{s}_s"] for r in rows)
+                    for s in ("read", "preprocess", "infer", "restore", "write")
+                },
+            }
+            for way, prefix in (("reference", "ref"), ("ceds segment", "ours"))
+        ],
+    )
     if args.explain:
-        print_table("where the masks differ (Dice between two ways that differ in one convention)", rows,
-                    ["case", "mask_dice"] + [k for k in rows[0] if k.startswith("explain_")])
+        print_table(
+            "where the masks differ (Dice between two ways that differ in one convention)",
+            rows,
+            ["case", "mask_dice"] + [k for k in rows[0] if k.startswith("explain_")],
+        )
         summary.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("explain_")})
     print(summary)
-    write_json(args.json, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                           "spec": spec.to_dict(), "rows": rows, "summary": summary})
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "spec": spec.to_dict(),
+            "rows": rows,
+            "summary": summary,
+        },
+    )
     print(f"wrote {args.json}")
     return 0
 

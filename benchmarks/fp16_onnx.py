@@ -88,18 +88,36 @@ def main() -> None:
             times = ort_seconds_per_window(out, spec.roi_size, args.threads, args.repeats)
             report = result.parity
             results[precision] = {
-                "size_bytes": result.size_bytes, "export_and_gate_seconds": round(seconds, 1),
-                "histogram": result.histogram, "parity": report.to_dict(),
+                "size_bytes": result.size_bytes,
+                "export_and_gate_seconds": round(seconds, 1),
+                "histogram": result.histogram,
+                "parity": report.to_dict(),
                 "ort_cpu_seconds_per_window": [round(t, 3) for t in times],
             }
-            rows.append({"precision": precision, "size MB": result.size_bytes / 1e6,
-                         "max |dp|": report.max_prob_diff, "max |dconf|": report.max_confidence_diff,
-                         "argmax agreement": report.argmax_agreement,
-                         "ORT CPU s/window (median)": statistics.median(times)})
+            rows.append(
+                {
+                    "precision": precision,
+                    "size MB": result.size_bytes / 1e6,
+                    "max |dp|": report.max_prob_diff,
+                    "max |dconf|": report.max_confidence_diff,
+                    "argmax agreement": report.argmax_agreement,
+                    "ORT CPU s/window (median)": statistics.median(times),
+                }
+            )
     results["fp16_over_fp32_size"] = round(results["fp16"]["size_bytes"] / results["fp32"]["size_bytes"], 4)
     print_table(f"fp32 vs fp16 ONNX, width {spec.width}, ROI {spec.roi_size}", rows)
-    write_json(args.out, {"benchmark": "fp16_onnx", "machine": machine(), "weights": weights, "width": spec.width,
-                          "roi": list(spec.roi_size), "threads": args.threads, "results": results})
+    write_json(
+        args.out,
+        {
+            "benchmark": "fp16_onnx",
+            "machine": machine(),
+            "weights": weights,
+            "width": spec.width,
+            "roi": list(spec.roi_size),
+            "threads": args.threads,
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -52,16 +52,23 @@ def seconds_per_window(throughput: dict, width: int, batch: int, channels_last: 
     """torch fp32 seconds per window in the layout asked for: the backend's CPU default for ceds
     segment, contiguous for the reference (MONAI calls the network in PyTorch's default layout);
     either when only one exists."""
-    rows = [r for r in throughput["rows"] if r["backend"].startswith("torch fp32") and r["width"] == width
-            and r["batch"] == batch and "s_per_window" in r]
+    rows = [
+        r
+        for r in throughput["rows"]
+        if r["backend"].startswith("torch fp32") and r["width"] == width and r["batch"] == batch and "s_per_window" in r
+    ]
     preferred = [r for r in rows if ("channels-last" in r["backend"]) == channels_last]
     return float((preferred or rows)[0]["s_per_window"]) if rows else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--throughput", type=Path, default=Path("benchmarks/results/window_throughput_cpu.json"),
-                        help="window_throughput.py JSON with torch fp32 rows for width 16")
+    parser.add_argument(
+        "--throughput",
+        type=Path,
+        default=Path("benchmarks/results/window_throughput_cpu.json"),
+        help="window_throughput.py JSON with torch fp32 rows for width 16",
+    )
     parser.add_argument("--cases", type=int, default=2)
     parser.add_argument("--size", default="full", choices=["small", "full"])
     parser.add_argument("--seed", type=int, default=7)
@@ -84,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in make_scans(args.work / "scans", args.cases, args.size, args.seed):
         ref_windows, ref_shape = reference_window_count(path, spec)
         row = {"case": path.name, "reference_grid": "x".join(map(str, ref_shape)), "reference_windows": ref_windows}
-        for name, overlap, skip_air in (("ours", 0.25, True), ("ours_overlap0.1", 0.1, True), ("ours_no_skip", 0.25, False)):
+        for name, overlap, skip_air in (
+            ("ours", 0.25, True),
+            ("ours_overlap0.1", 0.1, True),
+            ("ours_no_skip", 0.25, False),
+        ):
             count, shape = ours_window_count(path, spec, overlap, skip_air)
             row[f"{name}_windows"] = count
             if name == "ours":
@@ -94,13 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         row["network_ratio"] = row["reference_network_s"] / row["ours_network_s"]
         row["network_ratio_overlap0.1"] = row["reference_network_s"] / (row["ours_overlap0.1_windows"] * ours_s)
         rows.append(row)
-    print_table(f"full width {spec.width}, window {spec.roi_size} at {spec.target_spacing} mm: windows, and network "
-                f"seconds at {ref_s:.1f} s/window (reference, batch {ref_batch}) and {ours_s:.1f} s/window (ours, batch "
-                f"{ours_batch}) from {args.throughput.name}", rows)
-    write_json(args.json, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                           "spec": spec.to_dict(), "seconds_per_window": {"reference": ref_s, "reference_batch": ref_batch,
-                                                                          "ours": ours_s, "ours_batch": ours_batch},
-                           "rows": rows})
+    print_table(
+        f"full width {spec.width}, window {spec.roi_size} at {spec.target_spacing} mm: windows, and network "
+        f"seconds at {ref_s:.1f} s/window (reference, batch {ref_batch}) and {ours_s:.1f} s/window (ours, batch "
+        f"{ours_batch}) from {args.throughput.name}",
+        rows,
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "spec": spec.to_dict(),
+            "seconds_per_window": {
+                "reference": ref_s,
+                "reference_batch": ref_batch,
+                "ours": ours_s,
+                "ours_batch": ours_batch,
+            },
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.json}")
     return 0
 

@@ -64,8 +64,15 @@ def full_width_checkpoint(folder: Path, width: int = 16) -> Path:
     net = CedsNet(config).eval()
     spec = ModelSpec(roi_size=ROI, width=width, target_spacing=(1.0, 1.0, 1.0))
     path = folder / f"w{width}.pt"
-    save_checkpoint(path, {"spec": spec.to_dict(), "net_config": dataclasses.asdict(config),
-                           "teacher": net.state_dict(), "student": net.state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "spec": spec.to_dict(),
+            "net_config": dataclasses.asdict(config),
+            "teacher": net.state_dict(),
+            "student": net.state_dict(),
+        },
+    )
     return path
 
 
@@ -93,13 +100,27 @@ def precision_difference(checkpoint: Path, device: str) -> dict:
             out = b.infer(x)
             outputs[precision] = (torch.softmax(out.seg_logits, 1)[:, 1].cpu(), out.confidence.cpu())
     ref_p, ref_c = outputs["fp32"]
-    return {p: {"max_prob_diff": float((o[0] - ref_p).abs().max()), "max_conf_diff": float((o[1] - ref_c).abs().max()),
-                "argmax_agreement": float(((o[0] > 0.5) == (ref_p > 0.5)).float().mean())}
-            for p, o in outputs.items() if p != "fp32"}
+    return {
+        p: {
+            "max_prob_diff": float((o[0] - ref_p).abs().max()),
+            "max_conf_diff": float((o[1] - ref_c).abs().max()),
+            "argmax_agreement": float(((o[0] > 0.5) == (ref_p > 0.5)).float().mean()),
+        }
+        for p, o in outputs.items()
+        if p != "fp32"
+    }
 
 
-def end_to_end(scans: Path, checkpoint: Path, out: Path, precision: str, graph: bool, batch: int,
-               device: str, io_workers: int | None = None) -> dict:
+def end_to_end(
+    scans: Path,
+    checkpoint: Path,
+    out: Path,
+    precision: str,
+    graph: bool,
+    batch: int,
+    device: str,
+    io_workers: int | None = None,
+) -> dict:
     import torch
 
     from ceds_deploy.artifacts import read_spec
@@ -110,8 +131,9 @@ def end_to_end(scans: Path, checkpoint: Path, out: Path, precision: str, graph: 
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with create_backend("torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision,
-                        cuda_graph=graph) as backend:
+    with create_backend(
+        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph
+    ) as backend:
         # Warm-up on the first scan (cuDNN autotuning, graph capture) so the timed run is steady state.
         first = sorted(scans.glob("*.nii.gz"))[0]
         warm = out / "warm"
@@ -122,11 +144,28 @@ def end_to_end(scans: Path, checkpoint: Path, out: Path, precision: str, graph: 
         sync(device)
         wall = time.perf_counter() - start
         description = backend.description
-    rows = [{"case": r.case, "status": r.status, "error": r.error, "shape": r.input_shape, "windows": r.windows,
-             **{f"{k}_s": round(v, 3) for k, v in r.seconds.items()}} for r in run.rows]
-    return {"backend": description, "batch": batch, "io_workers": run_info_workers(out / "run"), "wall_s": wall, "cases": len(rows),
-            "wall_per_case_s": wall / max(1, len(rows)), "windows": sum(r["windows"] or 0 for r in rows),
-            "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "rows": rows}
+    rows = [
+        {
+            "case": r.case,
+            "status": r.status,
+            "error": r.error,
+            "shape": r.input_shape,
+            "windows": r.windows,
+            **{f"{k}_s": round(v, 3) for k, v in r.seconds.items()},
+        }
+        for r in run.rows
+    ]
+    return {
+        "backend": description,
+        "batch": batch,
+        "io_workers": run_info_workers(out / "run"),
+        "wall_s": wall,
+        "cases": len(rows),
+        "wall_per_case_s": wall / max(1, len(rows)),
+        "windows": sum(r["windows"] or 0 for r in rows),
+        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "rows": rows,
+    }
 
 
 def run_info_workers(folder: Path):
@@ -141,8 +180,9 @@ def network_only(checkpoint: Path, precision: str, graph: bool, batch: int, wind
     from ceds_deploy.backends import create_backend
 
     spec = read_spec(checkpoint)
-    with create_backend("torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision,
-                        cuda_graph=graph) as backend:
+    with create_backend(
+        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph
+    ) as backend:
         x = torch.rand(batch, 1, *spec.roi_size, device=device)
         for _ in range(3):
             backend.infer(x)
@@ -172,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: tests throughput e2e tensorrt")
-    parser.add_argument("--smoke", action="store_true", help="a CPU dry run of the script itself: width 4, "
-                        "small phantoms, no throughput part")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a CPU dry run of the script itself: width 4, small phantoms, no throughput part",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -194,12 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "gpu_check.json", results)
 
     if "tests" not in args.skip:
+
         def tests():
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   "-rs", "tests/test_gpu.py"],
-                                  capture_output=True, encoding="utf-8")
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_gpu.py"],
+                capture_output=True,
+                encoding="utf-8",
+            )
             print(proc.stdout[-3000:], proc.stderr[-2000:])
             return {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
+
         stage(results, "tests", tests)
         save()
 
@@ -208,10 +255,31 @@ def main(argv: list[str] | None = None) -> int:
 
         def throughput():
             path = out / "window_throughput_gpu.json"
-            window_throughput.main(["--device", "cuda", "--widths", "16", "8", "--batches", "1", "2", "4",
-                                    "--repeats", "10", "--backends", "torch-fp32", "torch-tf32", "torch-bf16",
-                                    "torch-fp16", "torch-fp16-graph", "--json", str(path)])
+            window_throughput.main(
+                [
+                    "--device",
+                    "cuda",
+                    "--widths",
+                    "16",
+                    "8",
+                    "--batches",
+                    "1",
+                    "2",
+                    "4",
+                    "--repeats",
+                    "10",
+                    "--backends",
+                    "torch-fp32",
+                    "torch-tf32",
+                    "torch-bf16",
+                    "torch-fp16",
+                    "torch-fp16-graph",
+                    "--json",
+                    str(path),
+                ]
+            )
             return json.loads(path.read_text(encoding="utf-8"))
+
         stage(results, "throughput", throughput)
         save()
 
@@ -223,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         scans = work / "scans"
         stage(results, "phantoms", lambda: make_phantoms(scans, args.cases, "small" if args.smoke else "full"))
         e2e = {}
-        variants = ((("fp32", False, 2, None),) if args.smoke else
-                    (("fp16", True, 4, None), ("fp16", True, 4, 1), ("fp16", False, 4, None), ("tf32", False, 4, None)))
+        variants = (
+            (("fp32", False, 2, None),)
+            if args.smoke
+            else (("fp16", True, 4, None), ("fp16", True, 4, 1), ("fp16", False, 4, None), ("tf32", False, 4, None))
+        )
         for precision, graph, batch, io_workers in variants:
             key = f"{precision}{'-graph' if graph else ''}-b{batch}-io{io_workers or 'default'}"
 
@@ -234,29 +305,57 @@ def main(argv: list[str] | None = None) -> int:
                 result["network_per_case_s"] = result["network_only_s"] / max(1, result["cases"])
                 result["ratio_to_network"] = result["wall_s"] / result["network_only_s"]
                 return result
+
             stage(e2e, key, run)
             results["end_to_end"] = e2e
             save()
-        table = [{"run": k, "backend": v.get("backend"), "io_workers": v.get("io_workers"), "cases": v.get("cases"),
-                  "windows": v.get("windows"),
-                  "wall_per_case_s": v.get("wall_per_case_s"), "network_per_case_s": v.get("network_per_case_s"),
-                  "ratio_to_network": v.get("ratio_to_network"), "peak_gpu_gb": v.get("peak_gpu_gb"),
-                  "error": v.get("error", "")} for k, v in e2e.items() if k != "stage_seconds"]
+        table = [
+            {
+                "run": k,
+                "backend": v.get("backend"),
+                "io_workers": v.get("io_workers"),
+                "cases": v.get("cases"),
+                "windows": v.get("windows"),
+                "wall_per_case_s": v.get("wall_per_case_s"),
+                "network_per_case_s": v.get("network_per_case_s"),
+                "ratio_to_network": v.get("ratio_to_network"),
+                "peak_gpu_gb": v.get("peak_gpu_gb"),
+                "error": v.get("error", ""),
+            }
+            for k, v in e2e.items()
+            if k != "stage_seconds"
+        ]
         print_table("ceds segment end to end on the GPU (folder run, steady state)", table)
         for k, v in e2e.items():
             if isinstance(v, dict) and "rows" in v:
                 print_table(f"per case stages: {k}", v["rows"])
 
     if "tensorrt" not in args.skip:
+
         def tensorrt():
             try:
                 import tensorrt  # noqa: F401
             except ImportError as err:
                 return {"skipped": f"TensorRT is not installed here ({err})"}
-            proc = subprocess.run([sys.executable, "benchmarks/tensorrt_bench.py", "--width", "16", "--roi", "112",
-                                   "112", "80", "--batch", "1:4:8"], capture_output=True, encoding="utf-8")
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "benchmarks/tensorrt_bench.py",
+                    "--width",
+                    "16",
+                    "--roi",
+                    "112",
+                    "112",
+                    "80",
+                    "--batch",
+                    "1:4:8",
+                ],
+                capture_output=True,
+                encoding="utf-8",
+            )
             print(proc.stdout[-4000:], proc.stderr[-2000:])
             return {"returncode": proc.returncode, "output_tail": proc.stdout[-2000:]}
+
         stage(results, "tensorrt", tensorrt)
     save()
     print(f"\nwrote {out / 'gpu_check.json'}")

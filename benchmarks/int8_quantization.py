@@ -57,16 +57,23 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, fmt: str) -> float:
 
     class Windows(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"image": calibration[i:i + 2]} for i in range(0, len(calibration), 2)])
+            self.batches = iter([{"image": calibration[i : i + 2]} for i in range(0, len(calibration), 2)])
 
         def get_next(self):
             return next(self.batches, None)
 
     start = time.perf_counter()
     with contextlib.chdir(out.parent):  # ONNX Runtime leaves temporary files in the working folder
-        quantize_static(str(fp32), str(out), Windows(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(fp32),
+            str(out),
+            Windows(),
+            quant_format=getattr(QuantFormat, fmt),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     return time.perf_counter() - start
 
 
@@ -79,7 +86,7 @@ def run_model(path: Path, windows: np.ndarray, batch: int, threads: int) -> tupl
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     session.run(None, {"image": windows[:batch]})  # warm-up
     start = time.perf_counter()
-    outputs = [session.run(None, {"image": windows[i:i + batch]}) for i in range(0, len(windows), batch)]
+    outputs = [session.run(None, {"image": windows[i : i + batch]}) for i in range(0, len(windows), batch)]
     seconds = (time.perf_counter() - start) / len(windows)
     return seconds, np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
@@ -109,24 +116,49 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = work / "model.onnx"
     export_checkpoint(args.model, fp32, validate=False)
     windows = phantom_windows(spec, args.calibration_windows + args.test_windows, args.seed, args.size)
-    calibration, test = windows[:args.calibration_windows], windows[args.calibration_windows:]
+    calibration, test = windows[: args.calibration_windows], windows[args.calibration_windows :]
     base_seconds, base_seg, base_conf = run_model(fp32, test, args.batch, threads)
     base_p = tumour_probability(base_seg)
-    rows = [{"model": "fp32", "s_per_window": base_seconds, "speedup": 1.0, "max_abs_prob_diff": 0.0,
-             "max_abs_conf_diff": 0.0, "argmax_agreement": 1.0, "quantize_s": 0.0}]
+    rows = [
+        {
+            "model": "fp32",
+            "s_per_window": base_seconds,
+            "speedup": 1.0,
+            "max_abs_prob_diff": 0.0,
+            "max_abs_conf_diff": 0.0,
+            "argmax_agreement": 1.0,
+            "quantize_s": 0.0,
+        }
+    ]
     for fmt in ("QDQ", "QOperator"):
         path = work / f"model_int8_{fmt}.onnx"
         quantize_seconds = quantize(fp32, path, calibration, fmt)
         seconds, seg, conf = run_model(path, test, args.batch, threads)
-        rows.append({"model": f"int8 {fmt}", "s_per_window": seconds, "speedup": base_seconds / seconds,
-                     "max_abs_prob_diff": float(np.abs(tumour_probability(seg) - base_p).max()),
-                     "max_abs_conf_diff": float(np.abs(conf - base_conf).max()),
-                     "argmax_agreement": float((seg.argmax(1) == base_seg.argmax(1)).mean()),
-                     "quantize_s": quantize_seconds})
-    print_table(f"int8 vs fp32, ONNX Runtime CPU ({threads} threads, width {spec.width}, window {spec.roi_size}, "
-                f"batch {args.batch}, {len(test)} held-out phantom windows)", rows)
-    write_json(args.json, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                           "spec": spec.to_dict(), "rows": rows})
+        rows.append(
+            {
+                "model": f"int8 {fmt}",
+                "s_per_window": seconds,
+                "speedup": base_seconds / seconds,
+                "max_abs_prob_diff": float(np.abs(tumour_probability(seg) - base_p).max()),
+                "max_abs_conf_diff": float(np.abs(conf - base_conf).max()),
+                "argmax_agreement": float((seg.argmax(1) == base_seg.argmax(1)).mean()),
+                "quantize_s": quantize_seconds,
+            }
+        )
+    print_table(
+        f"int8 vs fp32, ONNX Runtime CPU ({threads} threads, width {spec.width}, window {spec.roi_size}, "
+        f"batch {args.batch}, {len(test)} held-out phantom windows)",
+        rows,
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "spec": spec.to_dict(),
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.json}")
     return 0
 

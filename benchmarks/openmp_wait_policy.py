@@ -24,7 +24,7 @@ from benchmarks.common import machine, print_table, write_json  # noqa: E402
 STEP_PROBE = r"""
 import json, os, sys, time
 import torch
-from ceds_deploy.demo.run import TESTED_RECIPE
+from ceds_deploy.demo.recipe import TESTED_RECIPE
 from ceds_deploy.training.batches import step_seeds
 from ceds_deploy.training.config import resolve_config
 from ceds_deploy.training.loop import Trainer
@@ -51,8 +51,14 @@ def measure(data: Path, work: Path, policy: str | None, busy: int, steps: int) -
         env["OMP_WAIT_POLICY"] = policy
     loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
     try:
-        done = subprocess.run([sys.executable, "-c", STEP_PROBE, str(data), str(work / f"run-{policy}-{busy}"),
-                               str(steps)], env=env, capture_output=True, encoding="utf-8", check=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-c", STEP_PROBE, str(data), str(work / f"run-{policy}-{busy}"), str(steps)],
+            env=env,
+            capture_output=True,
+            encoding="utf-8",
+            check=True,
+            timeout=900,
+        )
     finally:
         for loop in loops:
             loop.kill()
@@ -71,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ceds-omp-") as tmp:
         work = Path(tmp)
         data = make_cohort(work / "data", cases=20, labeled=16, test=0, seed=0)  # 13 steps an epoch
-        rows = [measure(data, work, policy, busy, args.steps)
-                for busy in (0, args.busy) for policy in (None, "PASSIVE")]
+        rows = [
+            measure(data, work, policy, busy, args.steps) for busy in (0, args.busy) for policy in (None, "PASSIVE")
+        ]
     print_table("seconds per training step (median)", rows, ["policy", "busy_loops", "seconds_per_step", "load"])
     if args.json:
         write_json(args.json, {"machine": machine(), "steps": args.steps, "rows": rows})

@@ -82,20 +82,47 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir()
         path = write_volume(folder / f"scan_{size}.nii.gz", volume.array.astype(np.int16), volume.geometry)
         body = int(np.count_nonzero(volume.array > -500))
-        done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(work / f"out_{size}"), str(args.model),
-                               args.backend], capture_output=True, encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path), str(work / f"out_{size}"), str(args.model), args.backend],
+            capture_output=True,
+            encoding="utf-8",
+        )
         if done.returncode != 0:
             print(done.stderr[-2000:])
             raise SystemExit(f"segment failed for {size}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"size": size, "mvoxels": volume.array.size / 1e6, "body_mvoxels": body / 1e6,
-                     "windows": result["windows"], "seconds": result["seconds"],
-                     "s_per_body_mvoxel": result["seconds"] / (body / 1e6), "peak_rss_gb": result["peak_rss_gb"],
-                     **{f"{k}_s": v for k, v in result["stages"].items()}, "backend": result["backend"]})
+        rows.append(
+            {
+                "size": size,
+                "mvoxels": volume.array.size / 1e6,
+                "body_mvoxels": body / 1e6,
+                "windows": result["windows"],
+                "seconds": result["seconds"],
+                "s_per_body_mvoxel": result["seconds"] / (body / 1e6),
+                "peak_rss_gb": result["peak_rss_gb"],
+                **{f"{k}_s": v for k, v in result["stages"].items()},
+                "backend": result["backend"],
+            }
+        )
         print(rows[-1])
-    print_table("ceds segment: cost against scan size", rows,
-                ["size", "mvoxels", "body_mvoxels", "windows", "seconds", "s_per_body_mvoxel", "peak_rss_gb",
-                 "read_s", "preprocess_s", "infer_s", "restore_s", "write_s"])
+    print_table(
+        "ceds segment: cost against scan size",
+        rows,
+        [
+            "size",
+            "mvoxels",
+            "body_mvoxels",
+            "windows",
+            "seconds",
+            "s_per_body_mvoxel",
+            "peak_rss_gb",
+            "read_s",
+            "preprocess_s",
+            "infer_s",
+            "restore_s",
+            "write_s",
+        ],
+    )
     write_json(args.json, {"machine": machine(), "model": str(args.model), "rows": rows})
     print(f"wrote {args.json}")
     return 0

@@ -42,8 +42,15 @@ def random_checkpoint(folder: Path, width: int, roi: tuple[int, int, int], seed:
                 m.running_var.uniform_(0.5, 2.0)
     spec = ModelSpec(roi_size=roi, width=width)
     path = folder / f"random_w{width}.pt"
-    save_checkpoint(path, {"spec": spec.to_dict(), "net_config": dataclasses.asdict(net.config),
-                           "teacher": net.state_dict(), "student": net.state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "spec": spec.to_dict(),
+            "net_config": dataclasses.asdict(net.config),
+            "teacher": net.state_dict(),
+            "student": net.state_dict(),
+        },
+    )
     return path
 
 
@@ -81,8 +88,15 @@ def run(args) -> dict:
     checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work, args.width, tuple(args.roi))
     spec = read_spec(checkpoint)
     profile = BatchProfile.parse(args.batch)
-    result: dict = {"machine": machine(), "checkpoint": str(checkpoint), "roi": list(spec.roi_size),
-                    "width": spec.width, "batch_profile": str(profile), "timings": [], "skipped": []}
+    result: dict = {
+        "machine": machine(),
+        "checkpoint": str(checkpoint),
+        "roi": list(spec.roi_size),
+        "width": spec.width,
+        "batch_profile": str(profile),
+        "timings": [],
+        "skipped": [],
+    }
     say = print
 
     onnx_path = work / "model.onnx"
@@ -90,8 +104,12 @@ def run(args) -> dict:
     exported = export_checkpoint(checkpoint, onnx_path, opset=args.opset, log=say)
     fp16_path = work / "model-fp16.onnx"  # strongly typed engines run the ONNX file's own precision
     export_checkpoint(checkpoint, fp16_path, opset=args.opset, precision="fp16", log=say)
-    result["export"] = {"seconds": time.perf_counter() - start, "size_mb": exported.size_bytes / 1e6,
-                        "nodes": exported.histogram, "parity": exported.parity.to_dict()}
+    result["export"] = {
+        "seconds": time.perf_counter() - start,
+        "size_mb": exported.size_bytes / 1e6,
+        "nodes": exported.histogram,
+        "parity": exported.parity.to_dict(),
+    }
 
     batch = torch.from_numpy(random_windows(spec.roi_size, profile.opt, seed=1))
     rows = result["timings"]
@@ -99,16 +117,37 @@ def run(args) -> dict:
     if cuda:
         for precision in ("fp32", "fp16"):
             with TorchBackend(checkpoint, spec, device="cuda", precision=precision, max_batch_size=profile.opt) as b:
-                rows.append({"backend": "torch", "precision": precision, "device": "cuda", "batch": profile.opt,
-                             **time_backend(b, batch, args.iters, args.warmup)})
+                rows.append(
+                    {
+                        "backend": "torch",
+                        "precision": precision,
+                        "device": "cuda",
+                        "batch": profile.opt,
+                        **time_backend(b, batch, args.iters, args.warmup),
+                    }
+                )
     else:
         result["skipped"].append("torch on CUDA: no CUDA GPU (timed torch on the CPU instead)")
         with TorchBackend(checkpoint, spec, device="cpu", precision="fp32", max_batch_size=1) as b:
-            rows.append({"backend": "torch", "precision": "fp32", "device": "cpu", "batch": 1,
-                         **time_backend(b, batch[:1], args.cpu_iters, 1)})
+            rows.append(
+                {
+                    "backend": "torch",
+                    "precision": "fp32",
+                    "device": "cpu",
+                    "batch": 1,
+                    **time_backend(b, batch[:1], args.cpu_iters, 1),
+                }
+            )
     with OnnxRuntimeBackend(onnx_path, spec, device="cpu", max_batch_size=1) as b:
-        rows.append({"backend": "onnxruntime", "precision": "fp32", "device": "cpu", "batch": 1,
-                     **time_backend(b, batch[:1], args.cpu_iters, 1)})
+        rows.append(
+            {
+                "backend": "onnxruntime",
+                "precision": "fp32",
+                "device": "cpu",
+                "batch": 1,
+                **time_backend(b, batch[:1], args.cpu_iters, 1),
+            }
+        )
 
     try:
         from ceds_deploy.backends.tensorrt_runtime import require_tensorrt
@@ -124,8 +163,11 @@ def run(args) -> dict:
         cache.unlink(missing_ok=True)
         options = BuildOptions(batch=profile, workspace_gb=args.workspace_gb, timing_cache=cache)
         built = build_checked_engine(fp16_path, work / "model.engine", options, log=say)
-        result["tensorrt"] = {"build_seconds": built.seconds, "parity": built.parity.to_dict(),
-                              "sidecar": built.sidecar}
+        result["tensorrt"] = {
+            "build_seconds": built.seconds,
+            "parity": built.parity.to_dict(),
+            "sidecar": built.sidecar,
+        }
         if args.second_build:
             again = build_engine(fp16_path, work / "again.engine", options)
             result["tensorrt"]["second_build_seconds"] = again.seconds
@@ -133,12 +175,20 @@ def run(args) -> dict:
             say(f"second build with the timing cache: {again.seconds:.1f} s (first {built.seconds:.1f} s)")
         for graph in (False, True):
             with TensorRTBackend(built.engine, spec, cuda_graph=graph, max_batch_size=profile.opt) as b:
-                rows.append({"backend": "tensorrt" + (" + CUDA graph" if graph else ""), "precision": "fp16",
-                             "device": "cuda", "batch": profile.opt, **time_backend(b, batch, args.iters, args.warmup)})
+                rows.append(
+                    {
+                        "backend": "tensorrt" + (" + CUDA graph" if graph else ""),
+                        "precision": "fp16",
+                        "device": "cuda",
+                        "batch": profile.opt,
+                        **time_backend(b, batch, args.iters, args.warmup),
+                    }
+                )
     reference = next((r for r in rows if r["backend"] == "torch" and r["precision"] == "fp32"), None)
     for row in rows:
-        row["speedup_vs_torch_fp32"] = reference["ms_per_batch"] / row["ms_per_batch"] * row["batch"] / reference["batch"] \
-            if reference else None
+        row["speedup_vs_torch_fp32"] = (
+            reference["ms_per_batch"] / row["ms_per_batch"] * row["batch"] / reference["batch"] if reference else None
+        )
     return result
 
 
@@ -153,21 +203,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cpu-iters", type=int, default=2, help="ONNX Runtime CPU calls (slow: a reference only).")
-    parser.add_argument("--no-second-build", dest="second_build", action="store_false",
-                        help="Skip the second engine build that shows the timing cache at work.")
+    parser.add_argument(
+        "--no-second-build",
+        dest="second_build",
+        action="store_false",
+        help="Skip the second engine build that shows the timing cache at work.",
+    )
     parser.add_argument("--workdir", help="Keep the checkpoint, ONNX file and engines here.")
     parser.add_argument("--out", default="tensorrt_bench.json")
     args = parser.parse_args(argv)
     result = run(args)
-    print_table(f"CEDS width {result['width']}, window {'x'.join(map(str, result['roi']))} "
-                f"({result['machine'].get('gpu', result['machine']['cpu'])})", result["timings"],
-                ["backend", "precision", "device", "batch", "ms_per_batch", "windows_per_s", "speedup_vs_torch_fp32"])
-    print(f"export: {result['export']['seconds']:.1f} s, {result['export']['size_mb']:.1f} MB; "
-          f"ONNX Runtime vs torch max |diff| {result['export']['parity']['max_prob_diff']:.2e}")
+    print_table(
+        f"CEDS width {result['width']}, window {'x'.join(map(str, result['roi']))} "
+        f"({result['machine'].get('gpu', result['machine']['cpu'])})",
+        result["timings"],
+        ["backend", "precision", "device", "batch", "ms_per_batch", "windows_per_s", "speedup_vs_torch_fp32"],
+    )
+    print(
+        f"export: {result['export']['seconds']:.1f} s, {result['export']['size_mb']:.1f} MB; "
+        f"ONNX Runtime vs torch max |diff| {result['export']['parity']['max_prob_diff']:.2e}"
+    )
     if "tensorrt" in result:
         p = result["tensorrt"]["parity"]
-        print(f"TensorRT fp16 vs ONNX Runtime: max |diff| probabilities {p['max_prob_diff']:.2e}, "
-              f"confidence {p['max_confidence_diff']:.2e}, argmax Dice {p['dice']:.5f}")
+        print(
+            f"TensorRT fp16 vs ONNX Runtime: max |diff| probabilities {p['max_prob_diff']:.2e}, "
+            f"confidence {p['max_confidence_diff']:.2e}, argmax Dice {p['dice']:.5f}"
+        )
     for reason in result["skipped"]:
         print(f"skipped: {reason}")
     print(f"wrote {write_json(Path(args.out), result)}")

@@ -41,9 +41,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32), metavar=("X", "Y", "Z"))
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic model spacing, mm")
     p.add_argument("--patches-per-volume", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.05,
-                   help="SGD learning rate of both optimizers (paper: 0.01, too slow for a CPU-sized budget)")
-    p.add_argument("--ema-decay", type=float, default=0.99, help="teacher EMA decay (paper 0.99; the demo's short runs 0.95)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=0.05,
+        help="SGD learning rate of both optimizers (paper: 0.01, too slow for a CPU-sized budget)",
+    )
+    p.add_argument(
+        "--ema-decay", type=float, default=0.99, help="teacher EMA decay (paper 0.99; the demo's short runs 0.95)"
+    )
     p.add_argument("--dropout", type=float, default=0.5, help="V-Net dropout (paper 0.5; the demo 0.0)")
     p.add_argument("--labeled", type=int, default=4, help="labeled training cases")
     p.add_argument("--val", type=int, default=2, help="extra labeled cases for validation (0: none)")
@@ -61,8 +67,7 @@ def make_cohort_once(args: argparse.Namespace) -> Path:
     from ceds_deploy.synthetic import make_cohort
 
     root = args.out / "cohort"
-    wanted = {"cases": args.labeled + args.val + args.unlabeled, "labeled": args.labeled + args.val,
-              "test": args.test}
+    wanted = {"cases": args.labeled + args.val + args.unlabeled, "labeled": args.labeled + args.val, "test": args.test}
     stamp = root / "benchmark_cohort.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted:
         return root
@@ -78,9 +83,10 @@ def split_cases(root: Path, n_val: int):
 
     data = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     labeled = [case_id(Path(item["image"])) for item in data["training"]]
-    val = labeled[len(labeled) - n_val:] if n_val else []
-    tests = [LabeledCase(case_id(Path(img)), root / img, root / lab)
-             for img, lab in zip(data["test"], data["test_labels"])]
+    val = labeled[len(labeled) - n_val :] if n_val else []
+    tests = [
+        LabeledCase(case_id(Path(img)), root / img, root / lab) for img, lab in zip(data["test"], data["test_labels"])
+    ]
     return val, tests
 
 
@@ -92,12 +98,25 @@ def train_one(method: str, root: Path, val: list[str], args: argparse.Namespace)
     steps_per_epoch = args.labeled  # one labeled volume per step
     epochs = -(-args.iterations // steps_per_epoch)
     config = TrainConfig(
-        data_dir=str(root), method=method, width=args.width, patch=tuple(args.patch),
-        spacing=(args.spacing,) * 3, iterations=args.iterations, seed=args.seed, lr=args.lr,
-        min_lr=min(args.lr, 1e-3), ema_decay=args.ema_decay, dropout=args.dropout,
-        batch_size=1 if method == "supervised" else 2, patches_per_volume=args.patches_per_volume,
-        val_cases=tuple(val), val_fraction=0.0, val_every=max(1, epochs // max(1, args.validations)),
-        rotate90_prob=0.1 if args.patch[0] == args.patch[1] else 0.0, device=args.device)
+        data_dir=str(root),
+        method=method,
+        width=args.width,
+        patch=tuple(args.patch),
+        spacing=(args.spacing,) * 3,
+        iterations=args.iterations,
+        seed=args.seed,
+        lr=args.lr,
+        min_lr=min(args.lr, 1e-3),
+        ema_decay=args.ema_decay,
+        dropout=args.dropout,
+        batch_size=1 if method == "supervised" else 2,
+        patches_per_volume=args.patches_per_volume,
+        val_cases=tuple(val),
+        val_fraction=0.0,
+        val_every=max(1, epochs // max(1, args.validations)),
+        rotate90_prob=0.1 if args.patch[0] == args.patch[1] else 0.0,
+        device=args.device,
+    )
     start = time.perf_counter()
     last = run / CHECKPOINT_DIR / "last.pt"
     if last.is_file():
@@ -120,15 +139,20 @@ def evaluate_run(run: Path, tests, device: str) -> dict:
         nets[weights], spec = load_network(last, weights)
     result = validate(nets, tests, spec, device=device, maxprob=True)
     for name in nets:
-        out[name] = {"dice": result.mean(name, "dice"), "auroc_confidence": result.mean(name, "auroc"),
-                     "auroc_maxprob": result.mean(name, "auroc_maxprob"),
-                     "dice_per_case": {c.case: c.dice for c in result.cases if c.network == name}}
+        out[name] = {
+            "dice": result.mean(name, "dice"),
+            "auroc_confidence": result.mean(name, "auroc"),
+            "auroc_maxprob": result.mean(name, "auroc_maxprob"),
+            "dice_per_case": {c.case: c.dice for c in result.cases if c.network == name},
+        }
     best = run / "checkpoints" / "best_teacher.pt"
     if best.is_file():
         net, spec = load_network(best, "teacher")
         picked = validate({"teacher": net}, tests, spec, device=device)
-        out["best_teacher"] = {"dice": picked.mean("teacher", "dice"),
-                               "epoch": load_checkpoint(best)["best"].get("teacher_epoch")}
+        out["best_teacher"] = {
+            "dice": picked.mean("teacher", "dice"),
+            "epoch": load_checkpoint(best)["best"].get("teacher_epoch"),
+        }
     out["steps"] = payload["global_step"]
     out["train_seconds"] = sum(row["seconds"] for row in payload["history"])  # steps only, over resumes
     return out
@@ -139,14 +163,29 @@ def print_table(results: dict) -> None:
     from rich.table import Table
 
     table = Table(title="supervised vs mean-teacher vs CEDS on the phantom test cases (final weights)")
-    for col in ("method", "steps", "train min", "Dice teacher", "Dice student", "AUROC conf (teacher)",
-                "AUROC max-prob (teacher)", "Dice val-best teacher"):
+    for col in (
+        "method",
+        "steps",
+        "train min",
+        "Dice teacher",
+        "Dice student",
+        "AUROC conf (teacher)",
+        "AUROC max-prob (teacher)",
+        "Dice val-best teacher",
+    ):
         table.add_column(col, justify="right" if col != "method" else "left")
     fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - nan -> '-'
     for method, r in results.items():
-        table.add_row(method, str(r["steps"]), f"{r['train_seconds'] / 60:.1f}", fmt(r["teacher"]["dice"]),
-                      fmt(r["student"]["dice"]), fmt(r["teacher"]["auroc_confidence"]),
-                      fmt(r["teacher"]["auroc_maxprob"]), fmt(r.get("best_teacher", {}).get("dice")))
+        table.add_row(
+            method,
+            str(r["steps"]),
+            f"{r['train_seconds'] / 60:.1f}",
+            fmt(r["teacher"]["dice"]),
+            fmt(r["student"]["dice"]),
+            fmt(r["teacher"]["auroc_confidence"]),
+            fmt(r["teacher"]["auroc_maxprob"]),
+            fmt(r.get("best_teacher", {}).get("dice")),
+        )
     Console(width=150).print(table)
 
 
@@ -165,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         run, seconds = train_one(method, root, val, args)
         results[method] = {"wall_seconds": seconds, **evaluate_run(run, tests, args.device)}
-    report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "threads": torch.get_num_threads(), "test_cases": [c.name for c in tests],
-              "validation_cases": val, "results": results}
+    report = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "test_cases": [c.name for c in tests],
+        "validation_cases": val,
+        "results": results,
+    }
     write_atomic_text(args.out / "train_methods.json", json.dumps(report, indent=2) + "\n")
     print_table(results)
     print(f"wrote {args.out / 'train_methods.json'}")

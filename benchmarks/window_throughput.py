@@ -65,8 +65,15 @@ def make_checkpoint(width: int, roi, folder: Path) -> Path:
     net = CedsNet(config).eval()
     spec = ModelSpec(roi_size=tuple(roi), width=width)
     path = folder / f"w{width}.pt"
-    save_checkpoint(path, {"spec": spec.to_dict(), "net_config": dataclasses.asdict(config),
-                           "teacher": net.state_dict(), "student": net.state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "spec": spec.to_dict(),
+            "net_config": dataclasses.asdict(config),
+            "teacher": net.state_dict(),
+            "student": net.state_dict(),
+        },
+    )
     return path
 
 
@@ -77,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80])
     # torch-PRECISION[-graph][-contiguous|-cl]: -graph replays CUDA graphs; -contiguous / -cl force
     # channels-last off / on (default: the backend's choice)
-    parser.add_argument("--backends", nargs="+", default=["torch-fp32", "torch-bf16", "onnxruntime"],
-                        help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA "
-                             "graph) onnxruntime tensorrt")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch-fp32", "torch-bf16", "onnxruntime"],
+        help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA graph) onnxruntime tensorrt",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/window_throughput.json"))
@@ -149,17 +159,47 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 per_window = seconds / batch
                 ceiling = ceilings.get(precision if precision in ceilings else "fp32")
-                rows.append({"backend": backend.description, "width": width, "batch": batch,
-                             "s_per_window": per_window, "mvoxels_per_s": voxels / per_window / 1e6,
-                             "gflop_per_window": flops / 1e9, "gflops_achieved": flops / per_window / 1e9,
-                             "ceiling_gflops": ceiling / 1e9, "fraction_of_ceiling": flops / per_window / ceiling,
-                             "peak_rss_gb": peak_rss_gb(),
-                             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
-    print_table(f"window throughput, ROI {tuple(args.roi)}, {args.device}", rows,
-                ["backend", "width", "batch", "s_per_window", "mvoxels_per_s", "gflops_achieved",
-                 "ceiling_gflops", "fraction_of_ceiling", "peak_rss_gb", "peak_gpu_gb", "note"])
-    write_json(args.json, {"machine": machine(), "roi": args.roi,
-                           "ceilings_gflops": {k: v / 1e9 for k, v in ceilings.items()}, "rows": rows})
+                rows.append(
+                    {
+                        "backend": backend.description,
+                        "width": width,
+                        "batch": batch,
+                        "s_per_window": per_window,
+                        "mvoxels_per_s": voxels / per_window / 1e6,
+                        "gflop_per_window": flops / 1e9,
+                        "gflops_achieved": flops / per_window / 1e9,
+                        "ceiling_gflops": ceiling / 1e9,
+                        "fraction_of_ceiling": flops / per_window / ceiling,
+                        "peak_rss_gb": peak_rss_gb(),
+                        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                    }
+                )
+    print_table(
+        f"window throughput, ROI {tuple(args.roi)}, {args.device}",
+        rows,
+        [
+            "backend",
+            "width",
+            "batch",
+            "s_per_window",
+            "mvoxels_per_s",
+            "gflops_achieved",
+            "ceiling_gflops",
+            "fraction_of_ceiling",
+            "peak_rss_gb",
+            "peak_gpu_gb",
+            "note",
+        ],
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "roi": args.roi,
+            "ceilings_gflops": {k: v / 1e9 for k, v in ceilings.items()},
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.json}")
     return 0
 

@@ -26,9 +26,11 @@ def artifact_kind(path: Path) -> str:
         return "onnx"
     if suffix in ENGINE_SUFFIXES:
         return "engine"
-    raise ArtifactError(f"{path}: unknown model file type {suffix!r}; expected a checkpoint "
-                        f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX file (.onnx) or a TensorRT engine "
-                        f"({', '.join(ENGINE_SUFFIXES)})")
+    raise ArtifactError(
+        f"{path}: unknown model file type {suffix!r}; expected a checkpoint "
+        f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX file (.onnx) or a TensorRT engine "
+        f"({', '.join(ENGINE_SUFFIXES)})"
+    )
 
 
 def engine_sidecar(path: Path) -> Path:
@@ -41,8 +43,10 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError and friends for corrupt files
-        raise ArtifactError(f"{path}: not a readable ONNX model (corrupt or truncated?): "
-                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ArtifactError(
+            f"{path}: not a readable ONNX model (corrupt or truncated?): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -57,8 +61,7 @@ def read_spec(path: Path) -> ModelSpec:
     if kind == "onnx":
         meta = read_onnx_metadata(path)
         if ONNX_SPEC_KEY not in meta:
-            raise ArtifactError(f"{path}: ONNX file has no {ONNX_SPEC_KEY!r} metadata; "
-                                "export it with `ceds export`")
+            raise ArtifactError(f"{path}: ONNX file has no {ONNX_SPEC_KEY!r} metadata; export it with `ceds export`")
         try:
             return ModelSpec.from_json(meta[ONNX_SPEC_KEY])
         except ArtifactError as err:

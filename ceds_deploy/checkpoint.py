@@ -59,16 +59,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ArtifactError(f"{path}: refused to load: the checkpoint holds objects other than tensors "
-                            f"and plain data ({str(err).splitlines()[0]})") from None
+        raise ArtifactError(
+            f"{path}: refused to load: the checkpoint holds objects other than tensors "
+            f"and plain data ({str(err).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ArtifactError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
-                            f"{str(err).splitlines()[0]}") from None
+        raise ArtifactError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0]}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         raise ArtifactError(f"{path}: not a ceds-deploy checkpoint (no kind={CHECKPOINT_KIND!r} entry)")
     if int(payload.get("format", 0)) > CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{path}: checkpoint format {payload['format']} is newer than this install "
-                            f"reads ({CHECKPOINT_FORMAT}); upgrade ceds-deploy")
+        raise ArtifactError(
+            f"{path}: checkpoint format {payload['format']} is newer than this install "
+            f"reads ({CHECKPOINT_FORMAT}); upgrade ceds-deploy"
+        )
     return payload
 
 
@@ -83,8 +88,9 @@ def _check_checkpoint_bytes(path: Path) -> None:
     if not head:
         raise ArtifactError(f"{path}: file is empty (0 bytes)")
     if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
-        raise ArtifactError(f"{path}: not a PyTorch checkpoint (random bytes?): it is neither a torch.save "
-                            f"zip archive nor a pickle")
+        raise ArtifactError(
+            f"{path}: not a PyTorch checkpoint (random bytes?): it is neither a torch.save zip archive nor a pickle"
+        )
 
 
 def checkpoint_spec(payload: dict[str, Any], path: Path | str = "checkpoint") -> ModelSpec:
@@ -112,8 +118,9 @@ def load_network(path: str | os.PathLike, weights: str = "teacher", map_location
         net = CedsNet(config)
         net.load_state_dict(payload[weights])
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise ArtifactError(f"{path}: weights do not fit the CEDS network "
-                            f"(another architecture or width?): {str(err).splitlines()[0]}") from None
+        raise ArtifactError(
+            f"{path}: weights do not fit the CEDS network (another architecture or width?): {str(err).splitlines()[0]}"
+        ) from None
     return net.eval(), spec.replace(weights=weights)
 
 
@@ -132,9 +139,13 @@ def save_inference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, we
     spec = checkpoint_spec(payload, src)
     if weights not in payload or "net_config" not in payload:
         raise ArtifactError(f"{src}: checkpoint holds no {weights} weights or no net_config")
-    slim = {"format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, "spec": spec.replace(weights=weights).to_dict(),
-            "net_config": dict(payload["net_config"]),
-            weights: {k: v.clone() for k, v in payload[weights].items()}}  # own storage: no shared bytes saved
+    slim = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": CHECKPOINT_KIND,
+        "spec": spec.replace(weights=weights).to_dict(),
+        "net_config": dict(payload["net_config"]),
+        weights: {k: v.clone() for k, v in payload[weights].items()},
+    }  # own storage: no shared bytes saved
     buffer = _io.BytesIO()
     torch.save(slim, buffer)
     write_atomic_bytes(Path(dst), buffer.getvalue())

@@ -15,8 +15,15 @@ from ceds_deploy.backends.tensorrt_runtime import BatchProfile, RuntimeInfo
 from ceds_deploy.spec import ModelSpec
 
 
-def open_backend(model: Path, *, backend: str = "auto", device: str = "cpu", max_batch_size: int | None = None,
-                 precision: str | None = None, cuda_graph: bool = False) -> tuple[Backend, str]:
+def open_backend(
+    model: Path,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    max_batch_size: int | None = None,
+    precision: str | None = None,
+    cuda_graph: bool = False,
+) -> tuple[Backend, str]:
     """(an inactive backend for the model artifact `model`, why that backend was chosen).
 
     The artifact's own `ModelSpec` says how to pre-process; `precision` and `cuda_graph` are checked
@@ -34,8 +41,10 @@ def open_backend(model: Path, *, backend: str = "auto", device: str = "cpu", max
         options["engine_for_onnx"] = partial(_cached_engine, Path(model), spec, device)
     if precision is not None:
         if name == "onnxruntime":
-            raise ConfigError("--precision applies to the torch and tensorrt backends; the onnxruntime backend "
-                              "runs the ONNX file's own precision")
+            raise ConfigError(
+                "--precision applies to the torch and tensorrt backends; the onnxruntime backend "
+                "runs the ONNX file's own precision"
+            )
         options["precision"] = precision
     if cuda_graph:
         if name not in ("torch", "tensorrt"):

@@ -53,20 +53,30 @@ class ModelSpec:
         """Every field within what the network and pre-processing can run; a `ConfigError` naming the
         field and its value otherwise (an artifact's spec turns it into an `ArtifactError`)."""
         if len(self.class_names) != 2:
-            raise ConfigError(f"class_names must name exactly 2 classes (the network has 2 outputs), "
-                              f"got {self.class_names}")
+            raise ConfigError(
+                f"class_names must name exactly 2 classes (the network has 2 outputs), got {self.class_names}"
+            )
         if len(self.roi_size) != 3 or any(not 16 <= v <= 512 or v % 16 for v in self.roi_size):
             raise ConfigError(f"roi_size must be 3 multiples of 16 within 16..512, got {self.roi_size}")
         if len(self.target_spacing) != 3 or not all(_finite_within(v, *SPACING_RANGE_MM) for v in self.target_spacing):
-            raise ConfigError(f"target_spacing must be 3 finite values within {SPACING_RANGE_MM[0]}.."
-                              f"{SPACING_RANGE_MM[1]} mm, got {self.target_spacing}")
-        if len(self.hu_window) != 2 or not all(_finite_within(v, *HU_RANGE) for v in self.hu_window) \
-                or self.hu_window[0] >= self.hu_window[1]:
-            raise ConfigError(f"hu_window must be (low, high), finite, low < high, within {HU_RANGE[0]:g}.."
-                              f"{HU_RANGE[1]:g} HU, got {self.hu_window}")
+            raise ConfigError(
+                f"target_spacing must be 3 finite values within {SPACING_RANGE_MM[0]}.."
+                f"{SPACING_RANGE_MM[1]} mm, got {self.target_spacing}"
+            )
+        if (
+            len(self.hu_window) != 2
+            or not all(_finite_within(v, *HU_RANGE) for v in self.hu_window)
+            or self.hu_window[0] >= self.hu_window[1]
+        ):
+            raise ConfigError(
+                f"hu_window must be (low, high), finite, low < high, within {HU_RANGE[0]:g}.."
+                f"{HU_RANGE[1]:g} HU, got {self.hu_window}"
+            )
         if self.body_threshold_hu is not None and not _finite_within(self.body_threshold_hu, *HU_RANGE):
-            raise ConfigError(f"body_threshold_hu must be finite within {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU "
-                              f"(or null), got {self.body_threshold_hu}")
+            raise ConfigError(
+                f"body_threshold_hu must be finite within {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU "
+                f"(or null), got {self.body_threshold_hu}"
+            )
         if isinstance(self.width, bool) or not isinstance(self.width, int) or not 1 <= self.width <= 256:
             raise ConfigError(f"width must be a whole number within 1..256, got {self.width!r}")
         if self.precision not in PRECISIONS:
@@ -97,8 +107,9 @@ class ModelSpec:
         if unknown:
             raise ArtifactError(f"model spec has unknown fields {unknown}; made by a newer ceds-deploy?")
         if int(data.get("format", SPEC_FORMAT)) > SPEC_FORMAT:
-            raise ArtifactError(f"model spec format {data['format']} is newer than this install "
-                                f"understands ({SPEC_FORMAT})")
+            raise ArtifactError(
+                f"model spec format {data['format']} is newer than this install understands ({SPEC_FORMAT})"
+            )
         try:
             return cls(**data)
         except (TypeError, ValueError) as err:
@@ -116,6 +127,7 @@ class ModelSpec:
 
     def replace(self, **changes) -> ModelSpec:
         return replace(self, **changes)
+
 
 # Where each artifact keeps its spec.
 ONNX_SPEC_KEY = "ceds.model_spec"  # ONNX metadata_props key holding ModelSpec JSON

@@ -71,8 +71,12 @@ class Geometry:
 
     def with_(self, **changes: Any) -> Geometry:
         """A copy with some of spacing, origin, direction or shape replaced."""
-        values: dict[str, Any] = {"spacing": self.spacing, "origin": self.origin, "direction": self.direction,
-                  "shape": self.shape}
+        values: dict[str, Any] = {
+            "spacing": self.spacing,
+            "origin": self.origin,
+            "direction": self.direction,
+            "shape": self.shape,
+        }
         values.update(changes)
         return Geometry(**values)
 
@@ -100,8 +104,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or tuple(self.array.shape) != self.geometry.shape:
-            raise ConfigError(
-                f"array shape {self.array.shape} does not match geometry shape {self.geometry.shape}")
+            raise ConfigError(f"array shape {self.array.shape} does not match geometry shape {self.geometry.shape}")
 
     @property
     def shape(self) -> tuple[int, ...]:

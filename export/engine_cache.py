@@ -56,8 +56,15 @@ class EngineKey:
 # ------------------------------------------------------------------ sidecars
 
 
-def make_sidecar(*, spec: ModelSpec, runtime: RuntimeInfo, onnx_path: Path, onnx_sha256: str, profile: BatchProfile,
-                 build_seconds: float) -> dict:
+def make_sidecar(
+    *,
+    spec: ModelSpec,
+    runtime: RuntimeInfo,
+    onnx_path: Path,
+    onnx_sha256: str,
+    profile: BatchProfile,
+    build_seconds: float,
+) -> dict:
     """The sidecar of a strongly typed engine: its precision is the ONNX file's (spec.precision)."""
     return {
         "format": SIDECAR_FORMAT,
@@ -65,7 +72,11 @@ def make_sidecar(*, spec: ModelSpec, runtime: RuntimeInfo, onnx_path: Path, onnx
         "tensorrt_version": runtime.tensorrt_version,
         "gpu": {"name": runtime.gpu_name, "compute_capability": runtime.compute_capability},
         "onnx": {"file": Path(onnx_path).name, "sha256": onnx_sha256},
-        "profile": {"input": "image", "batch": str(profile), **{k: list(v) for k, v in profile.shapes(spec.roi_size).items()}},
+        "profile": {
+            "input": "image",
+            "batch": str(profile),
+            **{k: list(v) for k, v in profile.shapes(spec.roi_size).items()},
+        },
         "precision": spec.precision,  # read from the ONNX file's spec: the engine runs the graph's own types
         "strongly_typed": True,
         "build_seconds": round(build_seconds, 2),
@@ -93,14 +104,25 @@ def default_cache_dir() -> Path:
 def default_timing_cache(cache_dir: Path | None, runtime: RuntimeInfo) -> Path:
     """One timing cache per TensorRT version and GPU, shared by every model built here."""
     slug = "".join(c if c.isalnum() else "-" for c in runtime.gpu_name).strip("-").lower()
-    return Path(cache_dir or default_cache_dir()) / "timing" / \
-        f"trt{runtime.tensorrt_version}-{slug}-sm{runtime.compute_capability}.cache"
+    return (
+        Path(cache_dir or default_cache_dir())
+        / "timing"
+        / f"trt{runtime.tensorrt_version}-{slug}-sm{runtime.compute_capability}.cache"
+    )
 
 
-def engine_key(onnx_sha256: str, spec: ModelSpec, runtime: RuntimeInfo, precision: str,
-               profile: BatchProfile) -> EngineKey:
-    return EngineKey(onnx_sha256, runtime.tensorrt_version, runtime.gpu_name, runtime.compute_capability,
-                     precision, str(profile), tuple(spec.roi_size))
+def engine_key(
+    onnx_sha256: str, spec: ModelSpec, runtime: RuntimeInfo, precision: str, profile: BatchProfile
+) -> EngineKey:
+    return EngineKey(
+        onnx_sha256,
+        runtime.tensorrt_version,
+        runtime.gpu_name,
+        runtime.compute_capability,
+        precision,
+        str(profile),
+        tuple(spec.roi_size),
+    )
 
 
 def cache_entry(cache_dir: Path | None, onnx_path: Path, key: EngineKey) -> Path:
@@ -117,13 +139,26 @@ def lookup(engine: Path, key: EngineKey, runtime: RuntimeInfo) -> bool:
         check_sidecar(engine, sidecar, runtime)
     except ArtifactError:
         return False
-    return sidecar["onnx"]["sha256"] == key.onnx_sha256 and sidecar["precision"] == key.precision \
-        and sidecar["profile"]["batch"] == key.profile and bool(sidecar.get("strongly_typed"))
+    return (
+        sidecar["onnx"]["sha256"] == key.onnx_sha256
+        and sidecar["precision"] == key.precision
+        and sidecar["profile"]["batch"] == key.profile
+        and bool(sidecar.get("strongly_typed"))
+    )
 
 
-def get_or_build(onnx_path: Path, spec: ModelSpec, runtime: RuntimeInfo, *, profile: BatchProfile,
-                 cache_dir: Path | None = None, workspace_gb: float = 4.0,
-                 device: str = "cuda", validate: bool = True, log=None) -> Path:
+def get_or_build(
+    onnx_path: Path,
+    spec: ModelSpec,
+    runtime: RuntimeInfo,
+    *,
+    profile: BatchProfile,
+    cache_dir: Path | None = None,
+    workspace_gb: float = 4.0,
+    device: str = "cuda",
+    validate: bool = True,
+    log=None,
+) -> Path:
     """The cached engine for this ONNX file, TensorRT version, GPU, precision (the ONNX file's,
     `spec.precision`) and profile; built (and checked against ONNX Runtime) on first use."""
     from ceds_deploy.checkpoint import sha256_of
@@ -135,7 +170,8 @@ def get_or_build(onnx_path: Path, spec: ModelSpec, runtime: RuntimeInfo, *, prof
         return engine
     from ceds_deploy.export.tensorrt_build import BuildOptions, build_checked_engine
 
-    options = BuildOptions(batch=profile, workspace_gb=workspace_gb,
-                           timing_cache=default_timing_cache(cache_dir, runtime))
+    options = BuildOptions(
+        batch=profile, workspace_gb=workspace_gb, timing_cache=default_timing_cache(cache_dir, runtime)
+    )
     build_checked_engine(onnx_path, engine, options, device=device, validate=validate, log=log)
     return engine

@@ -67,8 +67,11 @@ def fold_batchnorm(net):
     count = 0
     for module in list(folded.modules()):
         adn, conv = getattr(module, "adn", None), getattr(module, "conv", None)
-        if isinstance(conv, _ConvNd) and isinstance(getattr(adn, "N", None), _BatchNorm) \
-                and next(iter(adn._modules)) == "N":
+        if (
+            isinstance(conv, _ConvNd)
+            and isinstance(getattr(adn, "N", None), _BatchNorm)
+            and next(iter(adn._modules)) == "N"
+        ):
             module.conv = fuse_conv_bn_eval(conv, adn.N, transpose=isinstance(conv, _ConvTransposeNd))
             adn.N = nn.Identity()
             count += 1
@@ -115,9 +118,17 @@ def _export_graph(module, roi: tuple[int, int, int], opset: int):
     # Batch 2, not 1: torch.export specialises a size-1 axis to a constant.
     example = torch.rand(2, 1, *roi)
     with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=(axes,),
-                                    opset_version=opset, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=(axes,),
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
     return program.model_proto
 
 
@@ -177,17 +188,21 @@ def check_graph(model, path: Path, precision: str = "fp32") -> dict[str, int]:
         raise ArtifactError(f"{path}: {len(bad)} nodes TensorRT cannot parse, e.g. {bad[0]}; not written")
     bad_types = unsupported_types(model)
     if bad_types:
-        raise ArtifactError(f"{path}: {len(bad_types)} nodes use types TensorRT's parser does not take for them, "
-                            f"e.g. {bad_types[0]}; not written")
+        raise ArtifactError(
+            f"{path}: {len(bad_types)} nodes use types TensorRT's parser does not take for them, "
+            f"e.g. {bad_types[0]}; not written"
+        )
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-        raise ArtifactError(f"{path}: graph has inputs {inputs} and outputs {outputs}, "
-                            f"expected [{INPUT_NAME}] and {list(OUTPUT_NAMES)}")
+        raise ArtifactError(
+            f"{path}: graph has inputs {inputs} and outputs {outputs}, expected [{INPUT_NAME}] and {list(OUTPUT_NAMES)}"
+        )
     from onnx import TensorProto
 
-    not_fp32 = [v.name for v in (*model.graph.input, *model.graph.output)
-                if v.type.tensor_type.elem_type != TensorProto.FLOAT]
+    not_fp32 = [
+        v.name for v in (*model.graph.input, *model.graph.output) if v.type.tensor_type.elem_type != TensorProto.FLOAT
+    ]
     if not_fp32:
         raise ArtifactError(f"{path}: inputs and outputs must be float32 in every precision, {not_fp32} are not")
     return histogram
@@ -200,8 +215,12 @@ def tool_versions() -> dict[str, str]:
 
     from ceds_deploy import __version__
 
-    versions = {"ceds_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxscript": onnxscript.__version__}
+    versions = {
+        "ceds_deploy": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+    }
     try:
         import onnxruntime
 
@@ -226,16 +245,27 @@ def check_opset(opset: int) -> int:
 
     high = min(onnx.defs.onnx_opset_version(), TENSORRT_OPSET_RANGE[1])
     if not MIN_OPSET <= opset <= high:
-        raise ConfigError(f"opset must be between {MIN_OPSET} and {high} (what this onnx and TensorRT's "
-                          f"ONNX parser both support), got {opset}")
+        raise ConfigError(
+            f"opset must be between {MIN_OPSET} and {high} (what this onnx and TensorRT's "
+            f"ONNX parser both support), got {opset}"
+        )
     return opset
 
 
 # ------------------------------------------------------------------ export
 
 
-def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-                   validate: bool = True, window_sets=None, log=None) -> ExportResult:
+def export_network(
+    net,
+    spec: ModelSpec,
+    out: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    validate: bool = True,
+    window_sets=None,
+    log=None,
+) -> ExportResult:
     """Export an in-memory CedsNet (eval mode) with `spec` to `out`, validated before it is written.
 
     `precision`: "fp32", or "fp16" for a mixed-precision graph (`export/precision.py`) whose parity
@@ -268,19 +298,31 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
         model = downgrade_opset(model, opset)
     histogram = check_graph(model, out, precision)
     model.producer_name, model.producer_version = "ceds-deploy", spec.package_version
-    model.doc_string = ("CEDS mediastinal tumour segmentation. image (batch, 1, X, Y, Z) in [0, 1] after the "
-                        "pre-processing in ceds.model_spec; seg_logits (batch, 2, ...), confidence (batch, 1, ...) "
-                        "= P(segmentation right). X, Y, Z: multiples of 16.")
-    export_info = {"exporter": "torch.onnx.export(dynamo=True)", "tools": tool_versions(),
-                   "dynamic_axes": {"batch": [1, MAX_BATCH], "spatial_multiple_of": SIZE_MULTIPLE,
-                                    "spatial_max": MAX_BLOCKS * SIZE_MULTIPLE},
-                   "batchnorm_folded": n_folded, "exporter_opset": EXPORTER_OPSET, "precision": precision,
-                   "initializer_types": graph_precision(model)}
+    model.doc_string = (
+        "CEDS mediastinal tumour segmentation. image (batch, 1, X, Y, Z) in [0, 1] after the "
+        "pre-processing in ceds.model_spec; seg_logits (batch, 2, ...), confidence (batch, 1, ...) "
+        "= P(segmentation right). X, Y, Z: multiples of 16."
+    )
+    export_info = {
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "tools": tool_versions(),
+        "dynamic_axes": {
+            "batch": [1, MAX_BATCH],
+            "spatial_multiple_of": SIZE_MULTIPLE,
+            "spatial_max": MAX_BLOCKS * SIZE_MULTIPLE,
+        },
+        "batchnorm_folded": n_folded,
+        "exporter_opset": EXPORTER_OPSET,
+        "precision": precision,
+        "initializer_types": graph_precision(model),
+    }
     set_metadata(model, {ONNX_SPEC_KEY: spec.to_json(), EXPORT_META_KEY: json.dumps(export_info, sort_keys=True)})
     onnx.checker.check_model(model, full_check=True)
     seconds["export"] = time.perf_counter() - start
-    say(f"exported opset {opset} {precision} graph in {seconds['export']:.1f} s ({n_folded} BatchNorm folded, "
-        f"{sum(histogram.values())} nodes)")
+    say(
+        f"exported opset {opset} {precision} graph in {seconds['export']:.1f} s ({n_folded} BatchNorm folded, "
+        f"{sum(histogram.values())} nodes)"
+    )
 
     report = None
     _remove_leftovers_of(out)
@@ -304,8 +346,17 @@ def export_network(net, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSE
     return ExportResult(out, spec, len(data), seconds, histogram, n_folded, report, metadata)
 
 
-def export_checkpoint(checkpoint: Path, out: Path, *, weights: str = "teacher", opset: int = DEFAULT_OPSET,
-                      precision: str = "fp32", validate: bool = True, window_sets=None, log=None) -> ExportResult:
+def export_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    *,
+    weights: str = "teacher",
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    validate: bool = True,
+    window_sets=None,
+    log=None,
+) -> ExportResult:
     """`ceds export CHECKPOINT --out model.onnx`: the teacher or student network of a checkpoint."""
     from ceds_deploy.checkpoint import load_network, sha256_of
 
@@ -314,8 +365,9 @@ def export_checkpoint(checkpoint: Path, out: Path, *, weights: str = "teacher", 
     spec = spec.replace(weights=weights, source_sha256=sha256_of(checkpoint))
     if Path(out).resolve() == checkpoint.resolve():
         raise ConfigError(f"--out {out} would overwrite the checkpoint")
-    return export_network(net, spec, Path(out), opset=opset, precision=precision, validate=validate,
-                          window_sets=window_sets, log=log)
+    return export_network(
+        net, spec, Path(out), opset=opset, precision=precision, validate=validate, window_sets=window_sets, log=log
+    )
 
 
 def _remove_leftovers_of(out: Path) -> None:

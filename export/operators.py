@@ -19,11 +19,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-TENSORRT_PARSER_SOURCE = ("onnx/onnx-tensorrt docs/operators.md (TensorRT 10.15, opsets 9-24): "
-                          "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md")
+TENSORRT_PARSER_SOURCE = (
+    "onnx/onnx-tensorrt docs/operators.md (TensorRT 10.15, opsets 9-24): "
+    "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md"
+)
 TENSORRT_OPSET_RANGE = (9, 24)  # TensorRT 10.0 itself: 9-20
 
-SUPPORTED: frozenset[str] = frozenset("""
+SUPPORTED: frozenset[str] = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
 BatchNormalization BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape
 Conv ConvTranspose Cos Cosh CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum
@@ -40,9 +43,11 @@ RMSNormalization RNN RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter
 ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
 Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh TensorScatter ThresholdedRelu Tile
 TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
-UNSUPPORTED: frozenset[str] = frozenset("""
+UNSUPPORTED: frozenset[str] = frozenset(
+    """
 AffineGrid Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Col2Im CenterCropPad
 Compress ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear ImageDecoder MatMulInteger
 MaxRoiPool MaxUnpool MelWeightMatrix Multinomial NegativeLogLikelihoodLoss Optional
@@ -50,25 +55,58 @@ OptionalGetElement OptionalHasElement QLinearConv QLinearMatMul RegexFullMatch S
 SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength SequenceMap
 SoftmaxCrossEntropyLoss SplitToSequence StringConcat StringNormalizer StringSplit
 TfIdfVectorizer Unique
-""".split())
+""".split()
+)
 
-TENSORRT_TYPES_SOURCE = ("onnx/onnx-tensorrt docs/operators.md, Supported Types column, ONNX-TensorRT 10.1 GA "
-                         "(commit 96e7811): https://github.com/onnx/onnx-tensorrt/blob/96e7811/docs/operators.md")
+TENSORRT_TYPES_SOURCE = (
+    "onnx/onnx-tensorrt docs/operators.md, Supported Types column, ONNX-TensorRT 10.1 GA "
+    "(commit 96e7811): https://github.com/onnx/onnx-tensorrt/blob/96e7811/docs/operators.md"
+)
 _FLOAT = ("FP32", "FP16", "BF16")
 _NUMERIC = (*_FLOAT, "INT32", "INT64")
 _ANY = (*_NUMERIC, "BOOL")
 # The operators of our fp32 and fp16 graphs (and a few neighbours), with the types the parser takes.
 PARSER_TYPES: dict[str, tuple[str, ...]] = {
-    "Add": _NUMERIC, "Cast": (*_NUMERIC, "UINT8", "BOOL"), "Concat": _ANY, "Constant": _ANY,
-    "Conv": _FLOAT, "ConvTranspose": _FLOAT, "Div": _NUMERIC, "Elu": _FLOAT, "Exp": _FLOAT, "Expand": _ANY,
-    "Identity": _ANY, "Log": _FLOAT, "Mul": _NUMERIC, "Neg": _NUMERIC, "ReduceMax": _NUMERIC,
-    "ReduceMean": _NUMERIC, "ReduceSum": _NUMERIC, "Relu": _NUMERIC, "Reshape": _ANY, "Shape": _ANY,
-    "Sigmoid": _FLOAT, "Slice": _ANY, "Softmax": _FLOAT, "Sub": _NUMERIC, "Tile": _ANY, "Transpose": _ANY,
+    "Add": _NUMERIC,
+    "Cast": (*_NUMERIC, "UINT8", "BOOL"),
+    "Concat": _ANY,
+    "Constant": _ANY,
+    "Conv": _FLOAT,
+    "ConvTranspose": _FLOAT,
+    "Div": _NUMERIC,
+    "Elu": _FLOAT,
+    "Exp": _FLOAT,
+    "Expand": _ANY,
+    "Identity": _ANY,
+    "Log": _FLOAT,
+    "Mul": _NUMERIC,
+    "Neg": _NUMERIC,
+    "ReduceMax": _NUMERIC,
+    "ReduceMean": _NUMERIC,
+    "ReduceSum": _NUMERIC,
+    "Relu": _NUMERIC,
+    "Reshape": _ANY,
+    "Shape": _ANY,
+    "Sigmoid": _FLOAT,
+    "Slice": _ANY,
+    "Softmax": _FLOAT,
+    "Sub": _NUMERIC,
+    "Tile": _ANY,
+    "Transpose": _ANY,
     "Unsqueeze": _ANY,
 }
 # ONNX TensorProto element type -> the table's names.
-ONNX_TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE",
-                   16: "BF16"}
+ONNX_TYPE_NAMES = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "FP16",
+    11: "DOUBLE",
+    16: "BF16",
+}
 
 _AXES_INPUT_OPS = frozenset(op for op in SUPPORTED if op.startswith("Reduce"))
 _SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "AveragePool", "MaxPool"})
@@ -93,7 +131,9 @@ def _kernel_rank(node, initializers: dict) -> int | None:
     for attr in node.attribute:
         if attr.name == "kernel_shape":
             return len(attr.ints)
-    weight = initializers.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
+    weight = (
+        initializers.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
+    )
     return len(weight.dims) - 2 if weight is not None else None
 
 
@@ -110,13 +150,17 @@ def unsupported_nodes(model) -> list[UnsupportedNode]:
             found.append(UnsupportedNode(name, op, "not supported by the TensorRT ONNX parser"))
         elif op not in SUPPORTED:
             found.append(UnsupportedNode(name, op, "not in the TensorRT ONNX parser's support matrix"))
-        elif op in _AXES_INPUT_OPS and len(node.input) > 1 and node.input[1] \
-                and node.input[1] not in initializers and node.input[1] not in constants:
+        elif (
+            op in _AXES_INPUT_OPS
+            and len(node.input) > 1
+            and node.input[1]
+            and node.input[1] not in initializers
+            and node.input[1] not in constants
+        ):
             found.append(UnsupportedNode(name, op, "`axes` must be an initializer"))
         elif op in _SPATIAL_OPS and _kernel_rank(node, initializers) not in (None, 2, 3):
             found.append(UnsupportedNode(name, op, "TensorRT supports 2D or 3D convolutions and pooling only"))
     return found
-
 
 
 def tensor_types(model) -> dict[str, str]:
@@ -129,7 +173,9 @@ def tensor_types(model) -> dict[str, str]:
     types: dict[str, str] = {}
     for info in (*graph.input, *graph.output, *graph.value_info):
         if info.type.HasField("tensor_type"):
-            types[info.name] = ONNX_TYPE_NAMES.get(info.type.tensor_type.elem_type, str(info.type.tensor_type.elem_type))
+            types[info.name] = ONNX_TYPE_NAMES.get(
+                info.type.tensor_type.elem_type, str(info.type.tensor_type.elem_type)
+            )
     for tensor in graph.initializer:
         types[tensor.name] = ONNX_TYPE_NAMES.get(tensor.data_type, str(tensor.data_type))
     for node in graph.node:
@@ -162,6 +208,11 @@ def unsupported_types(model) -> list[UnsupportedNode]:
         names = ([] if node.op_type == "Constant" else [n for n in node.input[:1] if n]) + [n for n in node.output if n]
         bad = sorted({types[n] for n in names if n in types and types[n] not in allowed})
         if bad:
-            found.append(UnsupportedNode(node.name or "(unnamed)", node.op_type,
-                                         f"type {', '.join(bad)} not supported (parser takes {', '.join(allowed)})"))
+            found.append(
+                UnsupportedNode(
+                    node.name or "(unnamed)",
+                    node.op_type,
+                    f"type {', '.join(bad)} not supported (parser takes {', '.join(allowed)})",
+                )
+            )
     return found

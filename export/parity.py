@@ -50,16 +50,21 @@ class ParityReport:
     @property
     def passed(self) -> bool:
         worst = max(self.max_prob_diff, self.max_confidence_diff)
-        return worst <= self.tolerance and (self.min_dice is None or self.dice >= self.min_dice) \
+        return (
+            worst <= self.tolerance
+            and (self.min_dice is None or self.dice >= self.min_dice)
             and (self.min_agreement is None or self.argmax_agreement >= self.min_agreement)
+        )
 
     def summary(self) -> str:
         dice = f", argmax Dice {self.dice:.5f}" + (f" (>= {self.min_dice})" if self.min_dice is not None else "")
         if self.min_agreement is not None:
             dice += f", argmax agreement {self.argmax_agreement:.6f} (>= {self.min_agreement})"
-        return (f"{self.label}: {self.windows} windows {', '.join('x'.join(map(str, s)) for s in self.shapes)}; "
-                f"max |diff| probabilities {self.max_prob_diff:.2e}, confidence {self.max_confidence_diff:.2e} "
-                f"(<= {self.tolerance:.0e}), mean {self.mean_prob_diff:.1e}, logits {self.max_logit_diff:.2e}{dice}")
+        return (
+            f"{self.label}: {self.windows} windows {', '.join('x'.join(map(str, s)) for s in self.shapes)}; "
+            f"max |diff| probabilities {self.max_prob_diff:.2e}, confidence {self.max_confidence_diff:.2e} "
+            f"(<= {self.tolerance:.0e}), mean {self.mean_prob_diff:.1e}, logits {self.max_logit_diff:.2e}{dice}"
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -100,8 +105,9 @@ def phantom_windows(spec: ModelSpec, count: int, seed: int = 0) -> np.ndarray | 
     return out
 
 
-def parity_windows(spec: ModelSpec, *, random: int = 1, phantoms: int = 2, larger: bool = True,
-                   seed: int = 0) -> list[WindowSet]:
+def parity_windows(
+    spec: ModelSpec, *, random: int = 1, phantoms: int = 2, larger: bool = True, seed: int = 0
+) -> list[WindowSet]:
     """The windows every check uses: random ones and phantom ones at the ROI, and (for graphs with
     dynamic spatial axes) one random window 16 voxels larger on every axis."""
     sets = [WindowSet("random", random_windows(spec.roi_size, random, seed))]
@@ -135,15 +141,23 @@ def _predict(predict: Predictor, windows: np.ndarray, batch_size: int) -> tuple[
 
     segs, confs = [], []
     for start in range(0, len(windows), batch_size):
-        out = predict(torch.from_numpy(windows[start:start + batch_size]))
+        out = predict(torch.from_numpy(windows[start : start + batch_size]))
         segs.append(out.seg_logits.detach().float().cpu().numpy())
         confs.append(out.confidence.detach().float().cpu().numpy())
     return np.concatenate(segs), np.concatenate(confs)
 
 
-def compare_backends(reference: Predictor, candidate: Predictor, window_sets: Iterable[WindowSet], *,
-                     label: str, tolerance: float, min_dice: float | None = None,
-                     min_agreement: float | None = None, batch_size: int = 2) -> ParityReport:
+def compare_backends(
+    reference: Predictor,
+    candidate: Predictor,
+    window_sets: Iterable[WindowSet],
+    *,
+    label: str,
+    tolerance: float,
+    min_dice: float | None = None,
+    min_agreement: float | None = None,
+    batch_size: int = 2,
+) -> ParityReport:
     """Run both predictors on every window set and measure how far the candidate is from the reference."""
     max_prob = max_conf = max_logit = 0.0
     abs_sum, count = 0.0, 0
@@ -167,11 +181,20 @@ def compare_backends(reference: Predictor, candidate: Predictor, window_sets: It
         total += int(ref_fg.sum()) + int(fg.sum())
         shapes.append(tuple(windows.shape[2:]))
         n += len(windows)
-    return ParityReport(label=label, windows=n, shapes=tuple(shapes), max_prob_diff=max_prob,
-                        mean_prob_diff=abs_sum / max(count, 1), max_confidence_diff=max_conf,
-                        max_logit_diff=max_logit, dice=1.0 if total == 0 else 2.0 * intersection / total,
-                        tolerance=tolerance, min_dice=min_dice, argmax_agreement=agree / max(voxels, 1),
-                        min_agreement=min_agreement)
+    return ParityReport(
+        label=label,
+        windows=n,
+        shapes=tuple(shapes),
+        max_prob_diff=max_prob,
+        mean_prob_diff=abs_sum / max(count, 1),
+        max_confidence_diff=max_conf,
+        max_logit_diff=max_logit,
+        dice=1.0 if total == 0 else 2.0 * intersection / total,
+        tolerance=tolerance,
+        min_dice=min_dice,
+        argmax_agreement=agree / max(voxels, 1),
+        min_agreement=min_agreement,
+    )
 
 
 def gate_for(precision: str) -> dict:
@@ -226,9 +249,17 @@ def require_parity(report: ParityReport, artifact: Path, *, delete: Sequence[Pat
 # ------------------------------------------------------------------ the two checks
 
 
-def check_onnx_against_torch(onnx_path: Path, net, spec: ModelSpec, window_sets: Sequence[WindowSet], *,
-                             tolerance: float = FP32_PROB_TOLERANCE, min_agreement: float | None = None,
-                             ort_optimize: bool = True, threads: int | None = None) -> ParityReport:
+def check_onnx_against_torch(
+    onnx_path: Path,
+    net,
+    spec: ModelSpec,
+    window_sets: Sequence[WindowSet],
+    *,
+    tolerance: float = FP32_PROB_TOLERANCE,
+    min_agreement: float | None = None,
+    ort_optimize: bool = True,
+    threads: int | None = None,
+) -> ParityReport:
     """ONNX Runtime (CPU) on `onnx_path` against the PyTorch network (fp32) it was exported from.
     `ort_optimize=False` (the fp16 gate) runs ONNX Runtime unoptimised: see `_UnoptimizedOnnxRuntime`."""
     from ceds_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -237,18 +268,38 @@ def check_onnx_against_torch(onnx_path: Path, net, spec: ModelSpec, window_sets:
     batch = 2
     with TorchBackend.from_module(net, spec, device="cpu", max_batch_size=batch) as reference:
         if not ort_optimize:
-            return compare_backends(reference, _UnoptimizedOnnxRuntime(onnx_path, threads), window_sets,
-                                    label="onnxruntime (unoptimised: fp16 activations) vs torch fp32",
-                                    tolerance=tolerance, min_agreement=min_agreement, batch_size=batch)
+            return compare_backends(
+                reference,
+                _UnoptimizedOnnxRuntime(onnx_path, threads),
+                window_sets,
+                label="onnxruntime (unoptimised: fp16 activations) vs torch fp32",
+                tolerance=tolerance,
+                min_agreement=min_agreement,
+                batch_size=batch,
+            )
         with OnnxRuntimeBackend(onnx_path, spec, device="cpu", max_batch_size=batch, threads=threads) as candidate:
-            return compare_backends(reference, candidate, window_sets, label="onnxruntime vs torch",
-                                    tolerance=tolerance, min_agreement=min_agreement, batch_size=batch)
+            return compare_backends(
+                reference,
+                candidate,
+                window_sets,
+                label="onnxruntime vs torch",
+                tolerance=tolerance,
+                min_agreement=min_agreement,
+                batch_size=batch,
+            )
 
 
-def check_engine_against_onnx(engine_path: Path, onnx_path: Path, spec: ModelSpec,
-                              window_sets: Sequence[WindowSet], *, device: str = "cuda",
-                              tolerance: float = FP16_PROB_TOLERANCE, min_dice: float = MIN_ARGMAX_DICE,
-                              batch_size: int | None = None) -> ParityReport:
+def check_engine_against_onnx(
+    engine_path: Path,
+    onnx_path: Path,
+    spec: ModelSpec,
+    window_sets: Sequence[WindowSet],
+    *,
+    device: str = "cuda",
+    tolerance: float = FP16_PROB_TOLERANCE,
+    min_dice: float = MIN_ARGMAX_DICE,
+    batch_size: int | None = None,
+) -> ParityReport:
     """A TensorRT engine against ONNX Runtime (CPU, fp32) on the same ONNX file."""
     from ceds_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
     from ceds_deploy.backends.tensorrt_backend import TensorRTBackend
@@ -256,5 +307,12 @@ def check_engine_against_onnx(engine_path: Path, onnx_path: Path, spec: ModelSpe
     with TensorRTBackend(engine_path, spec, device=device) as candidate:
         batch = min(batch_size or candidate.max_batch_size, candidate.max_batch_size)
         with OnnxRuntimeBackend(onnx_path, spec, device="cpu", max_batch_size=batch) as reference:
-            return compare_backends(reference, candidate, window_sets, label="tensorrt vs onnxruntime",
-                                    tolerance=tolerance, min_dice=min_dice, batch_size=batch)
+            return compare_backends(
+                reference,
+                candidate,
+                window_sets,
+                label="tensorrt vs onnxruntime",
+                tolerance=tolerance,
+                min_dice=min_dice,
+                batch_size=batch,
+            )

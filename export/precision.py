@@ -83,8 +83,9 @@ def _module():
             seg_logits = self.seg_decoder(skips.bottleneck, skips).float()
             conf_features = self.conf_decoder(skips.bottleneck, skips)
             entropy = voxel_entropy(seg_logits)  # fp32: softmax, log, sum
-            head = torch.cat([conf_features.to(self.head_dtype), seg_logits.to(self.head_dtype),
-                              entropy.to(self.head_dtype)], dim=1)
+            head = torch.cat(
+                [conf_features.to(self.head_dtype), seg_logits.to(self.head_dtype), entropy.to(self.head_dtype)], dim=1
+            )
             confidence_logits = self.conf_out(self.cbam(head)).float()
             confidence = F.softmax(confidence_logits, dim=1)[:, 1:2]
             return seg_logits, confidence
@@ -104,8 +105,12 @@ def graph_precision(model) -> dict[str, int]:
     """Counts of the element types of a graph's float initializers, e.g. {"float16": 90, "float32": 12}."""
     from onnx import TensorProto
 
-    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
-             TensorProto.DOUBLE: "float64"}
+    names = {
+        TensorProto.FLOAT: "float32",
+        TensorProto.FLOAT16: "float16",
+        TensorProto.BFLOAT16: "bfloat16",
+        TensorProto.DOUBLE: "float64",
+    }
     counts: dict[str, int] = {}
     for tensor in model.graph.initializer:
         if tensor.data_type in names:

@@ -61,10 +61,12 @@ class BuildResult:
 
 def refuse_fp16_flag() -> None:
     """`--fp16` (and `--fp32-head`) from before strongly typed engines: one line saying what to do now."""
-    raise ConfigError("--fp16 is gone: TensorRT engines now run the ONNX file's own precision (strongly typed; "
-                      "TensorRT 11 has no FP16 builder flag). Export an fp16 ONNX file with `ceds export "
-                      "CHECKPOINT --out model-fp16.onnx --precision fp16`, then `ceds export model-fp16.onnx "
-                      "--tensorrt model.engine`")
+    raise ConfigError(
+        "--fp16 is gone: TensorRT engines now run the ONNX file's own precision (strongly typed; "
+        "TensorRT 11 has no FP16 builder flag). Export an fp16 ONNX file with `ceds export "
+        "CHECKPOINT --out model-fp16.onnx --precision fp16`, then `ceds export model-fp16.onnx "
+        "--tensorrt model.engine`"
+    )
 
 
 def _timing_cache(trt, config, path: Path | None) -> int:
@@ -79,7 +81,9 @@ def _timing_cache(trt, config, path: Path | None) -> int:
         attached = False
     if not attached:
         # A cache from another TensorRT version or GPU is not an error, just not useful.
-        logging.getLogger(_log_name).warning("ignoring timing cache %s (made by another TensorRT version or GPU?)", path)
+        logging.getLogger(_log_name).warning(
+            "ignoring timing cache %s (made by another TensorRT version or GPU?)", path
+        )
         data = b""
         config.set_timing_cache(config.create_timing_cache(b""), False)
     return len(data)
@@ -91,15 +95,23 @@ def _check_io(trt, network, onnx_path: Path) -> None:
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     if [t.name for t in inputs] != [INPUT_NAME] or sorted(t.name for t in outputs) != sorted(OUTPUT_NAMES):
-        raise ArtifactError(f"{onnx_path}: expected one input named {INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}, "
-                            f"got {[t.name for t in inputs]} and {[t.name for t in outputs]}")
+        raise ArtifactError(
+            f"{onnx_path}: expected one input named {INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}, "
+            f"got {[t.name for t in inputs]} and {[t.name for t in outputs]}"
+        )
     wrong = [t.name for t in (*inputs, *outputs) if t.dtype != trt.float32]
     if wrong:
         raise ArtifactError(f"{onnx_path}: tensors {wrong} are not float32; ceds export writes fp32 inputs and outputs")
 
 
-def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = BuildOptions(), *,
-                 device: str = "cuda", spec: ModelSpec | None = None) -> BuildResult:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    options: BuildOptions = BuildOptions(),
+    *,
+    device: str = "cuda",
+    spec: ModelSpec | None = None,
+) -> BuildResult:
     """Build `engine_path` (and its sidecar) from `onnx_path`, strongly typed; both written atomically."""
     trt = require_tensorrt(device)
     import torch
@@ -119,8 +131,10 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = Bui
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser rejected it: "
-                                f"{errors[0] if errors else logger.last_error}".splitlines()[0])
+            raise ArtifactError(
+                f"{onnx_path}: TensorRT's ONNX parser rejected it: "
+                f"{errors[0] if errors else logger.last_error}".splitlines()[0]
+            )
         _check_io(trt, network, onnx_path)
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
@@ -133,19 +147,34 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = Bui
         serialized = builder.build_serialized_network(network, config)
         seconds = time.perf_counter() - start
         if serialized is None:
-            raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine: "
-                                f"{logger.last_error or 'see the TensorRT messages above'}".splitlines()[0])
+            raise ArtifactError(
+                f"{onnx_path}: TensorRT could not build an engine: "
+                f"{logger.last_error or 'see the TensorRT messages above'}".splitlines()[0]
+            )
         if options.timing_cache is not None:
             write_atomic_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     write_atomic_bytes(engine_path, bytes(serialized))
-    sidecar = make_sidecar(spec=spec, runtime=runtime, onnx_path=onnx_path, onnx_sha256=sha256_of(onnx_path),
-                           profile=options.batch, build_seconds=seconds)
+    sidecar = make_sidecar(
+        spec=spec,
+        runtime=runtime,
+        onnx_path=onnx_path,
+        onnx_sha256=sha256_of(onnx_path),
+        profile=options.batch,
+        build_seconds=seconds,
+    )
     write_sidecar(engine_path, sidecar)
     return BuildResult(engine_path, sidecar, seconds, options.timing_cache, loaded, spec.precision)
 
 
-def build_checked_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = BuildOptions(), *,
-                         device: str = "cuda", validate: bool = True, log=None) -> BuildResult:
+def build_checked_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    options: BuildOptions = BuildOptions(),
+    *,
+    device: str = "cuda",
+    validate: bool = True,
+    log=None,
+) -> BuildResult:
     """Build, then compare with ONNX Runtime (same ONNX file) on random and phantom windows.
     A failing engine is deleted."""
     from ceds_deploy.artifacts import read_spec
@@ -154,9 +183,11 @@ def build_checked_engine(onnx_path: Path, engine_path: Path, options: BuildOptio
     say = log or (lambda message: None)
     spec = read_spec(onnx_path)
     result = build_engine(onnx_path, engine_path, options, device=device, spec=spec)
-    say(f"built {engine_path} in {result.seconds:.1f} s (strongly typed, {result.precision} from the ONNX file, "
+    say(
+        f"built {engine_path} in {result.seconds:.1f} s (strongly typed, {result.precision} from the ONNX file, "
         f"batch {options.batch}, timing cache "
-        f"{'hit: ' + str(result.timing_cache_loaded_bytes) + ' bytes' if result.timing_cache_loaded_bytes else 'new'})")
+        f"{'hit: ' + str(result.timing_cache_loaded_bytes) + ' bytes' if result.timing_cache_loaded_bytes else 'new'})"
+    )
     if not validate:
         return result
     windows = parity.parity_windows(spec, larger=False)  # the engine's spatial shape is the ROI

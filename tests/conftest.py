@@ -27,6 +27,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_spec) -> Path:
     config = CedsNetConfig(width=4)
     net = CedsNet(config).eval()
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"spec": tiny_spec.to_dict(), "net_config": dataclasses.asdict(config),
-                           "teacher": net.state_dict(), "student": net.state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "spec": tiny_spec.to_dict(),
+            "net_config": dataclasses.asdict(config),
+            "teacher": net.state_dict(),
+            "student": net.state_dict(),
+        },
+    )
     return path

@@ -21,15 +21,21 @@ def rotation(axis: int, radians: float) -> np.ndarray:
 GEOMETRIES = {
     "axial_lps": Geometry((0.78, 0.78, 2.5), (-180.0, -200.5, -310.25), np.eye(3), (48, 44, 20)),
     "ras_like": Geometry((0.7, 0.7, 1.25), (120.0, 140.0, -90.0), np.diag([-1.0, -1.0, 1.0]), (40, 46, 24)),
-    "permuted_flipped": Geometry((3.0, 0.8, 0.9), (5.0, -7.5, 12.0),
-                                 np.array([[0, 0, -1.0], [0, -1.0, 0], [1.0, 0, 0]]), (16, 50, 44)),
-    "oblique": Geometry((0.9, 0.85, 2.0), (-10.0, 20.0, 30.0),
-                        rotation(2, 0.17) @ rotation(0, 0.09) @ np.diag([1.0, -1.0, 1.0]), (44, 40, 22)),
+    "permuted_flipped": Geometry(
+        (3.0, 0.8, 0.9), (5.0, -7.5, 12.0), np.array([[0, 0, -1.0], [0, -1.0, 0], [1.0, 0, 0]]), (16, 50, 44)
+    ),
+    "oblique": Geometry(
+        (0.9, 0.85, 2.0),
+        (-10.0, 20.0, 30.0),
+        rotation(2, 0.17) @ rotation(0, 0.09) @ np.diag([1.0, -1.0, 1.0]),
+        (44, 40, 22),
+    ),
 }
 
 
-def sphere_scan(geometry: Geometry, radius_mm: float = 12.0, body_mm: float = 60.0,
-                seed: int = 0) -> tuple[Volume, Volume]:
+def sphere_scan(
+    geometry: Geometry, radius_mm: float = 12.0, body_mm: float = 60.0, seed: int = 0
+) -> tuple[Volume, Volume]:
     """A noisy soft-tissue body in air with a brighter sphere at its centre, and the sphere's label."""
     rng = np.random.default_rng(seed)
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1).reshape(-1, 3)
@@ -57,12 +63,19 @@ def write_dicom_series(folder: Path, volume: Volume) -> Path:
     for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
         tags = {
-            "0008|0060": "CT", "0020|000e": series_uid, "0020|000d": series_uid + ".1",
-            "0020|0037": "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6],
-                                                           direction[1], direction[4], direction[7])),
+            "0008|0060": "CT",
+            "0020|000e": series_uid,
+            "0020|000d": series_uid + ".1",
+            "0020|0037": "\\".join(
+                f"{v:.10f}"
+                for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+            ),
             "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0013": str(k + 1), "0008|0018": f"{series_uid}.{k + 1}",
-            "0028|1052": "0", "0028|1053": "1", "0018|0050": f"{volume.spacing[2]:.6f}",
+            "0020|0013": str(k + 1),
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0028|1052": "0",
+            "0028|1053": "1",
+            "0018|0050": f"{volume.spacing[2]:.6f}",
         }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)

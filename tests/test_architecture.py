@@ -10,8 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Installed names of the source folders (pyproject's package-dir).
-SOURCES = {"ceds_deploy": ROOT / "ceds_deploy", "ceds_deploy.training": ROOT / "training",
-           "ceds_deploy.export": ROOT / "export"}
+SOURCES = {
+    "ceds_deploy": ROOT / "ceds_deploy",
+    "ceds_deploy.training": ROOT / "training",
+    "ceds_deploy.export": ROOT / "export",
+}
 
 # Lower layers never import higher ones; a layer may import itself and anything below.
 LAYERS = [
@@ -38,7 +41,9 @@ def modules() -> list[tuple[str, Path]]:
     for package, folder in SOURCES.items():
         for path in sorted(folder.rglob("*.py")):
             relative = path.relative_to(folder).with_suffix("")
-            parts = [p for p in relative.parts if p != "__init__"] if relative.name == "__init__" else list(relative.parts)
+            parts = (
+                [p for p in relative.parts if p != "__init__"] if relative.name == "__init__" else list(relative.parts)
+            )
             found.append((".".join([package, *parts]), path))
     return found
 
@@ -54,8 +59,12 @@ def imported_modules(path: Path, module: str) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.startswith("ceds_deploy"))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.startswith("ceds_deploy"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.startswith("ceds_deploy")
+        ):
             names.add(node.module)
     return names
 
@@ -84,32 +93,49 @@ def test_the_library_draws_nothing():
         if LAYER_OF[top_part(module)] == len(LAYERS) - 1:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             drawing += [f"{module} imports {n}" for n in names if n == "rich" or n.startswith("rich.")]
     assert not drawing, "\n".join(drawing)
 
 
 def test_modules_are_small():
-    large = [f"{m}: {len(p.read_text(encoding='utf-8').splitlines())} lines" for m, p in modules()
-             if len(p.read_text(encoding="utf-8").splitlines()) > MAX_MODULE_LINES]
+    large = [
+        f"{m}: {len(p.read_text(encoding='utf-8').splitlines())} lines"
+        for m, p in modules()
+        if len(p.read_text(encoding="utf-8").splitlines()) > MAX_MODULE_LINES
+    ]
     assert not large, "\n".join(large)
 
 
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body after its docstring: a Typer command's signature (one typed
+    option a line or two) is declaration, not logic, and is not counted."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]
+    return node.end_lineno - body[0].lineno + 1 if body and node.end_lineno else 0
+
+
 def test_long_functions_say_why():
-    """A function over MAX_FUNCTION_LINES lines carries its reason in its docstring ("Long: ...")."""
+    """A function whose body runs over MAX_FUNCTION_LINES lines carries its reason in its docstring
+    ("Long: ...")."""
     unexplained = []
     for module, path in modules():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
+                length = body_lines(node)
                 if length > MAX_FUNCTION_LINES and "Long:" not in (ast.get_docstring(node) or ""):
                     unexplained.append(f"{module}.{node.name}: {length} lines")
     assert not unexplained, "\n".join(unexplained)
 
 
-@pytest.mark.parametrize("planted", ["from ceds_deploy.cli.segment import run_segment",
-                                     "import rich.console"])
+@pytest.mark.parametrize("planted", ["from ceds_deploy.cli.segment import run_segment", "import rich.console"])
 def test_the_rules_catch_a_planted_violation(tmp_path, monkeypatch, planted):
     """The import rules can fail: a core module importing the CLI or rich is caught."""
     fake = tmp_path / "ceds_deploy"
@@ -118,6 +144,8 @@ def test_the_rules_catch_a_planted_violation(tmp_path, monkeypatch, planted):
     monkeypatch.setitem(SOURCES, "ceds_deploy", fake)
     monkeypatch.setitem(SOURCES, "ceds_deploy.training", tmp_path / "none")
     monkeypatch.setitem(SOURCES, "ceds_deploy.export", tmp_path / "none")
-    check = test_the_library_draws_nothing if planted.startswith("import rich") else test_imports_run_one_way_down_the_flow
+    check = (
+        test_the_library_draws_nothing if planted.startswith("import rich") else test_imports_run_one_way_down_the_flow
+    )
     with pytest.raises(AssertionError):
         check()

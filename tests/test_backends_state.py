@@ -16,13 +16,18 @@ from ceds_deploy.inference import SegmentOptions, segment_volume
 
 def process_state() -> dict:
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    return {"cudnn": (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32),
-            "matmul_tf32": matmul.allow_tf32, "mkldnn": torch.backends.mkldnn.enabled,
-            "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
-            "grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "float32_matmul": torch.get_float32_matmul_precision(),
-            "environment": dict(os.environ), "cwd": os.getcwd()}
+    return {
+        "cudnn": (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32),
+        "matmul_tf32": matmul.allow_tf32,
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "grad": torch.is_grad_enabled(),
+        "dtype": torch.get_default_dtype(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul": torch.get_float32_matmul_precision(),
+        "environment": dict(os.environ),
+        "cwd": os.getcwd(),
+    }
 
 
 @pytest.fixture(scope="module")

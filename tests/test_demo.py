@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from ceds_deploy.demo import run as demo_module
-from ceds_deploy.demo.page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
-from ceds_deploy.demo.run import (
+from ceds_deploy.demo import (
     MIN_MEAN_DICE,
     TESTED_RECIPE,
     DemoSettings,
@@ -20,9 +18,11 @@ from ceds_deploy.demo.run import (
     Verdict,
     demo_console,
     judge,
-    read_training_record,
     run_demo,
 )
+from ceds_deploy.demo import run as demo_module
+from ceds_deploy.demo.page import CAP_NOTICE_ID, FAILURE_BANNER_ID, print_final_summary, write_index
+from ceds_deploy.demo.run import read_training_record
 
 # Four training steps of a width-2 network: it finds no tumour, so the quality gate must fire.
 TINY = DemoSettings(iterations=4, cases=3, labeled=2, test=1, width=2, patch=(32, 32, 32), spacing=6.0)
@@ -85,7 +85,7 @@ def test_a_model_that_finds_nothing_fails_loudly_in_the_terminal(demo_run):
     assert verdict.retry == f"ceds demo --out {out} --fresh"
     styled = console.export_text(styles=True)
     text = plain(styled)
-    summary = text[text.index("DEMO FAILED"):]
+    summary = text[text.index("DEMO FAILED") :]
     assert summary.index("DEMO FAILED") < summary.index("held-out phantoms")  # the banner tops the summary
     assert "Retry: ceds demo --out" in summary and "--fresh" in summary
     banner_line = next(line for line in styled.splitlines() if "DEMO FAILED" in line)
@@ -96,7 +96,7 @@ def test_a_model_that_finds_nothing_fails_loudly_in_the_terminal(demo_run):
 def test_a_model_that_finds_nothing_gets_a_red_banner_on_the_page(demo_run):
     out, _, _ = demo_run
     page = (out / "index.html").read_text(encoding="utf-8")
-    body = page[page.index("<body>"):]
+    body = page[page.index("<body>") :]
     assert body.index(f"id='{FAILURE_BANNER_ID}'") < body.index("<h1>")  # top of the page
     assert "ceds demo --out" in body and "--fresh" in body and "training too short" in body
 
@@ -143,8 +143,18 @@ def test_time_cap_stops_training_between_steps_with_a_checkpoint(demo_run, tmp_p
 
 
 def rows(*dice_and_ml):
-    return [{"case": f"case_{i}", "dice": d, "tumour_ml": ml, "mean_confidence": 0.8, "needs_review": False,
-             "review_reason": "", "preview": f"segment/case_{i}_preview.png"} for i, (d, ml) in enumerate(dice_and_ml)]
+    return [
+        {
+            "case": f"case_{i}",
+            "dice": d,
+            "tumour_ml": ml,
+            "mean_confidence": 0.8,
+            "needs_review": False,
+            "review_reason": "",
+            "preview": f"segment/case_{i}_preview.png",
+        }
+        for i, (d, ml) in enumerate(dice_and_ml)
+    ]
 
 
 RECIPE_RUN = {"steps": TESTED_RECIPE.iterations, "planned": TESTED_RECIPE.iterations, "stopped_early": False}
@@ -190,7 +200,9 @@ def test_page_and_summary_show_the_banner_only_on_failure_and_the_cap_notice_onl
 
 
 def test_page_aligns_text_left_and_numbers_right(tmp_path):
-    page = write_index(tmp_path, rows((0.8, 20.0)), [("train", 1.0, "trained")], Verdict(True)).read_text(encoding="utf-8")
+    page = write_index(tmp_path, rows((0.8, 20.0)), [("train", 1.0, "trained")], Verdict(True)).read_text(
+        encoding="utf-8"
+    )
     assert "<th class='num'>Dice</th>" in page and "<th>case</th>" in page
     assert "<td class='num'>0.800</td>" in page and "<td class='num'>20.0</td>" in page
     assert "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left" in page

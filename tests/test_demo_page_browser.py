@@ -28,8 +28,9 @@ pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium binary foun
 # --dump-dom prints.
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {
-  const images = [...document.images].map(i => ({src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}));
-  const banner = document.getElementById('%s');
+  const images = [...document.images].map(
+    i => ({src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}));
+  const banner = document.getElementById('BANNER_ID');
   let shown = null;
   if (banner) {
     const box = banner.getBoundingClientRect(), style = getComputedStyle(banner);
@@ -38,10 +39,14 @@ window.addEventListener('load', () => {
   }
   document.body.setAttribute('data-check', JSON.stringify({images, banner: shown}));
 });
-</script>""" % FAILURE_BANNER_ID
+</script>""".replace("BANNER_ID", FAILURE_BANNER_ID)
 
-FAILED = Verdict(False, ("held-out mean Dice 0.120 is below 0.5", "no tumour found in case_0"),
-                 ("training too short: 4 steps instead of the recipe's 400",), "ceds demo --out ceds-demo --fresh")
+FAILED = Verdict(
+    False,
+    ("held-out mean Dice 0.120 is below 0.5", "no tumour found in case_0"),
+    ("training too short: 4 steps instead of the recipe's 400",),
+    "ceds demo --out ceds-demo --fresh",
+)
 
 
 def demo_folder(folder: Path, verdict: Verdict) -> Path:
@@ -52,17 +57,33 @@ def demo_folder(folder: Path, verdict: Verdict) -> Path:
     for i in range(2):
         case = f"case_{i}"
         write_preview(folder / "segment" / f"{case}_preview.png", image, label.array, confidence, label.array, case)
-        rows.append({"case": case, "dice": 0.8 if verdict.passed else 0.12,
-                     "tumour_ml": 0.0 if i == 0 and not verdict.passed else 7.2, "mean_confidence": 0.6,
-                     "needs_review": True, "review_reason": "low confidence", "preview": f"segment/{case}_preview.png"})
+        rows.append(
+            {
+                "case": case,
+                "dice": 0.8 if verdict.passed else 0.12,
+                "tumour_ml": 0.0 if i == 0 and not verdict.passed else 7.2,
+                "mean_confidence": 0.6,
+                "needs_review": True,
+                "review_reason": "low confidence",
+                "preview": f"segment/{case}_preview.png",
+            }
+        )
     (folder / "run").mkdir(parents=True)
     shutil.copy(folder / "segment" / "case_0_preview.png", folder / "run" / "curves.png")
     return write_index(folder, rows, [("train", 12.5, "4 of 4 steps")], verdict)
 
 
 def browse(page: Path, tmp_path: Path, *args: str) -> str:
-    command = [BROWSER, "--headless", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=5000", *args, page.as_uri()]
+    command = [
+        BROWSER,
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        *args,
+        page.as_uri(),
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.insert(1, "--no-sandbox")  # Chromium refuses to run as root otherwise
     done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=120)

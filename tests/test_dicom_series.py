@@ -22,8 +22,14 @@ def phantom() -> Volume:
     return image
 
 
-def write_series(folder: Path, volume: Volume, uid: str = "1.2.826.0.1.3680043.8.498.1", number: int = 2,
-                 image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", modality: str = "CT") -> Path:
+def write_series(
+    folder: Path,
+    volume: Volume,
+    uid: str = "1.2.826.0.1.3680043.8.498.1",
+    number: int = 2,
+    image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+    modality: str = "CT",
+) -> Path:
     """One CT file per slice, written with pydicom: positions, orientation, pixel spacing,
     slice thickness and rescale as a scanner writes them (stored value = HU + 1024)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -85,8 +91,9 @@ def test_good_oblique_series_reads_on_its_grid_and_small_jitter_is_tolerated(tmp
     from helpers import rotation, sphere_scan
 
     # Right-handed (DICOM stacks slices along row x column; a left-handed grid reads reversed).
-    image, _ = sphere_scan(Geometry((0.9, 0.85, 2.0), (-10.0, 20.0, 30.0), rotation(2, 0.17) @ rotation(0, 0.09),
-                                    (44, 40, 22)))
+    image, _ = sphere_scan(
+        Geometry((0.9, 0.85, 2.0), (-10.0, 20.0, 30.0), rotation(2, 0.17) @ rotation(0, 0.09), (44, 40, 22))
+    )
     volume = Volume(np.round(image.array), image.geometry)
     folder = write_series(tmp_path / "oblique", volume)
     set_position(folder / "IM02_0007.dcm", np.array([0.004, -0.003, 0.002]))
@@ -142,12 +149,12 @@ def test_two_orientations_are_refused(tmp_path, phantom):
 def test_localizer_series_is_skipped_and_the_scan_read(tmp_path, phantom):
     folder = write_series(tmp_path / "study", phantom)
     scout = Volume(phantom.array[:, :, :4], phantom.geometry.with_(shape=(*phantom.shape[:2], 4)))
-    write_series(folder, scout, uid="1.2.826.0.1.3680043.8.498.2", number=1,
-                 image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
+    write_series(folder, scout, uid="1.2.826.0.1.3680043.8.498.2", number=1, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
     listing = find_scans(tmp_path)
     assert listing.scans == [folder]
-    assert [(case_id(s), why.split(" (")[0]) for s, why in listing.skipped] == \
-        [("study_1", "DICOM series is a localizer")]
+    assert [(case_id(s), why.split(" (")[0]) for s, why in listing.skipped] == [
+        ("study_1", "DICOM series is a localizer")
+    ]
     np.testing.assert_array_equal(read_scan(folder, dtype=None).array, phantom.array)
 
 
@@ -176,7 +183,8 @@ def test_non_ct_and_short_series_are_skipped_with_reasons(tmp_path, phantom):
     assert listing.scans == []
     assert [(case_id(s), why) for s, why in listing.skipped] == [
         ("mr", "DICOM series is MR, not CT"),
-        ("two", "DICOM series has 2 slices; a 3D scan needs at least 3")]
+        ("two", "DICOM series has 2 slices; a 3D scan needs at least 3"),
+    ]
     with pytest.raises(ScanError, match=r"mr: DICOM series is MR, not CT"):
         read_scan(tmp_path / "mr")
 
@@ -220,12 +228,17 @@ def test_segment_runs_each_series_and_reports_the_skipped(tmp_path, tiny_checkpo
     write_series(study, scout, uid="1.2.826.0.1.3680043.8.498.4", number=1, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
     (tmp_path / "in" / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["segment", str(tmp_path / "in"), str(out), "--model", str(tiny_checkpoint)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["segment", str(tmp_path / "in"), str(out), "--model", str(tiny_checkpoint)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     rows = {r["case"]: r for r in json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]}
-    assert {c: rows[c]["status"] for c in rows} == {"study_2": "ok", "study_3": "ok", "study_1": "skipped",
-                                                    "gone.nii.gz": "skipped"}
+    assert {c: rows[c]["status"] for c in rows} == {
+        "study_2": "ok",
+        "study_3": "ok",
+        "study_1": "skipped",
+        "gone.nii.gz": "skipped",
+    }
     assert rows["gone.nii.gz"]["error"] == "broken link: target missing"
     assert rows["study_1"]["error"].startswith("DICOM series is a localizer")
     for case in ("study_2", "study_3"):

@@ -31,11 +31,17 @@ def sphere(radius_mm: float, shift_vox=(0, 0, 0), grid=GRID) -> np.ndarray:
     idx = np.meshgrid(*[np.arange(n, dtype=float) for n in grid.shape], indexing="ij")
     centre = (np.asarray(grid.shape) - 1) / 2 + np.asarray(shift_vox)
     dist2 = sum(((i - c) * s) ** 2 for i, c, s in zip(idx, centre, grid.spacing))
-    return (dist2 <= radius_mm ** 2).astype(np.uint8)
+    return (dist2 <= radius_mm**2).astype(np.uint8)
 
 
-def write_pair(tmp: Path, case: str, pred: np.ndarray | None, label: np.ndarray | None,
-               pred_grid: Geometry = GRID, label_grid: Geometry = GRID) -> None:
+def write_pair(
+    tmp: Path,
+    case: str,
+    pred: np.ndarray | None,
+    label: np.ndarray | None,
+    pred_grid: Geometry = GRID,
+    label_grid: Geometry = GRID,
+) -> None:
     if pred is not None:
         write_volume(tmp / "pred" / f"{case}.nii.gz", pred, pred_grid)
     if label is not None:
@@ -76,11 +82,11 @@ def test_sphere_shifted_along_one_axis(tmp_path):
     row = evaluate_folder(tmp_path / "pred", tmp_path / "labels").rows[0]
     assert row.status == "ok", row.message
     assert 0.85 * d <= row.hd95_mm <= d + 1e-5
-    assert row.dice == pytest.approx((4 * radius + d) * (2 * radius - d) ** 2 / (16 * radius ** 3), abs=0.03)
+    assert row.dice == pytest.approx((4 * radius + d) * (2 * radius - d) ** 2 / (16 * radius**3), abs=0.03)
     voxel_ml = float(np.prod(GRID.spacing)) / 1000.0
     assert row.pred_ml == pytest.approx(pred.sum() * voxel_ml, rel=1e-6)
     assert row.true_ml == pytest.approx(true.sum() * voxel_ml, rel=1e-6)
-    assert row.true_ml == pytest.approx(4 / 3 * math.pi * radius ** 3 / 1000.0, rel=0.05)
+    assert row.true_ml == pytest.approx(4 / 3 * math.pi * radius**3 / 1000.0, rel=0.05)
 
 
 def test_hausdorff95_matches_a_brute_force_definition():
@@ -113,7 +119,11 @@ def test_empty_masks(tmp_path):
     report = evaluate_folder(tmp_path / "pred", tmp_path / "labels")
     rows = rows_by_case(report)
     assert all(r.status == "ok" for r in report.rows)
-    assert (rows["both_empty"].dice, rows["both_empty"].hd95_mm, rows["both_empty"].rel_volume_diff_pct) == (1.0, 0.0, 0.0)
+    assert (rows["both_empty"].dice, rows["both_empty"].hd95_mm, rows["both_empty"].rel_volume_diff_pct) == (
+        1.0,
+        0.0,
+        0.0,
+    )
     assert rows["missed"].dice == 0.0 and math.isinf(rows["missed"].hd95_mm)
     assert rows["missed"].rel_volume_diff_pct == pytest.approx(-100.0)
     assert rows["false_alarm"].dice == 0.0 and math.isinf(rows["false_alarm"].hd95_mm)
@@ -244,8 +254,9 @@ def test_cli_prints_table_means_and_csv_path(tmp_path):
     write_pair(tmp_path, "case_b", np.zeros(GRID.shape, np.uint8), box((10, 10, 6), size))
     write_pair(tmp_path, "case_c", box((10, 10, 6), size), None)
     out = tmp_path / "scores.csv"
-    result = CliRunner().invoke(_app(), [str(tmp_path / "pred"), str(tmp_path / "labels"), "--out", str(out)],
-                                terminal_width=200)
+    result = CliRunner().invoke(
+        _app(), [str(tmp_path / "pred"), str(tmp_path / "labels"), "--out", str(out)], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     text = result.output
     assert "case_a" in text and "case_b" in text and "1.60" in text  # HD95 = 2 voxels * 0.8 mm

@@ -30,7 +30,9 @@ def _tensorrt_missing() -> str | None:
 
 
 TENSORRT_MISSING = _tensorrt_missing()
-needs_tensorrt = pytest.mark.skipif(TENSORRT_MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: {TENSORRT_MISSING}")
+needs_tensorrt = pytest.mark.skipif(
+    TENSORRT_MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: {TENSORRT_MISSING}"
+)
 
 
 def _randomise_batchnorm(net, seed: int) -> None:
@@ -61,8 +63,16 @@ def bn_checkpoint(tmp_path_factory, tiny_spec) -> Path:
 
     teacher, student = _net(1), _net(2)
     path = tmp_path_factory.mktemp("ckpt") / "bn.pt"
-    save_checkpoint(path, {"spec": tiny_spec.to_dict(), "net_config": dataclasses.asdict(teacher.config),
-                           "teacher": teacher.state_dict(), "student": student.state_dict(), "epoch": 7})
+    save_checkpoint(
+        path,
+        {
+            "spec": tiny_spec.to_dict(),
+            "net_config": dataclasses.asdict(teacher.config),
+            "teacher": teacher.state_dict(),
+            "student": student.state_dict(),
+            "epoch": 7,
+        },
+    )
     return path
 
 
@@ -103,8 +113,13 @@ def test_export_writes_a_validated_self_describing_onnx_file(exported, bn_checkp
     assert path.is_file() and path.stat().st_size == exported.size_bytes
     assert not list(path.parent.glob(".*"))  # no staged or temp files left behind
     spec = read_spec(path)  # metadata round trip
-    assert spec == tiny_spec.replace(opset=17, precision="fp32", weights="teacher",
-                                     source_sha256=sha256_of(bn_checkpoint), package_version=spec.package_version)
+    assert spec == tiny_spec.replace(
+        opset=17,
+        precision="fp32",
+        weights="teacher",
+        source_sha256=sha256_of(bn_checkpoint),
+        package_version=spec.package_version,
+    )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
@@ -185,11 +200,13 @@ def test_operator_check_names_nodes_tensorrt_cannot_parse():
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="fine"),
-             helper.make_node("Unique", ["r"], ["u"], name="unique"),
-             helper.make_node("ReduceMax", ["r", "axes"], ["m"], name="runtime_axes"),
-             helper.make_node("MyOp", ["r"], ["c"], name="custom", domain="com.example"),
-             helper.make_node("NotAnOperator", ["r"], ["n"], name="unknown")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="fine"),
+        helper.make_node("Unique", ["r"], ["u"], name="unique"),
+        helper.make_node("ReduceMax", ["r", "axes"], ["m"], name="runtime_axes"),
+        helper.make_node("MyOp", ["r"], ["c"], name="custom", domain="com.example"),
+        helper.make_node("NotAnOperator", ["r"], ["n"], name="unknown"),
+    ]
     graph = helper.make_graph(nodes, "g", [x, axes], [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     found = {n.name: n.reason for n in unsupported_nodes(model)}
@@ -200,9 +217,18 @@ def test_operator_check_names_nodes_tensorrt_cannot_parse():
 def test_failed_parity_deletes_the_file_and_raises(tmp_path, tiny_spec):
     from ceds_deploy.export import parity
 
-    report = parity.ParityReport(label="onnxruntime vs torch", windows=2, shapes=((32, 32, 32),), max_prob_diff=0.3,
-                                 mean_prob_diff=0.01, max_confidence_diff=0.0, max_logit_diff=2.0, dice=0.9,
-                                 tolerance=TOLERANCE, min_dice=None)
+    report = parity.ParityReport(
+        label="onnxruntime vs torch",
+        windows=2,
+        shapes=((32, 32, 32),),
+        max_prob_diff=0.3,
+        mean_prob_diff=0.01,
+        max_confidence_diff=0.0,
+        max_logit_diff=2.0,
+        dice=0.9,
+        tolerance=TOLERANCE,
+        min_dice=None,
+    )
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"x")
     with pytest.raises(ArtifactError, match=r"model.onnx: parity check failed, file deleted: .*3.00e-01"):
@@ -256,9 +282,12 @@ def test_corrupt_and_truncated_onnx_files_give_clear_errors(exported, tmp_path, 
     del model.metadata_props[:]
     onnx.save(model, str(bare))
     for path in (truncated, garbage):
-        for call in (lambda p: read_spec(p), lambda p: info(p),
-                     lambda p: export(p, tensorrt=tmp_path / "m.engine", batch="1:2:2"),
-                     lambda p: OnnxRuntimeBackend(p, tiny_spec).activate()):
+        for call in (
+            lambda p: read_spec(p),
+            lambda p: info(p),
+            lambda p: export(p, tensorrt=tmp_path / "m.engine", batch="1:2:2"),
+            lambda p: OnnxRuntimeBackend(p, tiny_spec).activate(),
+        ):
             with pytest.raises(ArtifactError) as err:
                 call(path)
             message = str(err.value)
@@ -276,8 +305,15 @@ def test_checkpoints_of_another_architecture_are_refused(tmp_path, tiny_spec):
 
     vnet = tmp_path / "vnet.pt"
     state = VNet(spatial_dims=3, in_channels=1, out_channels=2).state_dict()
-    save_checkpoint(vnet, {"spec": tiny_spec.to_dict(), "net_config": dataclasses.asdict(CedsNetConfig(width=4)),
-                           "teacher": state, "student": state})
+    save_checkpoint(
+        vnet,
+        {
+            "spec": tiny_spec.to_dict(),
+            "net_config": dataclasses.asdict(CedsNetConfig(width=4)),
+            "teacher": state,
+            "student": state,
+        },
+    )
     plain = tmp_path / "plain.pt"
     torch.save({"state_dict": state}, plain)
     out = tmp_path / "model.onnx"
@@ -309,9 +345,12 @@ def test_cli_export_errors_are_one_red_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "plain.pt: not a ceds-deploy checkpoint" in err and "Traceback" not in err
     runner = CliRunner()
-    for args, option in ([str(plain)], "--out"), ([str(plain), "--out", "m.onnx", "--opset", "12"], "--opset"), \
-            ([str(plain), "--out", "m.onnx", "--batch", "8:1:1"], "--batch"), \
-            ([str(plain), "--out", "m.onnx", "--weights", "ema"], "--weights"):
+    for args, option in (
+        ([str(plain)], "--out"),
+        ([str(plain), "--out", "m.onnx", "--opset", "12"], "--opset"),
+        ([str(plain), "--out", "m.onnx", "--batch", "8:1:1"], "--batch"),
+        ([str(plain), "--out", "m.onnx", "--weights", "ema"], "--weights"),
+    ):
         result = runner.invoke(app, ["export", *args])
         assert result.exit_code == 2 and option in result.output, args  # usage errors
     assert not (tmp_path / "m.onnx").exists()
@@ -339,8 +378,12 @@ def test_segment_with_onnxruntime_reproduces_the_torch_masks(exported, bn_checkp
     outputs = {}
     for backend, model in (("torch", bn_checkpoint), ("onnxruntime", exported.path)):
         outputs[backend] = tmp_path / backend
-        assert run_segment(scans, outputs[backend], model, backend=backend, options=options,
-                           console=quiet, show_progress=False) == 0
+        assert (
+            run_segment(
+                scans, outputs[backend], model, backend=backend, options=options, console=quiet, show_progress=False
+            )
+            == 0
+        )
     foreground = []
     for name in ("axial_lps", "oblique"):
         masks = [read_scan(outputs[b] / f"{name}.nii.gz", dtype=None).array > 0 for b in ("torch", "onnxruntime")]
@@ -368,8 +411,17 @@ def test_info_prints_the_spec_and_export_metadata(exported, bn_checkpoint):
     wide = {"COLUMNS": "250"}  # rich sizes its tables from COLUMNS; digests then fit on one line
     result = runner.invoke(app, ["info", str(exported.path)], env=wide)
     assert result.exit_code == 0, result.output
-    for text in ("roi_size", "32, 32, 32", "source_sha256", sha256_of(bn_checkpoint), "opset", "ai.onnx 17",
-                 "onnxscript", "onnxruntime vs torch: passed", "image (batch, 1, 16*x_blocks"):
+    for text in (
+        "roi_size",
+        "32, 32, 32",
+        "source_sha256",
+        sha256_of(bn_checkpoint),
+        "opset",
+        "ai.onnx 17",
+        "onnxscript",
+        "onnxruntime vs torch: passed",
+        "image (batch, 1, 16*x_blocks",
+    ):
         assert text in result.output, text
     result = runner.invoke(app, ["info", str(bn_checkpoint)], env=wide)
     assert result.exit_code == 0 and "teacher, student" in result.output and "epoch" in result.output
@@ -383,9 +435,17 @@ def _fake_engine(tmp_path: Path, spec, runtime, profile="1:4:8", name="model.eng
 
     engine = tmp_path / name
     engine.write_bytes(b"not really an engine")
-    write_sidecar(engine, make_sidecar(spec=spec.replace(precision="fp16"), runtime=runtime,
-                                       onnx_path=tmp_path / "model.onnx", onnx_sha256="ab" * 32,
-                                       profile=BatchProfile.parse(profile), build_seconds=12.3))
+    write_sidecar(
+        engine,
+        make_sidecar(
+            spec=spec.replace(precision="fp16"),
+            runtime=runtime,
+            onnx_path=tmp_path / "model.onnx",
+            onnx_sha256="ab" * 32,
+            profile=BatchProfile.parse(profile),
+            build_seconds=12.3,
+        ),
+    )
     return engine
 
 
@@ -445,14 +505,19 @@ def test_engine_cache_keys_separate_what_changes_an_engine(tmp_path, tiny_spec):
     orin, h100 = RuntimeInfo(**ORIN), RuntimeInfo(**H100)
     profile = BatchProfile(1, 4, 8)
     base = engine_key("ab" * 32, tiny_spec, orin, "fp16", profile)
-    others = [engine_key("cd" * 32, tiny_spec, orin, "fp16", profile), engine_key("ab" * 32, tiny_spec, h100, "fp16", profile),
-              engine_key("ab" * 32, tiny_spec, orin, "fp32", profile),
-              engine_key("ab" * 32, tiny_spec, orin, "fp16", BatchProfile(1, 2, 2)),
-              engine_key("ab" * 32, tiny_spec.replace(roi_size=(48, 48, 32)), orin, "fp16", profile)]
+    others = [
+        engine_key("cd" * 32, tiny_spec, orin, "fp16", profile),
+        engine_key("ab" * 32, tiny_spec, h100, "fp16", profile),
+        engine_key("ab" * 32, tiny_spec, orin, "fp32", profile),
+        engine_key("ab" * 32, tiny_spec, orin, "fp16", BatchProfile(1, 2, 2)),
+        engine_key("ab" * 32, tiny_spec.replace(roi_size=(48, 48, 32)), orin, "fp16", profile),
+    ]
     entries = {cache_entry(tmp_path, tmp_path / "model.onnx", k) for k in [base, *others]}
     assert len(entries) == 6 and all(e.name == "model.engine" for e in entries)
     entry = cache_entry(tmp_path, tmp_path / "model.onnx", base)
-    assert entry == cache_entry(tmp_path, tmp_path / "model.onnx", engine_key("ab" * 32, tiny_spec, orin, "fp16", profile))
+    assert entry == cache_entry(
+        tmp_path, tmp_path / "model.onnx", engine_key("ab" * 32, tiny_spec, orin, "fp16", profile)
+    )
     assert not lookup(entry, base, orin)  # nothing built yet
     entry.parent.mkdir(parents=True)
     _fake_engine(entry.parent, tiny_spec, orin)
@@ -475,10 +540,12 @@ def test_tensorrt_commands_fail_in_one_line_without_tensorrt(exported, tmp_path,
     from ceds_deploy.export.tensorrt_build import build_engine
 
     engine = _fake_engine(tmp_path, tiny_spec, RuntimeInfo(**ORIN))
-    calls = [lambda: export(exported.path, tensorrt=tmp_path / "m.engine", batch="1:4:8"),
-             lambda: build_engine(exported.path, tmp_path / "m.engine"),
-             lambda: TensorRTBackend(exported.path, tiny_spec, engine_for_onnx=lambda *_: engine).activate(),
-             lambda: create_backend("tensorrt", engine, tiny_spec, device="cuda").activate()]
+    calls = [
+        lambda: export(exported.path, tensorrt=tmp_path / "m.engine", batch="1:4:8"),
+        lambda: build_engine(exported.path, tmp_path / "m.engine"),
+        lambda: TensorRTBackend(exported.path, tiny_spec, engine_for_onnx=lambda *_: engine).activate(),
+        lambda: create_backend("tensorrt", engine, tiny_spec, device="cuda").activate(),
+    ]
     for call in calls:
         with pytest.raises(BackendUnavailableError) as err:
             call()
@@ -534,9 +601,11 @@ def test_engine_build_writes_sidecar_timing_cache_and_passes_parity(built_engine
     assert sidecar["precision"] == "fp32" and sidecar["strongly_typed"] and sidecar["parity"]["passed"]
     assert built_engine.parity.dice >= 0.99
     assert built_engine.timing_cache.is_file()
-    again = build_engine(exported.path, built_engine.engine.with_name("again.engine"),
-                         BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0,
-                                      timing_cache=built_engine.timing_cache))
+    again = build_engine(
+        exported.path,
+        built_engine.engine.with_name("again.engine"),
+        BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0, timing_cache=built_engine.timing_cache),
+    )
     assert again.timing_cache_loaded_bytes > 0
 
 

@@ -12,15 +12,20 @@ from ceds_deploy.backends import create_backend
 from ceds_deploy.inference import SegmentOptions, segment_volume
 from ceds_deploy.synthetic import make_case
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
 
 
 def test_cuda_graph_replay_matches_eager_and_follows_new_inputs(tiny_checkpoint, tiny_spec):
     torch.manual_seed(3)
     first, second = torch.rand(3, 1, 32, 32, 32), torch.rand(4, 1, 32, 32, 32)
-    with create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16") as eager, \
-            create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16",
-                           cuda_graph=True) as graph:
+    with (
+        create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16") as eager,
+        create_backend(
+            "torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=4, precision="fp16", cuda_graph=True
+        ) as graph,
+    ):
         assert "CUDA graph" in graph.description
         for x in (first, second, first):  # a short batch (padded), a full one, and back
             expected, got = eager.infer(x), graph.infer(x)
@@ -35,7 +40,9 @@ def test_gpu_preprocessing_stitching_and_restore_match_the_cpu(tiny_checkpoint, 
     image, _ = make_case(0, seed=5, size="small")
     results = {}
     for device in ("cpu", "cuda"):
-        with create_backend("torch", tiny_checkpoint, tiny_spec, device=device, max_batch_size=2, precision="fp32") as b:
+        with create_backend(
+            "torch", tiny_checkpoint, tiny_spec, device=device, max_batch_size=2, precision="fp32"
+        ) as b:
             results[device] = segment_volume(image, b, SegmentOptions(save_probabilities=True))
     cpu, gpu = results["cpu"], results["cuda"]
     assert gpu.windows == cpu.windows

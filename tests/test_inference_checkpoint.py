@@ -23,9 +23,15 @@ def training_checkpoint(tmp_path_factory):
     seg, conf = student(torch.rand(1, 1, 32, 32, 32))
     (seg.mean() + conf.mean()).backward()
     optimizer.step()
-    payload = {"spec": ModelSpec(roi_size=(32, 32, 32), width=2).to_dict(), "net_config": asdict(config),
-               "teacher": teacher.state_dict(), "student": student.state_dict(),
-               "optimizer_segmentation": optimizer.state_dict(), "epoch": 3, "global_step": 12}
+    payload = {
+        "spec": ModelSpec(roi_size=(32, 32, 32), width=2).to_dict(),
+        "net_config": asdict(config),
+        "teacher": teacher.state_dict(),
+        "student": student.state_dict(),
+        "optimizer_segmentation": optimizer.state_dict(),
+        "epoch": 3,
+        "global_step": 12,
+    }
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_teacher.pt", payload)
 
 

@@ -54,8 +54,9 @@ def test_dicom_series_folder_round_trip(tmp_path, name):
     canon_source = reorient_geometry(image.geometry, source_r)
     canon_back = reorient_geometry(back.geometry, back_r)
     np.testing.assert_allclose(canon_back.affine, canon_source.affine, atol=1e-4)
-    np.testing.assert_allclose(reorient_array(back.array, back_r),
-                               np.round(reorient_array(image.array, source_r)), atol=0.5)
+    np.testing.assert_allclose(
+        reorient_array(back.array, back_r), np.round(reorient_array(image.array, source_r)), atol=0.5
+    )
 
 
 def nibabel_data(name: str) -> Path:

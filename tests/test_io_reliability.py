@@ -19,9 +19,16 @@ LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RAS_AFFINE = np.array([[-0.8, 0, 0, 100.0], [0, 0.7, 0, -90.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
 
 
-def write_raw_nifti(path: Path, array: np.ndarray, affine: np.ndarray = RAS_AFFINE, sform_code: int = 1,
-                    qform_code: int = 1, pixdim: tuple[float, ...] | None = None,
-                    shape: tuple[int, ...] | None = None, payload: bytes | None = None) -> Path:
+def write_raw_nifti(
+    path: Path,
+    array: np.ndarray,
+    affine: np.ndarray = RAS_AFFINE,
+    sform_code: int = 1,
+    qform_code: int = 1,
+    pixdim: tuple[float, ...] | None = None,
+    shape: tuple[int, ...] | None = None,
+    payload: bytes | None = None,
+) -> Path:
     """A NIfTI-1 file written byte by byte, so its header says exactly what the test wants
     (nibabel's writer would repair it): pixdim overridden after the qform, any claimed shape."""
     import nibabel
@@ -71,8 +78,11 @@ def test_nifti_claiming_more_than_the_file_holds_is_refused_before_reading(tmp_p
     with pytest.raises(ScanError, match=r"huge\.nii: is truncated: 368 bytes, the header describes 2147484000"):
         read_scan(raw)
     packed = write_raw_nifti(tmp_path / "huge.nii.gz", tiny, shape=(1024, 1024, 1024), payload=b"\0" * 16)
-    with pytest.raises(ScanError, match=r"huge\.nii\.gz: is truncated or its header is wrong: \d+ bytes of "
-                                        r"compressed data cannot hold the 2147484000 bytes"):
+    with pytest.raises(
+        ScanError,
+        match=r"huge\.nii\.gz: is truncated or its header is wrong: \d+ bytes of "
+        r"compressed data cannot hold the 2147484000 bytes",
+    ):
         read_scan(packed)
 
 
@@ -80,9 +90,12 @@ def test_nifti_claiming_more_than_the_file_holds_is_refused_before_reading(tmp_p
 def test_nrrd_claiming_gigabytes_is_refused_before_reading(tmp_path, no_itk_voxel_read, encoding):
     body = b"\0" * 200 if encoding == "raw" else gzip.compress(b"\0" * 200)
     path = tmp_path / f"huge_{encoding}.nrrd"
-    path.write_bytes(f"NRRD0004\ntype: short\ndimension: 3\nsizes: 1024 1024 1024\nencoding: {encoding}\n"
-                     "endian: little\nspace: left-posterior-superior\n"
-                     "space directions: (1,0,0) (0,1,0) (0,0,1)\n\n".encode() + body)
+    path.write_bytes(
+        f"NRRD0004\ntype: short\ndimension: 3\nsizes: 1024 1024 1024\nencoding: {encoding}\n"
+        "endian: little\nspace: left-posterior-superior\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\n\n".encode()
+        + body
+    )
     with pytest.raises(ScanError, match=r"huge_\w+\.nrrd: (is truncated|the header claims 1024x1024x1024)"):
         read_scan(path)
 
@@ -91,8 +104,10 @@ def test_compressed_mha_claiming_gigabytes_is_refused_before_reading(tmp_path, n
     import zlib
 
     path = tmp_path / "huge.mha"
-    path.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 1024 1024 1024\nElementType = MET_SHORT\n"
-                     b"CompressedData = True\nElementDataFile = LOCAL\n" + zlib.compress(b"\0" * 4000))
+    path.write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 1024 1024 1024\nElementType = MET_SHORT\n"
+        b"CompressedData = True\nElementDataFile = LOCAL\n" + zlib.compress(b"\0" * 4000)
+    )
     with pytest.raises(ScanError, match=r"huge\.mha: (is truncated or its header is wrong|the header claims)"):
         read_scan(path)
 
@@ -105,8 +120,11 @@ def test_scan_over_the_memory_budget_is_refused_naming_its_size(tmp_path, monkey
     path = write_volume(tmp_path / f"scan{suffix}", np.zeros(g.shape, np.int16), g)
     assert read_scan(path).shape == g.shape
     monkeypatch.setattr(headers, "MAX_SCAN_BYTES", 40 * 30 * 20)  # half of what the int16 voxels take
-    with pytest.raises(ScanError, match=r"the header claims 40x30x20 voxels of int16 \(0\.00 GiB\), more than "
-                                        r"the 0\.00 GiB a scan may take \(MAX_SCAN_BYTES\)"):
+    with pytest.raises(
+        ScanError,
+        match=r"the header claims 40x30x20 voxels of int16 \(0\.00 GiB\), more than "
+        r"the 0\.00 GiB a scan may take \(MAX_SCAN_BYTES\)",
+    ):
         read_scan(path)
 
 
@@ -125,23 +143,29 @@ def test_bad_pixdim_with_a_valid_sform_reads_on_nibabels_grid(tmp_path, pixdim):
 
 @pytest.mark.parametrize("pixdim", [(np.nan, 0.7, 2.5), (0.0, 0.7, 2.5)])
 def test_nan_or_zero_spacing_without_sform_is_refused(tmp_path, pixdim):
-    path = write_raw_nifti(tmp_path / "nospacing.nii", np.zeros((12, 10, 8), np.int16), sform_code=0,
-                           pixdim=pixdim)
-    with pytest.raises(ScanError, match=r"nospacing\.nii: header spacing \(pixdim\) is \[(nan|0\.0), 0\.7, 2\.5\]: "
-                                        r"NaN or zero"):
+    path = write_raw_nifti(tmp_path / "nospacing.nii", np.zeros((12, 10, 8), np.int16), sform_code=0, pixdim=pixdim)
+    with pytest.raises(
+        ScanError,
+        match=r"nospacing\.nii: header spacing \(pixdim\) is \[(nan|0\.0), 0\.7, 2\.5\]: "
+        r"NaN or zero",
+    ):
         read_scan(path)
 
 
 def test_nan_in_a_metaimage_or_nrrd_header_is_refused(tmp_path):
     """ITK's MetaImage parser reads "nan" as 0: the origin would silently move."""
     mha = tmp_path / "nan_origin.mha"
-    mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nOffset = nan 0 0\nElementType = MET_SHORT\n"
-                    b"ElementDataFile = LOCAL\n" + b"\0" * 128)
+    mha.write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nOffset = nan 0 0\nElementType = MET_SHORT\n"
+        b"ElementDataFile = LOCAL\n" + b"\0" * 128
+    )
     with pytest.raises(ScanError, match=r"nan_origin\.mha: header geometry is not usable: offset is 'nan 0 0'"):
         read_scan(mha)
     nrrd = tmp_path / "nan_spacing.nrrd"
-    nrrd.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
-                     b"spacings: 1 NaN 1\n\n" + b"\0" * 128)
+    nrrd.write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\nendian: little\n"
+        b"spacings: 1 NaN 1\n\n" + b"\0" * 128
+    )
     with pytest.raises(ScanError, match=r"nan_spacing\.nrrd: (header geometry is not usable|cannot be read)"):
         read_scan(nrrd)
 
@@ -173,10 +197,15 @@ def test_broken_link_is_skipped_with_its_reason(tmp_path):
 
 def test_nrrd_error_keeps_itks_reason(tmp_path):
     path = tmp_path / "bad.nrrd"
-    path.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10 10\nencoding: raw\nendian: little\n"
-                     b"space directions: (1,0,0) (0,1,0)\n\n" + b"\0" * 2000)
-    with pytest.raises(ScanError, match=r"bad\.nrrd: cannot be read as an image .*: .*trouble parsing space "
-                                        r"directions"):
+    path.write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10 10\nencoding: raw\nendian: little\n"
+        b"space directions: (1,0,0) (0,1,0)\n\n" + b"\0" * 2000
+    )
+    with pytest.raises(
+        ScanError,
+        match=r"bad\.nrrd: cannot be read as an image .*: .*trouble parsing space "
+        r"directions",
+    ):
         read_scan(path)
 
 

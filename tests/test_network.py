@@ -102,8 +102,14 @@ def test_integer_input_raises(net4: CedsNet) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("width", 0), ("width", 2.5), ("in_channels", 0), ("num_classes", 1),
-     ("dropout", 1.0), ("bottleneck_dropout", -0.1)],
+    [
+        ("width", 0),
+        ("width", 2.5),
+        ("in_channels", 0),
+        ("num_classes", 1),
+        ("dropout", 1.0),
+        ("bottleneck_dropout", -0.1),
+    ],
 )
 def test_config_validation(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"{field} .*got {value}"):
@@ -136,7 +142,8 @@ def test_torch_export_with_dynamic_batch(net4: CedsNet) -> None:
     # The input check must not break tracing: the export path of the ONNX exporter.
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(
-        CedsInference(net4).eval(), (torch.randn(2, 1, 32, 32, 32),),
+        CedsInference(net4).eval(),
+        (torch.randn(2, 1, 32, 32, 32),),
         dynamic_shapes={"x": {0: batch}},
     )
     x = torch.randn(3, 1, 32, 32, 32)
@@ -153,9 +160,13 @@ def test_onnx_export_with_dynamic_batch(net4: CedsNet, tmp_path) -> None:
     batch = torch.export.Dim("batch", min=1, max=64)
     path = tmp_path / "ceds.onnx"
     torch.onnx.export(
-        CedsInference(net4).eval(), (torch.randn(2, 1, 32, 32, 32),), str(path),
-        dynamo=True, dynamic_shapes={"x": {0: batch}},
-        input_names=["image"], output_names=["seg_logits", "confidence"],
+        CedsInference(net4).eval(),
+        (torch.randn(2, 1, 32, 32, 32),),
+        str(path),
+        dynamo=True,
+        dynamic_shapes={"x": {0: batch}},
+        input_names=["image"],
+        output_names=["seg_logits", "confidence"],
     )
     model = onnx.load(str(path))
     ops = {node.op_type for node in model.graph.node}

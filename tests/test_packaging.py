@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (path,) = out.glob("ceds_deploy-*.whl")
     return path
 
@@ -36,13 +39,18 @@ def test_wheel_in_a_fresh_venv_imports_the_namespace_and_not_bare_training(wheel
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True)
-    probe = ("import importlib.util as u; "
-             "assert u.find_spec('ceds_deploy.training') is not None; "
-             "assert u.find_spec('ceds_deploy.export') is not None; "
-             "assert u.find_spec('training') is None, 'bare training importable'; "
-             "assert u.find_spec('export') is None, 'bare export importable'; print('ok')")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import importlib.util as u; "
+        "assert u.find_spec('ceds_deploy.training') is not None; "
+        "assert u.find_spec('ceds_deploy.export') is not None; "
+        "assert u.find_spec('training') is None, 'bare training importable'; "
+        "assert u.find_spec('export') is None, 'bare export importable'; print('ok')"
+    )
     done = subprocess.run([str(python), "-I", "-c", probe], cwd=tmp_path, capture_output=True, encoding="utf-8")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     assert (env / "bin" / "ceds").exists()

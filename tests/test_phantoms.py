@@ -14,10 +14,10 @@ from ceds_deploy.errors import ConfigError
 from ceds_deploy.synthetic import LAYOUTS, SIZES, Tissue, cohort_indices, generate_case, make_case, make_cohort
 
 SMALL = SIZES["small"]
-COHORT = range(8)   # the cases most tests look at (seed 0)
+COHORT = range(8)  # the cases most tests look at (seed 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(index: int, seed: int = 0, layout: str | None = None):
     return generate_case(index, seed, "small", layout=layout)
 
@@ -40,6 +40,7 @@ def _inplane_erode(mask, iterations: int = 2):
 
 
 # ---- determinism -------------------------------------------------------------------------
+
 
 def test_same_seed_same_case_other_seed_other_case():
     a_img, a_lab = make_case(2, 0, "small")
@@ -67,6 +68,7 @@ def test_image_and_label_arrays():
 
 # ---- anatomy -----------------------------------------------------------------------------
 
+
 def test_mass_is_one_connected_lump_of_the_right_size():
     lo, hi = SMALL.mass_diameter_mm
     for i in COHORT:
@@ -81,7 +83,7 @@ def test_mass_is_one_connected_lump_of_the_right_size():
 def test_intensities_mass_lung_bone():
     means = []
     for i in COHORT:
-        c = case(i, layout="lps")   # same anatomy, array axes x, y, z
+        c = case(i, layout="lps")  # same anatomy, array axes x, y, z
         img, tis = c.image.array.astype(np.float64), c.tissue.array
         inner = _inplane_erode(tis == Tissue.MASS)
         if inner.sum() >= 10:
@@ -120,6 +122,7 @@ def test_mass_intensity_overlaps_heart_and_vessels():
 
 # ---- geometry ----------------------------------------------------------------------------
 
+
 def test_spacing_and_size_ranges():
     lo, hi = SMALL.inplane_spacing_mm
     for i in COHORT:
@@ -141,9 +144,9 @@ def test_some_cases_are_stored_permuted_or_flipped():
     assert any(not np.allclose(case(i).image.geometry.direction_matrix, np.eye(3)) for i in COHORT)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _oblique_index() -> int:
-    for i in (11, *range(40)):   # 11 is the first oblique case of seed 0
+    for i in (11, *range(40)):  # 11 is the first oblique case of seed 0
         if generate_case(i, 0, "small", tissue=False).info["oblique_degrees"] > 0:
             return i
     raise AssertionError("no oblique case among the first 40")
@@ -155,14 +158,13 @@ def test_layouts_keep_the_world_anatomy(layout):
     ref = case(i, layout="lps")
     other = case(i, layout=layout)
     d = ref.image.geometry.direction_matrix
-    assert not np.allclose(np.abs(d), np.eye(3))        # an oblique grid
+    assert not np.allclose(np.abs(d), np.eye(3))  # an oblique grid
     g, gr = other.image.geometry, ref.image.geometry
     assert sorted(g.shape) == sorted(gr.shape)
     # every voxel of the other layout maps to the reference voxel at the same world point
     idx = np.argwhere(np.ones(g.shape, bool))[::37]
     world = g.index_to_world(idx)
-    back = np.linalg.solve(gr.direction_matrix * np.asarray(gr.spacing),
-                           (world - np.asarray(gr.origin)).T).T
+    back = np.linalg.solve(gr.direction_matrix * np.asarray(gr.spacing), (world - np.asarray(gr.origin)).T).T
     ref_idx = np.rint(back).astype(int)
     assert np.abs(back - ref_idx).max() < 1e-6
     assert np.array_equal(other.image.array[tuple(idx.T)], ref.image.array[tuple(ref_idx.T)])
@@ -175,6 +177,7 @@ def test_layout_table_is_consistent():
 
 
 # ---- cohorts -----------------------------------------------------------------------------
+
 
 def test_cohort_layout_and_dataset_json(tmp_path):
     from ceds_deploy.io import read_scan
@@ -215,13 +218,16 @@ def test_cohort_layout_and_dataset_json(tmp_path):
     assert json.loads((out2 / "dataset.json").read_text(encoding="utf-8"))["training"] == []
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"cases": 2, "labeled": 3, "test": 0}, "labeled (3)"),
-    ({"cases": -1, "labeled": 0, "test": 0}, "-1"),
-    ({"cases": 2, "labeled": 1, "test": -2}, "-2"),
-    ({"cases": 2, "labeled": 1, "test": 0, "size": "huge"}, "'huge'"),
-    ({"cases": 2, "labeled": 1, "test": 0, "seed": -5}, "-5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"cases": 2, "labeled": 3, "test": 0}, "labeled (3)"),
+        ({"cases": -1, "labeled": 0, "test": 0}, "-1"),
+        ({"cases": 2, "labeled": 1, "test": -2}, "-2"),
+        ({"cases": 2, "labeled": 1, "test": 0, "size": "huge"}, "'huge'"),
+        ({"cases": 2, "labeled": 1, "test": 0, "seed": -5}, "-5"),
+    ],
+)
 def test_cohort_arguments_are_checked(tmp_path, kwargs, word):
     with pytest.raises(ConfigError, match=word.replace("(", r"\(").replace(")", r"\)")):
         make_cohort(tmp_path / "bad", **kwargs)
@@ -232,9 +238,11 @@ def test_cli_module_imports_light_and_runs(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, ceds_deploy.cli.phantoms as m; "
-            "bad = [n for n in ('numpy', 'SimpleITK', 'torch', 'ceds_deploy.synthetic') if n in sys.modules]; "
-            "print(bad)")
+    code = (
+        "import sys, ceds_deploy.cli.phantoms as m; "
+        "bad = [n for n in ('numpy', 'SimpleITK', 'torch', 'ceds_deploy.synthetic') if n in sys.modules]; "
+        "print(bad)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert res.stdout.strip() == "[]"
 

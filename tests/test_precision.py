@@ -21,11 +21,20 @@ from helpers import GEOMETRIES, sphere_scan
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-TENSORRT_MISSING = "; ".join(m for m in (
-    "TensorRT is not installed" if importlib.util.find_spec("tensorrt") is None else "",
-    "no CUDA GPU" if not torch.cuda.is_available() else "") if m) or None
-needs_tensorrt = pytest.mark.skipif(TENSORRT_MISSING is not None,
-                                    reason=f"needs TensorRT and a CUDA GPU: {TENSORRT_MISSING}")
+TENSORRT_MISSING = (
+    "; ".join(
+        m
+        for m in (
+            "TensorRT is not installed" if importlib.util.find_spec("tensorrt") is None else "",
+            "no CUDA GPU" if not torch.cuda.is_available() else "",
+        )
+        if m
+    )
+    or None
+)
+needs_tensorrt = pytest.mark.skipif(
+    TENSORRT_MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: {TENSORRT_MISSING}"
+)
 
 
 def _net(seed: int = 1, width: int = 4):
@@ -50,8 +59,15 @@ def checkpoint(tmp_path_factory, tiny_spec) -> Path:
 
     net = _net(1)
     path = tmp_path_factory.mktemp("ckpt") / "net.pt"
-    save_checkpoint(path, {"spec": tiny_spec.to_dict(), "net_config": dataclasses.asdict(net.config),
-                           "teacher": net.state_dict(), "student": net.state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "spec": tiny_spec.to_dict(),
+            "net_config": dataclasses.asdict(net.config),
+            "teacher": net.state_dict(),
+            "student": net.state_dict(),
+        },
+    )
     return path
 
 
@@ -61,8 +77,10 @@ def exports(checkpoint, tmp_path_factory):
     from ceds_deploy.export.onnx_export import export_checkpoint
 
     folder = tmp_path_factory.mktemp("onnx")
-    return {precision: export_checkpoint(checkpoint, folder / f"model-{precision}.onnx", precision=precision)
-            for precision in ("fp32", "fp16")}
+    return {
+        precision: export_checkpoint(checkpoint, folder / f"model-{precision}.onnx", precision=precision)
+        for precision in ("fp32", "fp16")
+    }
 
 
 # ------------------------------------------------------------------ the fp16 graph
@@ -86,7 +104,9 @@ def test_fp16_export_is_mixed_precision_with_fp32_inputs_and_outputs(exports):
         assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name  # callers do not change
     counts = graph_precision(model)
     assert counts["float16"] > 3 * counts.get("float32", 0)  # the convolutions' weights are fp16
-    assert graph_precision(onnx.load(str(fp32.path))) == {"float32": sum(graph_precision(onnx.load(str(fp32.path))).values())}
+    assert graph_precision(onnx.load(str(fp32.path))) == {
+        "float32": sum(graph_precision(onnx.load(str(fp32.path))).values())
+    }
     assert fp16.histogram.get("Cast", 0) >= 3 and "Cast" not in fp32.histogram
     assert 0.4 < fp16.size_bytes / fp32.size_bytes < 0.65  # about half
     # fp32 islands: the entropy's softmax and log, and the confidence head, stay fp32.
@@ -138,9 +158,11 @@ def test_type_check_names_a_node_the_parser_would_refuse():
 
     x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2, 4, 4, 4])
     w = helper.make_tensor("w", TensorProto.DOUBLE, [2, 2, 1, 1, 1], [1.0, 0.0, 0.0, 1.0])
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="double_conv"),
-             helper.make_node("Cast", ["y"], ["z"], name="to_float", to=TensorProto.FLOAT),
-             helper.make_node("Softmax", ["z"], ["s"], name="fine", axis=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="double_conv"),
+        helper.make_node("Cast", ["y"], ["z"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Softmax", ["z"], ["s"], name="fine", axis=1),
+    ]
     graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     found = {n.name: n.reason for n in unsupported_types(model)}
@@ -161,8 +183,11 @@ def test_mixed_module_mirrors_the_network_and_keeps_its_weights():
             seg, conf = mixed_precision_module(net, head_fp32=head_fp32, dtype=torch.float32)(x)
             assert torch.equal(seg, ref_seg) and torch.equal(conf, ref_conf)
     module = mixed_precision_module(net)
-    assert module.encoder.in_tr.conv_block.conv.weight.dtype == torch.float16 if hasattr(module.encoder, "in_tr") \
+    assert (
+        module.encoder.in_tr.conv_block.conv.weight.dtype == torch.float16
+        if hasattr(module.encoder, "in_tr")
         else next(module.encoder.parameters()).dtype == torch.float16
+    )
     assert next(module.cbam.parameters()).dtype == torch.float32  # the head stays fp32
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
@@ -173,9 +198,20 @@ def test_argmax_agreement_is_part_of_the_gate(tmp_path):
     gate = parity.gate_for("fp16")
     assert gate == {"tolerance": 5e-2, "min_agreement": 0.999, "ort_optimize": False}
     assert parity.gate_for("fp32") == {"tolerance": 1e-4}
-    report = parity.ParityReport(label="onnxruntime vs torch", windows=3, shapes=((32, 32, 32),), max_prob_diff=0.01,
-                                 mean_prob_diff=1e-4, max_confidence_diff=0.01, max_logit_diff=0.1, dice=0.999,
-                                 tolerance=5e-2, min_dice=None, argmax_agreement=0.9985, min_agreement=0.999)
+    report = parity.ParityReport(
+        label="onnxruntime vs torch",
+        windows=3,
+        shapes=((32, 32, 32),),
+        max_prob_diff=0.01,
+        mean_prob_diff=1e-4,
+        max_confidence_diff=0.01,
+        max_logit_diff=0.1,
+        dice=0.999,
+        tolerance=5e-2,
+        min_dice=None,
+        argmax_agreement=0.9985,
+        min_agreement=0.999,
+    )
     assert not report.passed and "argmax agreement 0.998500 (>= 0.999)" in report.summary()
     assert dataclasses.replace(report, argmax_agreement=0.9995).passed
     artifact = tmp_path / "model-fp16.onnx"
@@ -226,8 +262,18 @@ def test_segment_runs_the_fp16_onnx_file_with_onnxruntime(exports, tmp_path):
     masks, confidence = {}, {}
     for precision, result in exports.items():
         out = tmp_path / precision
-        assert run_segment(scans, out, result.path, backend="onnxruntime", options=SegmentOptions(batch_size=2),
-                           console=quiet, show_progress=False) == 0
+        assert (
+            run_segment(
+                scans,
+                out,
+                result.path,
+                backend="onnxruntime",
+                options=SegmentOptions(batch_size=2),
+                console=quiet,
+                show_progress=False,
+            )
+            == 0
+        )
         masks[precision] = read_scan(out / "case.nii.gz", dtype=None).array > 0
         confidence[precision] = read_scan(out / "case_confidence.nii.gz").array
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -235,8 +281,15 @@ def test_segment_runs_the_fp16_onnx_file_with_onnxruntime(exports, tmp_path):
     assert dice(masks["fp32"], masks["fp16"]) >= 0.99
     assert np.abs(confidence["fp32"] - confidence["fp16"]).max() <= 5e-2
     with pytest.raises(ConfigError, match="runs the ONNX file's own precision"):
-        run_segment(scans, tmp_path / "x", exports["fp16"].path, backend="onnxruntime", precision="fp32",
-                    console=quiet, show_progress=False)
+        run_segment(
+            scans,
+            tmp_path / "x",
+            exports["fp16"].path,
+            backend="onnxruntime",
+            precision="fp32",
+            console=quiet,
+            show_progress=False,
+        )
 
 
 # ------------------------------------------------------------------ spec and CLI
@@ -261,9 +314,11 @@ def test_cli_refuses_fp16_and_fp32_head_and_bad_precision(tmp_path, checkpoint):
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"not read: the option is refused first")
     wide = {"COLUMNS": "400"}
-    for args, option in (([str(onnx_file), "--tensorrt", "m.engine", "--fp16"], "--fp16"),
-                         ([str(onnx_file), "--tensorrt", "m.engine", "--fp32-head"], "--fp32-head"),
-                         ([str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--precision", "int8"], "--precision")):
+    for args, option in (
+        ([str(onnx_file), "--tensorrt", "m.engine", "--fp16"], "--fp16"),
+        ([str(onnx_file), "--tensorrt", "m.engine", "--fp32-head"], "--fp32-head"),
+        ([str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--precision", "int8"], "--precision"),
+    ):
         result = runner.invoke(app, ["export", *args], env=wide)
         assert result.exit_code == 2 and option in result.output, (args, result.output)
     result = runner.invoke(app, ["export", str(onnx_file), "--tensorrt", "m.engine", "--fp16"], env=wide)
@@ -279,9 +334,17 @@ def test_tensorrt_backend_runs_the_files_own_precision(tmp_path, tiny_spec):
     spec = tiny_spec.replace(precision="fp16")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
-    write_sidecar(engine, make_sidecar(spec=spec, runtime=RuntimeInfo("11.1.0", "Orin", "8.7"),
-                                       onnx_path=tmp_path / "model-fp16.onnx", onnx_sha256="ab" * 32,
-                                       profile=BatchProfile(1, 2, 4), build_seconds=1.0))
+    write_sidecar(
+        engine,
+        make_sidecar(
+            spec=spec,
+            runtime=RuntimeInfo("11.1.0", "Orin", "8.7"),
+            onnx_path=tmp_path / "model-fp16.onnx",
+            onnx_sha256="ab" * 32,
+            profile=BatchProfile(1, 2, 4),
+            build_seconds=1.0,
+        ),
+    )
     assert TensorRTBackend(engine, spec, precision="fp16").precision == "fp16"
     assert TensorRTBackend(engine, spec).precision == "fp16"
     with pytest.raises(ConfigError, match="model.engine is fp16: TensorRT engines run the ONNX file's own precision"):
@@ -297,7 +360,9 @@ def test_tensorrt_extra_resolves_only_to_supported_majors():
 
     from ceds_deploy.backends.tensorrt_runtime import MIN_TENSORRT, SUPPORTED_MAJORS, version_problem
 
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["tensorrt"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"][
+        "tensorrt"
+    ]
     (requirement,) = [Requirement(r) for r in extra]
     assert requirement.name == "tensorrt"
     for version in ("10.0.1", "10.3.0", "10.16.1.11", "11.0.0", "11.5.0"):
@@ -353,8 +418,12 @@ def test_cli_export_tensorrt_with_an_unsupported_version_is_one_red_line(tmp_pat
     from ceds_deploy.spec import ONNX_SPEC_KEY
 
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 32, 32, 32])
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["seg_logits"])], "g", [x],
-                              [helper.make_tensor_value_info("seg_logits", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["seg_logits"])],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("seg_logits", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.metadata_props.add(key=ONNX_SPEC_KEY, value=tiny_spec.to_json())
     path = tmp_path / "model.onnx"
@@ -379,10 +448,13 @@ def test_fp16_onnx_builds_a_strongly_typed_fp16_engine_that_matches_onnxruntime(
     from ceds_deploy.export.tensorrt_build import BuildOptions, build_checked_engine
 
     spec = tiny_spec.replace(precision="fp16")
-    result = build_checked_engine(exports["fp16"].path, tmp_path / "model.engine",
-                                  BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0))
+    result = build_checked_engine(
+        exports["fp16"].path, tmp_path / "model.engine", BuildOptions(batch=BatchProfile(1, 2, 2), workspace_gb=1.0)
+    )
     sidecar = read_sidecar(result.engine)
-    assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] and sidecar["tensorrt_version"] == trt.__version__
+    assert (
+        sidecar["precision"] == "fp16" and sidecar["strongly_typed"] and sidecar["tensorrt_version"] == trt.__version__
+    )
     assert result.parity.passed and result.parity.dice >= 0.99
     with TensorRTBackend(result.engine, spec) as backend:
         assert "fp16 (strongly typed)" in backend.description
@@ -405,6 +477,8 @@ def test_polygraphy_agrees_where_it_is_installed(exports, tiny_spec):
     shape = (2, 1, *tiny_spec.roi_size)
     profile = Profile().add("image", min=shape, opt=shape, max=shape)
     build = EngineFromNetwork(NetworkFromOnnxPath(path, strongly_typed=True), config=CreateConfig(profiles=[profile]))
-    loader = DataLoader(input_metadata=TensorMetadata().add("image", dtype=np.float32, shape=shape), val_range=(0.0, 1.0))
+    loader = DataLoader(
+        input_metadata=TensorMetadata().add("image", dtype=np.float32, shape=shape), val_range=(0.0, 1.0)
+    )
     results = Comparator.run([OnnxrtRunner(SessionFromOnnx(path)), TrtRunner(build)], data_loader=loader)
     assert bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=5e-2, rtol=5e-2)))

@@ -60,10 +60,15 @@ def _monai_reference(image_path, label_path, spec):
     keys = ["image", "label"]
     low, high = spec.hu_window
     load = Compose([LoadImaged(keys, reader="NibabelReader", image_only=False), EnsureChannelFirstd(keys)])
-    prepare = Compose([Orientationd(keys, axcodes="LPS"),
-                       Spacingd(keys, pixdim=spec.target_spacing, mode=("bilinear", "nearest")),
-                       ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-                       CropForegroundd(keys, source_key="image"), SpatialPadd(keys, spatial_size=spec.roi_size)])
+    prepare = Compose(
+        [
+            Orientationd(keys, axcodes="LPS"),
+            Spacingd(keys, pixdim=spec.target_spacing, mode=("bilinear", "nearest")),
+            ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+            CropForegroundd(keys, source_key="image"),
+            SpatialPadd(keys, spatial_size=spec.roi_size),
+        ]
+    )
     return prepare, prepare(load({"image": str(image_path), "label": str(label_path)}))
 
 
@@ -96,8 +101,9 @@ def test_model_input_and_restore_equal_the_ceds_codes_monai_transforms(tmp_path,
     # Back onto the scan's grid: a smooth field of two channels, zero outside the crop as Invertd pads.
     grid = np.indices(ours.shape).astype(np.float32)
     field = np.stack([np.sin(grid.sum(0) * 0.3), np.cos(grid[0] * 0.2)]).astype(np.float32)
-    data["pred"] = MetaTensor(torch.from_numpy(field), meta=data["image"].meta,
-                              applied_operations=data["image"].applied_operations)
+    data["pred"] = MetaTensor(
+        torch.from_numpy(field), meta=data["image"].meta, applied_operations=data["image"].applied_operations
+    )
     inverted = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"].numpy()
     restored = restore_to_source(field, plan, fill=0.0)
     assert restored.shape == inverted.shape

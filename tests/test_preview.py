@@ -34,8 +34,9 @@ def world_grids(geometry: Geometry) -> np.ndarray:
 def test_write_preview_writes_a_png(tmp_path):
     image, label = sphere_scan(GEOMETRIES["axial_lps"])
     confidence = np.where(label.array > 0, 0.6, 1.0).astype(np.float32)
-    path = write_preview(tmp_path / "out" / "case_preview.png", image, label.array, confidence,
-                         label=label.array, title="case")
+    path = write_preview(
+        tmp_path / "out" / "case_preview.png", image, label.array, confidence, label=label.array, title="case"
+    )
     assert path == tmp_path / "out" / "case_preview.png"
     data = path.read_bytes()
     width, height = png_size(data)

@@ -59,8 +59,22 @@ def test_segment_writes_outputs_on_each_scans_own_grid(scan_folder, tiny_checkpo
     assert rows["lps"]["backend"].startswith("torch fp32") and rows["lps"]["windows"] >= 1
     assert report["run"]["options"]["overlap"] == 0.25 and report["run"]["batch_size"] == 3
     header = (out / "report.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
-    for column in ("case", "status", "error", "tumour_ml", "mean_confidence", "low_confidence_fraction",
-                   "needs_review", "read_s", "preprocess_s", "infer_s", "restore_s", "write_s", "backend", "device"):
+    for column in (
+        "case",
+        "status",
+        "error",
+        "tumour_ml",
+        "mean_confidence",
+        "low_confidence_fraction",
+        "needs_review",
+        "read_s",
+        "preprocess_s",
+        "infer_s",
+        "restore_s",
+        "write_s",
+        "backend",
+        "device",
+    ):
         assert column in header
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -97,8 +111,12 @@ def test_shard_option_processes_only_its_part(scan_folder, tiny_checkpoint, tmp_
     outs = []
     for index in range(2):
         out = tmp_path / f"shard{index}"
-        assert run_cli("segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint),
-                       "--shard", f"{index}/2").exit_code == 0
+        assert (
+            run_cli(
+                "segment", str(scan_folder), str(out), "--model", str(tiny_checkpoint), "--shard", f"{index}/2"
+            ).exit_code
+            == 0
+        )
         outs.append({p.name for p in out.glob("*_confidence.nii.gz")})
     assert outs[0].isdisjoint(outs[1]) and len(outs[0] | outs[1]) == 3
 
@@ -128,8 +146,12 @@ def test_bad_scans_fail_alone_and_the_run_goes_on(tiny_checkpoint, tmp_path):
     assert "cannot be read" in rows["garbage"]["error"]
     assert "is 4D" in rows["example4d"]["error"]
     assert {rows[c]["status"] for c in ("nan", "empty", "garbage", "example4d")} == {"failed"}
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_confidence.nii.gz",
-                                                     "report.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "good.nii.gz",
+        "good_confidence.nii.gz",
+        "report.csv",
+        "report.json",
+    ]
 
 
 def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
@@ -143,8 +165,17 @@ def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
 
 def test_named_backend_that_cannot_run_the_artifact_fails_loudly(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    code = main(["segment", str(tmp_path / "in"), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
-                 "--backend", "onnxruntime"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "in"),
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_checkpoint),
+            "--backend",
+            "onnxruntime",
+        ]
+    )
     assert code == 1
     assert "the onnxruntime backend cannot run a checkpoint" in capsys.readouterr().err
 
@@ -235,13 +266,22 @@ def test_several_io_workers_give_the_same_outputs_and_survive_a_bad_scan(scan_fo
     runs = {}
     with TorchBackend(tiny_checkpoint, read_spec(tiny_checkpoint)) as backend:
         for workers in (1, 3):
-            runs[workers] = segment_folder(folder, tmp_path / f"out{workers}", backend,
-                                           SegmentOptions(batch_size=2, io_workers=workers))
+            runs[workers] = segment_folder(
+                folder, tmp_path / f"out{workers}", backend, SegmentOptions(batch_size=2, io_workers=workers)
+            )
     for workers, run in runs.items():
         status = {r.case: r.status for r in run.rows}
-        assert status == {"lps": "ok", "oblique": "ok", "permuted_flipped": "ok", "broken": "failed",
-                          "notes.txt": "skipped"}, workers
-        assert json.loads((tmp_path / f"out{workers}" / "report.json").read_text(encoding="utf-8"))["run"]["io_workers"] == workers
+        assert status == {
+            "lps": "ok",
+            "oblique": "ok",
+            "permuted_flipped": "ok",
+            "broken": "failed",
+            "notes.txt": "skipped",
+        }, workers
+        assert (
+            json.loads((tmp_path / f"out{workers}" / "report.json").read_text(encoding="utf-8"))["run"]["io_workers"]
+            == workers
+        )
     for case in ("lps", "oblique", "permuted_flipped"):
         one = read_scan(tmp_path / "out1" / f"{case}_confidence.nii.gz").array
         three = read_scan(tmp_path / "out3" / f"{case}_confidence.nii.gz").array
@@ -269,8 +309,14 @@ def test_largest_component_keeps_the_biggest_region_only():
 
 
 def test_largest_component_option_reaches_the_written_mask(scan_folder, tiny_checkpoint, tmp_path):
-    result = run_cli("segment", str(scan_folder / "lps.nii.gz"), str(tmp_path / "o"), "--model", str(tiny_checkpoint),
-                     "--largest-component")
+    result = run_cli(
+        "segment",
+        str(scan_folder / "lps.nii.gz"),
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_checkpoint),
+        "--largest-component",
+    )
     assert result.exit_code == 0, result.output
     from scipy import ndimage
 

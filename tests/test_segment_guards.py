@@ -69,8 +69,11 @@ def test_output_overlapping_the_input_is_refused_and_nothing_is_written(where, s
     folder = tmp_path / "in"
     shutil.copytree(scans, folder)
     before = digests(folder)
-    input_path, output = {"same": (folder, folder), "inside": (folder, folder / "masks"),
-                          "contains": (folder, tmp_path)}[where]
+    input_path, output = {
+        "same": (folder, folder),
+        "inside": (folder, folder / "masks"),
+        "contains": (folder, tmp_path),
+    }[where]
     assert segment(input_path, output, "--model", tiny_checkpoint) == 2
     assert digests(folder) == before
     assert not (folder / "masks").exists() and not (tmp_path / "report.json").exists()
@@ -136,8 +139,17 @@ def test_shards_of_one_folder_merge_their_reports(scans, tiny_checkpoint, tmp_pa
 def write_lock(out: Path, pid: int, host: str | None = None, model: str = "0" * 64) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     lock = out / ".ceds-segment.lock"
-    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "model": model,
-                                "shard": "0/1", "started": "2026-01-01T00:00:00+00:00"}))
+    lock.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": host or socket.gethostname(),
+                "model": model,
+                "shard": "0/1",
+                "started": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
     return lock
 
 
@@ -152,7 +164,9 @@ def test_a_locked_output_folder_is_refused_and_force_takes_it_over(scans, tiny_c
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(scans, tiny_checkpoint, tmp_path):
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, encoding="utf-8"
+    )
     out = tmp_path / "out"
     write_lock(out, int(done.stdout))
     assert segment(scans, out, "--model", tiny_checkpoint) == 0
@@ -177,13 +191,25 @@ def test_a_folder_of_another_models_results_needs_overwrite(scans, tiny_checkpoi
 # ---------------------------------------------------------------- 8: model specs are checked
 
 
-@pytest.mark.parametrize("field, value", [
-    ("target_spacing", (math.nan, 1.0, 1.0)), ("target_spacing", (0.01, 0.01, 0.01)),
-    ("target_spacing", (math.inf, 1.0, 1.0)), ("hu_window", (-math.inf, 290.0)), ("hu_window", (math.nan, 290.0)),
-    ("hu_window", (300.0, 290.0)), ("hu_window", (-9000.0, 290.0)), ("class_names", ("a", "b", "c")),
-    ("roi_size", (8, 32, 32)), ("roi_size", (1024, 32, 32)), ("width", 0), ("width", 1000),
-    ("precision", "int4"), ("body_threshold_hu", math.nan),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("target_spacing", (math.nan, 1.0, 1.0)),
+        ("target_spacing", (0.01, 0.01, 0.01)),
+        ("target_spacing", (math.inf, 1.0, 1.0)),
+        ("hu_window", (-math.inf, 290.0)),
+        ("hu_window", (math.nan, 290.0)),
+        ("hu_window", (300.0, 290.0)),
+        ("hu_window", (-9000.0, 290.0)),
+        ("class_names", ("a", "b", "c")),
+        ("roi_size", (8, 32, 32)),
+        ("roi_size", (1024, 32, 32)),
+        ("width", 0),
+        ("width", 1000),
+        ("precision", "int4"),
+        ("body_threshold_hu", math.nan),
+    ],
+)
 def test_model_spec_rejects_values_the_network_cannot_run(field, value):
     with pytest.raises(ConfigError, match=field):
         ModelSpec(**{field: value})
@@ -275,8 +301,9 @@ def test_a_full_disk_is_found_before_any_inference(scans, tiny_checkpoint, tmp_p
     assert counting.calls == 0
 
 
-def test_a_report_that_cannot_be_written_is_one_line_after_the_masks(scans, tiny_checkpoint, tmp_path, monkeypatch,
-                                                                     capsys):
+def test_a_report_that_cannot_be_written_is_one_line_after_the_masks(
+    scans, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
     import ceds_deploy.inference.report as report
 
     def full(path, text):
@@ -322,8 +349,13 @@ def test_a_window_that_fails_alone_fails_only_its_case():
     assert "illegal memory access" in str(done[1][0].error)
     assert max(sizes[-3:]) == 1  # the batch size stays lowered
     with pytest.raises(RuntimeError, match="illegal memory"):
-        list(predict_cases(iter([CaseJob(key=2, image=np.full((32, 32, 16), 2.0, np.float32), windows=plan)]),
-                           predict, batch_size=2))
+        list(
+            predict_cases(
+                iter([CaseJob(key=2, image=np.full((32, 32, 16), 2.0, np.float32), windows=plan)]),
+                predict,
+                batch_size=2,
+            )
+        )
 
 
 def test_a_model_with_wrongly_shaped_outputs_is_refused_before_any_case(scans, tiny_checkpoint, tmp_path):
@@ -342,8 +374,13 @@ def test_a_model_with_wrongly_shaped_outputs_is_refused_before_any_case(scans, t
 def test_remove_leftovers_removes_only_our_own_temp_names(tmp_path):
     from ceds_deploy.io import remove_leftovers
 
-    ours = [".lps.nii.gz.k3j_h5g6", ".report.json.%s.tmp" % ("a" * 32), ".best_teacher.pt.%s.tmp" % ("b" * 32),
-            ".model.onnx.%s.validating" % ("c" * 32), ".model.onnx.%s.tmp" % ("d" * 32)]
+    ours = [
+        ".lps.nii.gz.k3j_h5g6",
+        ".report.json.%s.tmp" % ("a" * 32),
+        ".best_teacher.pt.%s.tmp" % ("b" * 32),
+        ".model.onnx.%s.validating" % ("c" * 32),
+        ".model.onnx.%s.tmp" % ("d" * 32),
+    ]
     theirs = [".hidden", "notes.tmp", ".lps.nii.gz.toolongsuffix", "lps.nii.gz", ".report.json.xyz.tmp"]
     (tmp_path / ours[0]).mkdir()
     (tmp_path / ours[0] / "lps.nii.gz").write_bytes(b"half")
@@ -377,8 +414,9 @@ def test_dataset_json_paths_outside_the_dataset_are_refused(tmp_path):
     (root / "a.nii.gz").write_bytes(b"x")
     (root / "a_label.nii.gz").write_bytes(b"x")
     (tmp_path / "secret.nii.gz").write_bytes(b"x")
-    (root / "dataset.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "a_label.nii.gz"}],
-                                                   "unlabeled": ["../secret.nii.gz"]}))
+    (root / "dataset.json").write_text(
+        json.dumps({"training": [{"image": "a.nii.gz", "label": "a_label.nii.gz"}], "unlabeled": ["../secret.nii.gz"]})
+    )
     with pytest.raises(DatasetError, match=r"unlabeled\[0\] '../secret.nii.gz' points outside the dataset folder"):
         discover(root)
     pairs, unlabeled = discover(root, allow_outside=True)

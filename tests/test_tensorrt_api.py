@@ -25,71 +25,124 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TENSORRT_MODULES = [ROOT / "ceds_deploy" / "backends" / "tensorrt_runtime.py",
-                    ROOT / "ceds_deploy" / "backends" / "tensorrt_backend.py",
-                    ROOT / "export" / "tensorrt_build.py",
-                    ROOT / "export" / "engine_cache.py"]
+TENSORRT_MODULES = [
+    ROOT / "ceds_deploy" / "backends" / "tensorrt_runtime.py",
+    ROOT / "ceds_deploy" / "backends" / "tensorrt_backend.py",
+    ROOT / "export" / "tensorrt_build.py",
+    ROOT / "export" / "engine_cache.py",
+]
 
 # Present in TensorRT 10.0.1 through 10.16 and in 11.0 and 11.1 (see the sources above: each entry
 # was looked up in the bindings at v10.0.0, v10.1.0, v10.16, v11.0 and v11.1, e.g.
 # `.def("get_tensor_profile_shape", ...)` in the `py::class_<ICudaEngine>(m, "ICudaEngine")` block,
 # `.value("STRONGLY_TYPED", ...)  // Deprecated: always enabled` at v11.1).
 # "trt.X.Y": an attribute chain on the module; "Class.member": a method or property of an object.
-IN_BOTH_MAJORS = frozenset({
-    # module level
-    "trt.__version__", "trt.float32", "trt.float16",
-    "trt.Builder", "trt.Runtime", "trt.OnnxParser", "trt.ILogger", "trt.ILogger.__init__",
-    "trt.ILogger.Severity.INTERNAL_ERROR", "trt.ILogger.Severity.ERROR", "trt.ILogger.Severity.WARNING",
-    "trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED",  # 10.x: opt-in; 11.x: kept, ignored, always on
-    "trt.MemoryPoolType.WORKSPACE", "trt.TensorIOMode.INPUT", "trt.TensorIOMode.OUTPUT",
-    # IBuilder (python name Builder)
-    "Builder.create_network", "Builder.create_builder_config", "Builder.create_optimization_profile",
-    "Builder.build_serialized_network",
-    # INetworkDefinition / ITensor
-    "INetworkDefinition.num_inputs", "INetworkDefinition.num_outputs", "INetworkDefinition.get_input",
-    "INetworkDefinition.get_output", "ITensor.name", "ITensor.dtype",
-    # OnnxParser
-    "OnnxParser.parse_from_file", "OnnxParser.num_errors", "OnnxParser.get_error",
-    # IBuilderConfig, IOptimizationProfile, ITimingCache
-    "IBuilderConfig.set_memory_pool_limit", "IBuilderConfig.add_optimization_profile",
-    "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
-    "IOptimizationProfile.set_shape", "ITimingCache.serialize",
-    # Runtime, ICudaEngine, IExecutionContext
-    "Runtime.deserialize_cuda_engine",
-    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
-    "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_profile_shape", "ICudaEngine.create_execution_context",
-    "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address", "IExecutionContext.get_tensor_shape",
-    "IExecutionContext.execute_async_v3",
-})
+IN_BOTH_MAJORS = frozenset(
+    {
+        # module level
+        "trt.__version__",
+        "trt.float32",
+        "trt.float16",
+        "trt.Builder",
+        "trt.Runtime",
+        "trt.OnnxParser",
+        "trt.ILogger",
+        "trt.ILogger.__init__",
+        "trt.ILogger.Severity.INTERNAL_ERROR",
+        "trt.ILogger.Severity.ERROR",
+        "trt.ILogger.Severity.WARNING",
+        "trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED",  # 10.x: opt-in; 11.x: kept, ignored, always on
+        "trt.MemoryPoolType.WORKSPACE",
+        "trt.TensorIOMode.INPUT",
+        "trt.TensorIOMode.OUTPUT",
+        # IBuilder (python name Builder)
+        "Builder.create_network",
+        "Builder.create_builder_config",
+        "Builder.create_optimization_profile",
+        "Builder.build_serialized_network",
+        # INetworkDefinition / ITensor
+        "INetworkDefinition.num_inputs",
+        "INetworkDefinition.num_outputs",
+        "INetworkDefinition.get_input",
+        "INetworkDefinition.get_output",
+        "ITensor.name",
+        "ITensor.dtype",
+        # OnnxParser
+        "OnnxParser.parse_from_file",
+        "OnnxParser.num_errors",
+        "OnnxParser.get_error",
+        # IBuilderConfig, IOptimizationProfile, ITimingCache
+        "IBuilderConfig.set_memory_pool_limit",
+        "IBuilderConfig.add_optimization_profile",
+        "IBuilderConfig.create_timing_cache",
+        "IBuilderConfig.set_timing_cache",
+        "IBuilderConfig.get_timing_cache",
+        "IOptimizationProfile.set_shape",
+        "ITimingCache.serialize",
+        # Runtime, ICudaEngine, IExecutionContext
+        "Runtime.deserialize_cuda_engine",
+        "ICudaEngine.num_io_tensors",
+        "ICudaEngine.get_tensor_name",
+        "ICudaEngine.get_tensor_mode",
+        "ICudaEngine.get_tensor_dtype",
+        "ICudaEngine.get_tensor_profile_shape",
+        "ICudaEngine.create_execution_context",
+        "IExecutionContext.set_input_shape",
+        "IExecutionContext.set_tensor_address",
+        "IExecutionContext.get_tensor_shape",
+        "IExecutionContext.execute_async_v3",
+    }
+)
 
 # Removed in TensorRT 11 (the migration page above; each is bound at v10.0.0 or v10.1.0 and absent
 # at v11.0 and v11.1; ILayer.precision / set_output_type are bound at v10.16 as "Deprecated in
 # TensorRT 10.12. Superseded by strong typing."). None may appear in our code. (BuilderFlag.DIRECT_IO
 # is listed as removed on the 11.0 page but "deprecated, not removed" on the 11.4.1 one.)
-REMOVED_IN_11 = frozenset({
-    "trt.BuilderFlag.FP16", "trt.BuilderFlag.BF16", "trt.BuilderFlag.INT8", "trt.BuilderFlag.FP8",
-    "trt.BuilderFlag.INT4", "trt.BuilderFlag.FP4", "trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS",
-    "trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS",
-    "trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "Builder.platform_has_fast_fp16",
-    "Builder.platform_has_fast_int8", "ILayer.precision", "ILayer.set_output_type", "ILayer.reset_precision",
-    "IBuilderConfig.int8_calibrator",
-})
+REMOVED_IN_11 = frozenset(
+    {
+        "trt.BuilderFlag.FP16",
+        "trt.BuilderFlag.BF16",
+        "trt.BuilderFlag.INT8",
+        "trt.BuilderFlag.FP8",
+        "trt.BuilderFlag.INT4",
+        "trt.BuilderFlag.FP4",
+        "trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS",
+        "trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS",
+        "trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH",
+        "Builder.platform_has_fast_fp16",
+        "Builder.platform_has_fast_int8",
+        "ILayer.precision",
+        "ILayer.set_output_type",
+        "ILayer.reset_precision",
+        "IBuilderConfig.int8_calibrator",
+    }
+)
 
 # How objects are recognised, per function: a variable assigned from a call whose result type we
 # know (RETURN_TYPES; `x = trt.Builder(...)`, `network = builder.create_network(...)`, lists built
 # from such calls and the loop variables over them), `self.x` assigned that way anywhere in the
 # module, and un-annotated parameters with these conventional names.
 PARAMETER_TYPES = {
-    "builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
-    "engine": "ICudaEngine", "context": "IExecutionContext",
+    "builder": "Builder",
+    "network": "INetworkDefinition",
+    "parser": "OnnxParser",
+    "config": "IBuilderConfig",
+    "engine": "ICudaEngine",
+    "context": "IExecutionContext",
 }
 RETURN_TYPES = {
-    "trt.Builder": "Builder", "trt.Runtime": "Runtime", "trt.OnnxParser": "OnnxParser",
-    "Builder.create_network": "INetworkDefinition", "Builder.create_builder_config": "IBuilderConfig",
+    "trt.Builder": "Builder",
+    "trt.Runtime": "Runtime",
+    "trt.OnnxParser": "OnnxParser",
+    "Builder.create_network": "INetworkDefinition",
+    "Builder.create_builder_config": "IBuilderConfig",
     "Builder.create_optimization_profile": "IOptimizationProfile",
-    "INetworkDefinition.get_input": "ITensor", "INetworkDefinition.get_output": "ITensor",
-    "INetworkDefinition.get_layer": "ILayer", "IBuilderConfig.create_timing_cache": "ITimingCache",
-    "IBuilderConfig.get_timing_cache": "ITimingCache", "Runtime.deserialize_cuda_engine": "ICudaEngine",
+    "INetworkDefinition.get_input": "ITensor",
+    "INetworkDefinition.get_output": "ITensor",
+    "INetworkDefinition.get_layer": "ILayer",
+    "IBuilderConfig.create_timing_cache": "ITimingCache",
+    "IBuilderConfig.get_timing_cache": "ITimingCache",
+    "Runtime.deserialize_cuda_engine": "ICudaEngine",
     "ICudaEngine.create_execution_context": "IExecutionContext",
 }
 
@@ -150,8 +203,11 @@ class _Types:
                     continue
                 if isinstance(target, ast.Name):
                     self.env[target.id] = kind
-                elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
-                        and target.value.id == "self":
+                elif (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
                     self.members[target.attr] = kind
             elif isinstance(node, (ast.For, ast.comprehension)):
                 self.bind_comprehensions([node])  # loop variables (comprehension ones leak: fine here)
@@ -163,8 +219,13 @@ def used_tensorrt_api(source: str) -> set[str]:
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     members: dict[str, str] = {}
-    envs = {f: _Types({a.arg: PARAMETER_TYPES[a.arg] for a in f.args.args
-                       if a.annotation is None and a.arg in PARAMETER_TYPES}, members) for f in functions}
+    envs = {
+        f: _Types(
+            {a.arg: PARAMETER_TYPES[a.arg] for a in f.args.args if a.annotation is None and a.arg in PARAMETER_TYPES},
+            members,
+        )
+        for f in functions
+    }
     for _ in range(3):  # self.x set in one method and read in another
         for function, types in envs.items():
             types.bind(function)
@@ -203,28 +264,40 @@ def test_every_tensorrt_call_exists_in_tensorrt_10_and_11(path):
     used = _used_in(path)
     assert not used & REMOVED_IN_11, f"{path.name} uses APIs TensorRT 11 removed: {sorted(used & REMOVED_IN_11)}"
     unknown = sorted(used - IN_BOTH_MAJORS)
-    assert not unknown, (f"{path.name} uses TensorRT API not checked against both majors: {unknown}; read the "
-                         "10.x and 11.x Python API references and add it to IN_BOTH_MAJORS only if both have it")
+    assert not unknown, (
+        f"{path.name} uses TensorRT API not checked against both majors: {unknown}; read the "
+        "10.x and 11.x Python API references and add it to IN_BOTH_MAJORS only if both have it"
+    )
 
 
 def test_the_scan_sees_the_build_and_run_calls():
     """The scan must really track the objects; otherwise the test above passes vacuously."""
     used = set().union(*(_used_in(p) for p in TENSORRT_MODULES))
-    for expected in ("trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED", "Builder.create_network",
-                     "Builder.build_serialized_network", "OnnxParser.parse_from_file", "ITimingCache.serialize",
-                     "IBuilderConfig.set_memory_pool_limit", "ITensor.dtype", "Runtime.deserialize_cuda_engine",
-                     "ICudaEngine.get_tensor_profile_shape", "IExecutionContext.execute_async_v3"):
+    for expected in (
+        "trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+        "Builder.create_network",
+        "Builder.build_serialized_network",
+        "OnnxParser.parse_from_file",
+        "ITimingCache.serialize",
+        "IBuilderConfig.set_memory_pool_limit",
+        "ITensor.dtype",
+        "Runtime.deserialize_cuda_engine",
+        "ICudaEngine.get_tensor_profile_shape",
+        "IExecutionContext.execute_async_v3",
+    ):
         assert expected in used, expected
     assert len(used) >= 40
 
 
 def test_the_scan_catches_weakly_typed_calls():
-    planted = ("def build(trt, builder, network):  # a 10.x-era weakly typed build\n"
-               "    config = builder.create_builder_config()\n"
-               "    config.set_flag(trt.BuilderFlag.FP16)\n"
-               "    layer = network.get_layer(0)\n"
-               "    layer.precision = trt.float32\n"
-               "    layer.set_output_type(0, trt.float32)\n")
+    planted = (
+        "def build(trt, builder, network):  # a 10.x-era weakly typed build\n"
+        "    config = builder.create_builder_config()\n"
+        "    config.set_flag(trt.BuilderFlag.FP16)\n"
+        "    layer = network.get_layer(0)\n"
+        "    layer.precision = trt.float32\n"
+        "    layer.set_output_type(0, trt.float32)\n"
+    )
     used = used_tensorrt_api(planted)
     assert {"trt.BuilderFlag.FP16", "ILayer.precision", "ILayer.set_output_type"} <= used & REMOVED_IN_11
     assert "IBuilderConfig.set_flag" in used - IN_BOTH_MAJORS
@@ -241,6 +314,14 @@ def test_no_weakly_typed_builder_api_is_left_in_the_package():
                 names.add(node.attr)
             elif isinstance(node, (ast.FunctionDef, ast.arg, ast.keyword)):
                 names.add(getattr(node, "name", None) or getattr(node, "arg", None))
-    for gone in ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS", "set_output_type", "precision_constraints",
-                 "keep_head_fp32", "fp32_head", "fp16", "set_flag"):
+    for gone in (
+        "BuilderFlag",
+        "OBEY_PRECISION_CONSTRAINTS",
+        "set_output_type",
+        "precision_constraints",
+        "keep_head_fp32",
+        "fp32_head",
+        "fp16",
+        "set_flag",
+    ):
         assert gone not in names, gone

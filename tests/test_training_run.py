@@ -16,8 +16,9 @@ import torch
 from ceds_deploy.errors import DatasetError
 from ceds_deploy.training.config import TrainConfig
 
-TINY = dict(width=2, patch=(32, 32, 16), spacing=(4.0, 4.0, 4.0), batch_size=2, patches_per_volume=2,
-            val_fraction=0.25, seed=5)
+TINY = dict(
+    width=2, patch=(32, 32, 16), spacing=(4.0, 4.0, 4.0), batch_size=2, patches_per_volume=2, val_fraction=0.25, seed=5
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,9 +74,17 @@ def _changed(before: list[torch.Tensor], params) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, params))
 
 
-@pytest.mark.parametrize("method, phase", [("ceds", "warmup"), ("ceds", "refresh"), ("ceds", "semi"),
-                                           ("mean-teacher", "warmup"), ("mean-teacher", "semi"),
-                                           ("supervised", "semi")])
+@pytest.mark.parametrize(
+    "method, phase",
+    [
+        ("ceds", "warmup"),
+        ("ceds", "refresh"),
+        ("ceds", "semi"),
+        ("mean-teacher", "warmup"),
+        ("mean-teacher", "semi"),
+        ("supervised", "semi"),
+    ],
+)
 def test_one_step(trainer, method: str, phase: str) -> None:
     stepper = _stepper(trainer, method)
     stepper.ema_step = 3  # alpha = 0.75 for the semi-supervised teacher update
@@ -157,8 +166,13 @@ def straight_run(cohort, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("straight")
     summary = start_training(resume_config(cohort), run)
-    assert summary.steps == 5 and [r["phases"] for r in summary.history] == \
-        ["warmup", "refresh", "semi", "refresh", "semi"]
+    assert summary.steps == 5 and [r["phases"] for r in summary.history] == [
+        "warmup",
+        "refresh",
+        "semi",
+        "refresh",
+        "semi",
+    ]
     return run
 
 
@@ -175,7 +189,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(cohort, straight_r
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
 
 
-KILLED = '''
+KILLED = """
 import json, sys
 import torch
 from ceds_deploy.training.config import TrainConfig
@@ -183,7 +197,7 @@ from ceds_deploy.training.loop import start_training
 
 torch.set_num_threads(1)
 start_training(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2])
-'''
+"""
 
 
 @pytest.mark.slow
@@ -201,8 +215,11 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(cohort, straight_ru
     script.write_text(KILLED)
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.pt"
-    proc = subprocess.Popen([sys.executable, str(script), json.dumps(resume_config(cohort).to_dict()), str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(resume_config(cohort).to_dict()), str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 180
         while proc.poll() is None and not last.exists() and time.monotonic() < deadline:
@@ -243,8 +260,28 @@ def test_cli_trains_and_writes_a_usable_run(cohort, tmp_path) -> None:
     config_file = tmp_path / "tiny.toml"
     config_file.write_text("width = 2\npatches_per_volume = 2\nval_fraction = 0.25\nepochs = 40\n")
     run = tmp_path / "run"
-    result = _cli([str(cohort), "--out", str(run), "--config", str(config_file), "--patch", "32", "32", "16",
-                   "--spacing", "4", "--iterations", "3", "--method", "mean-teacher", "--seed", "1", "-q"])
+    result = _cli(
+        [
+            str(cohort),
+            "--out",
+            str(run),
+            "--config",
+            str(config_file),
+            "--patch",
+            "32",
+            "32",
+            "16",
+            "--spacing",
+            "4",
+            "--iterations",
+            "3",
+            "--method",
+            "mean-teacher",
+            "--seed",
+            "1",
+            "-q",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "trained 3 steps" in result.output
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -286,7 +323,7 @@ def test_bad_label_stops_the_run_before_training(cohort, tmp_path) -> None:
 # ---------------------------------------------------------------------- distributed
 
 
-WORKER = '''
+WORKER = """
 import json, sys
 from pathlib import Path
 
@@ -306,7 +343,7 @@ torch.save({"teacher": trainer.teacher.state_dict(), "student": trainer.student.
 (out / f"rank{dist.rank}.json").write_text(json.dumps(
     {"world_size": dist.world_size, "steps": trainer.global_step, "written": [str(p) for p in trainer.written]}))
 dist.shutdown()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -324,9 +361,23 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path) -> None:
     # 3 labeled training cases, 1 per process and step -> 1 step an epoch: warmup, refresh, semi.
     config = tiny(cohort, epochs=3, val_every=3).to_dict()  # rank 0 validates once, rank 1 waits
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), json.dumps(config), str(tmp_path)],
-                          capture_output=True, encoding="utf-8", timeout=240, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            json.dumps(config),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     info = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
     assert [i["world_size"] for i in info] == [2, 2] and [i["steps"] for i in info] == [3, 3]

@@ -182,8 +182,12 @@ def test_config_file_then_cli_overrides(tmp_path: Path) -> None:
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("method: mean-teacher\nwidth: 8\npatch: [64, 64, 32]\nepochs: 50\nspacing: 2\n")
     config = resolve_config(yaml_file, {"width": 4, "iterations": 30, "seed": None})
-    assert (config.method, config.width, config.patch, config.spacing) == ("mean-teacher", 4, (64, 64, 32),
-                                                                           (2.0, 2.0, 2.0))
+    assert (config.method, config.width, config.patch, config.spacing) == (
+        "mean-teacher",
+        4,
+        (64, 64, 32),
+        (2.0, 2.0, 2.0),
+    )
     assert config.iterations == 30 and config.epochs is None  # the CLI budget replaces the file's
     toml_file = tmp_path / "run.toml"
     toml_file.write_text('method = "supervised"\nbatch-size = 3\nhu_window = [-100, 200]\n')
@@ -193,17 +197,20 @@ def test_config_file_then_cli_overrides(tmp_path: Path) -> None:
     assert build_config(config.to_dict()) == config  # round trip through plain data
 
 
-@pytest.mark.parametrize("text, message", [
-    ("widht: 4\n", "unknown setting"),
-    ("width: four\n", "width must be a whole number"),
-    ("patch: [60, 64, 32]\n", "multiples of 16"),
-    ("method: fixmatch\n", "method must be one of"),
-    ("epochs: 3\niterations: 4\n", "not both"),
-    ("patch: [64, 32, 32]\n", "square in x and y"),
-    ("val_fraction: 1.0\n", "val_fraction must be in"),
-    ("- a list\n", "expected a mapping"),
-    ("width: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("widht: 4\n", "unknown setting"),
+        ("width: four\n", "width must be a whole number"),
+        ("patch: [60, 64, 32]\n", "multiples of 16"),
+        ("method: fixmatch\n", "method must be one of"),
+        ("epochs: 3\niterations: 4\n", "not both"),
+        ("patch: [64, 32, 32]\n", "square in x and y"),
+        ("val_fraction: 1.0\n", "val_fraction must be in"),
+        ("- a list\n", "expected a mapping"),
+        ("width: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_files_name_the_file_and_the_value(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -255,10 +262,17 @@ def test_split_from_folders_holds_out_validation_and_hides_labels(tmp_path: Path
 
 def test_dataset_json_with_a_missing_image_names_it(tmp_path: Path) -> None:
     root = _folder(tmp_path)
-    (root / "dataset.json").write_text(json.dumps({
-        "training": [{"image": "imagesTr/case_0.nii.gz", "label": "labelsTr/case_0.nii.gz"},
-                     {"image": "imagesTr/gone.nii.gz", "label": "labelsTr/case_1.nii.gz"}],
-        "unlabeled": ["imagesTr/extra_0.nii.gz"]}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "training": [
+                    {"image": "imagesTr/case_0.nii.gz", "label": "labelsTr/case_0.nii.gz"},
+                    {"image": "imagesTr/gone.nii.gz", "label": "labelsTr/case_1.nii.gz"},
+                ],
+                "unlabeled": ["imagesTr/extra_0.nii.gz"],
+            }
+        )
+    )
     with pytest.raises(DatasetError, match=r"gone\.nii\.gz: image of case gone is missing"):
         split_dataset(root, TrainConfig())
 
@@ -292,8 +306,11 @@ def test_bad_labels_name_the_file(tmp_path: Path, problem: str) -> None:
             split_dataset(root, TrainConfig())
         return
     case = LabeledCase("bad", root / "imagesTr" / "bad.nii.gz", root / "labelsTr" / "bad.nii.gz")
-    expected = {"values": "label values must be 0 or 1, found 2", "shape": "label shape",
-                "geometry": "label geometry differs"}[problem]
+    expected = {
+        "values": "label values must be 0 or 1, found 2",
+        "shape": "label shape",
+        "geometry": "label geometry differs",
+    }[problem]
     with pytest.raises(DatasetError, match=expected) as err:
         read_label(case, read_scan(case.image))
     assert str(case.label) in str(err.value)

@@ -12,8 +12,15 @@ from ceds_deploy.inference.scheduler import CaseJob, predict_cases, sliding_wind
 from ceds_deploy.inference.windows import blend_weights, gaussian_importance, plan_windows, windows_with_content
 
 
-@pytest.mark.parametrize("shape,roi,overlap", [((70, 60, 50), (32, 32, 16), 0.25), ((224, 224, 160), (112, 112, 80), 0.25),
-                                               ((32, 40, 33), (32, 32, 32), 0.5), ((100, 50, 64), (48, 32, 16), 0.0)])
+@pytest.mark.parametrize(
+    "shape,roi,overlap",
+    [
+        ((70, 60, 50), (32, 32, 16), 0.25),
+        ((224, 224, 160), (112, 112, 80), 0.25),
+        ((32, 40, 33), (32, 32, 32), 0.5),
+        ((100, 50, 64), (48, 32, 16), 0.0),
+    ],
+)
 def test_window_positions_match_monai(shape, roi, overlap):
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
@@ -39,8 +46,9 @@ def test_gaussian_weights_match_monai():
     from monai.data.utils import compute_importance_map
 
     for roi in [(112, 112, 80), (32, 48, 16)]:
-        np.testing.assert_allclose(gaussian_importance(roi), compute_importance_map(roi, "gaussian").numpy(),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            gaussian_importance(roi), compute_importance_map(roi, "gaussian").numpy(), rtol=1e-5, atol=1e-7
+        )
 
 
 def _net_predictor(net):
@@ -67,8 +75,9 @@ def test_stitched_logits_equal_monai_sliding_window_inference(blend):
     plan = plan_windows(image.shape, (32, 32, 32), 0.25)
     seg, conf = sliding_window_predict(image, plan, predict, batch_size=3, blend=blend)
     with torch.inference_mode():
-        reference = sliding_window_inference(torch.from_numpy(image)[None, None], (32, 32, 32), 4,
-                                             lambda x: wrapper(x)[0], overlap=0.25, mode=blend)
+        reference = sliding_window_inference(
+            torch.from_numpy(image)[None, None], (32, 32, 32), 4, lambda x: wrapper(x)[0], overlap=0.25, mode=blend
+        )
     assert seg.shape == (2, 48, 40, 36) and conf.shape == (1, 48, 40, 36)
     assert float((seg - reference[0]).abs().max()) <= 1e-4
 
@@ -90,8 +99,13 @@ def test_identity_predictor_stitches_exactly():
 def test_unknown_blend_is_refused_before_any_window_runs():
     calls = []
     with pytest.raises(ValueError, match="blend must be one of constant, gaussian, got 'cosine'"):
-        sliding_window_predict(np.zeros((16, 16, 16), np.float32), plan_windows((16, 16, 16), (16, 16, 16), 0.0),
-                               lambda b: calls.append(b), batch_size=1, blend="cosine")
+        sliding_window_predict(
+            np.zeros((16, 16, 16), np.float32),
+            plan_windows((16, 16, 16), (16, 16, 16), 0.0),
+            lambda b: calls.append(b),
+            batch_size=1,
+            blend="cosine",
+        )
     assert not calls
     assert blend_weights((4, 4, 4), "constant").min() == 1.0
 
@@ -171,7 +185,7 @@ def test_mirroring_tta_of_a_flip_equivariant_predictor_changes_nothing():
     plan = plan_windows(image.shape, (16, 16, 16), 0.0)
 
     def square(batch):
-        return WindowOutputs(torch.cat([batch ** 2, batch], 1), batch)
+        return WindowOutputs(torch.cat([batch**2, batch], 1), batch)
 
     plain, _ = sliding_window_predict(image, plan, square, batch_size=2)
     mirrored, _ = sliding_window_predict(image, plan, square, batch_size=2, tta=True)

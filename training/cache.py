@@ -26,12 +26,15 @@ def read_label(case: LabeledCase, image: Volume) -> Volume:
     """The case's label, checked against its image: same grid, values 0 and 1 only."""
     label = read_scan(case.label)
     if label.shape != image.shape:
-        raise DatasetError(f"{case.label}: label shape {label.shape} differs from the image's {image.shape} "
-                           f"({case.image.name})")
+        raise DatasetError(
+            f"{case.label}: label shape {label.shape} differs from the image's {image.shape} ({case.image.name})"
+        )
     if not label.geometry.same_grid(image.geometry, atol=1e-3):
         g, h = label.geometry, image.geometry
-        raise DatasetError(f"{case.label}: label geometry differs from its image {case.image.name} "
-                           f"(spacing {g.spacing} vs {h.spacing}, origin {g.origin} vs {h.origin})")
+        raise DatasetError(
+            f"{case.label}: label geometry differs from its image {case.image.name} "
+            f"(spacing {g.spacing} vs {h.spacing}, origin {g.origin} vs {h.origin})"
+        )
     values = np.unique(label.array)
     bad = values[(values != 0) & (values != 1)]
     if bad.size:
@@ -48,8 +51,9 @@ class PreparedData:
     unlabeled: list[dict[str, torch.Tensor]]
 
 
-def prepare_split(split: DatasetSplit, spec: ModelSpec, *, unlabeled: bool = True,
-                  advance: Callable[[str], None] | None = None) -> PreparedData:
+def prepare_split(
+    split: DatasetSplit, spec: ModelSpec, *, unlabeled: bool = True, advance: Callable[[str], None] | None = None
+) -> PreparedData:
     """Every training case on the model grid; `advance(name)` is called after each case."""
     advance = advance or (lambda name: None)
     labeled = []
@@ -57,8 +61,9 @@ def prepare_split(split: DatasetSplit, spec: ModelSpec, *, unlabeled: bool = Tru
         image = read_scan(case.image)
         label = read_label(case, image)
         array, plan = prepare_scan(image, spec)
-        labeled.append({"image": torch.from_numpy(array)[None],
-                        "label": torch.from_numpy(prepare_label(label, plan))[None]})
+        labeled.append(
+            {"image": torch.from_numpy(array)[None], "label": torch.from_numpy(prepare_label(label, plan))[None]}
+        )
         advance(case.name)
     images = []
     for path in split.unlabeled if unlabeled else ():

@@ -74,6 +74,10 @@ class TrainConfig:
     amp: bool = False
 
     def __post_init__(self) -> None:
+        """Normalise and check every field, one after another (a `ConfigError` naming the field).
+
+        Long: one short check per field of the config, in field order; splitting it would only
+        scatter them."""
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
         set_("data_dir", str(self.data_dir))
         _choice("method", self.method, METHODS)
@@ -86,8 +90,9 @@ class TrainConfig:
         set_("dropout", _number("dropout", self.dropout, 0.0, 1.0, high_open=True))
         set_("patch", _triple("patch", self.patch, int))
         if any(v <= 0 or v % 16 for v in self.patch):
-            raise ConfigError(f"patch must be 3 positive multiples of 16 (the network halves it 4 times), "
-                              f"got {self.patch}")
+            raise ConfigError(
+                f"patch must be 3 positive multiples of 16 (the network halves it 4 times), got {self.patch}"
+            )
         set_("spacing", _triple("spacing", self.spacing, float))
         if min(self.spacing) <= 0:
             raise ConfigError(f"spacing must be positive, got {self.spacing}")
@@ -97,22 +102,29 @@ class TrainConfig:
         set_("epochs", _optional_int("epochs", self.epochs, 1))
         set_("iterations", _optional_int("iterations", self.iterations, 1))
         if self.epochs is not None and self.iterations is not None:
-            raise ConfigError(f"give epochs or iterations, not both (got epochs={self.epochs}, "
-                              f"iterations={self.iterations})")
+            raise ConfigError(
+                f"give epochs or iterations, not both (got epochs={self.epochs}, iterations={self.iterations})"
+            )
         set_("batch_size", _int("batch_size", self.batch_size, 1))
         set_("labeled_batch_size", _optional_int("labeled_batch_size", self.labeled_batch_size, 1))
         if self.labeled_batch_size is not None and self.labeled_batch_size > self.batch_size:
-            raise ConfigError(f"labeled_batch_size ({self.labeled_batch_size}) must not exceed batch_size "
-                              f"({self.batch_size})")
+            raise ConfigError(
+                f"labeled_batch_size ({self.labeled_batch_size}) must not exceed batch_size ({self.batch_size})"
+            )
         if self.method == "supervised" and self.labeled_batch_size not in (None, self.batch_size):
-            raise ConfigError(f"supervised batches hold labeled volumes only: drop labeled_batch_size "
-                              f"({self.labeled_batch_size}) and set batch_size (now {self.batch_size})")
+            raise ConfigError(
+                f"supervised batches hold labeled volumes only: drop labeled_batch_size "
+                f"({self.labeled_batch_size}) and set batch_size (now {self.batch_size})"
+            )
         if self.method != "supervised" and self.labeled_batch_size == self.batch_size:
-            raise ConfigError(f"method {self.method} needs unlabeled volumes in each batch: "
-                              f"labeled_batch_size ({self.labeled_batch_size}) must be < batch_size")
+            raise ConfigError(
+                f"method {self.method} needs unlabeled volumes in each batch: "
+                f"labeled_batch_size ({self.labeled_batch_size}) must be < batch_size"
+            )
         if self.method != "supervised" and self.batch_size < 2:
-            raise ConfigError(f"method {self.method} needs batch_size >= 2 (labeled + unlabeled volumes), "
-                              f"got {self.batch_size}")
+            raise ConfigError(
+                f"method {self.method} needs batch_size >= 2 (labeled + unlabeled volumes), got {self.batch_size}"
+            )
         set_("patches_per_volume", _int("patches_per_volume", self.patches_per_volume, 1))
         set_("pos_neg", _pair("pos_neg", self.pos_neg))
         if min(self.pos_neg) < 0 or sum(self.pos_neg) <= 0:
@@ -120,8 +132,10 @@ class TrainConfig:
         for name in ("flip_prob", "rotate90_prob", "shift_prob"):
             set_(name, _number(name, getattr(self, name), 0.0, 1.0))
         if self.rotate90_prob > 0 and self.patch[0] != self.patch[1]:
-            raise ConfigError(f"90-degree rotations in the x-y plane need a patch square in x and y, got "
-                              f"{self.patch}; set rotate90_prob: 0 or use a square patch")
+            raise ConfigError(
+                f"90-degree rotations in the x-y plane need a patch square in x and y, got "
+                f"{self.patch}; set rotate90_prob: 0 or use a square patch"
+            )
         set_("shift_offset", _number("shift_offset", self.shift_offset, 0.0, math.inf))
         set_("lr", _number("lr", self.lr, 0.0, math.inf, low_open=True))
         set_("min_lr", _number("min_lr", self.min_lr, 0.0, math.inf))
@@ -143,8 +157,9 @@ class TrainConfig:
         set_("val_batch_size", _int("val_batch_size", self.val_batch_size, 1))
         set_("val_overlap", _number("val_overlap", self.val_overlap, 0.0, 1.0, high_open=True))
         set_("seed", _int("seed", self.seed, 0))
-        if self.device != "cpu" and not (self.device == "cuda" or
-                                         (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if self.device != "cpu" and not (
+            self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.amp, bool):
             raise ConfigError(f"amp must be true or false, got {self.amp!r}")
@@ -273,8 +288,9 @@ def _optional_int(name: str, value: Any, minimum: int) -> int | None:
     return None if value is None else _int(name, value, minimum)
 
 
-def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
-            high_open: bool = False) -> float:
+def _number(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     too_low = value <= low if low_open else value < low

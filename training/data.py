@@ -41,8 +41,12 @@ class DatasetSplit:
     hidden_labels: tuple[str, ...] = field(default=())  # labeled cases trained as unlabeled (--labeled K)
 
     def to_dict(self) -> dict:
-        return {"labeled": [c.name for c in self.labeled], "unlabeled": [case_id(p) for p in self.unlabeled],
-                "validation": [c.name for c in self.validation], "labels_hidden": list(self.hidden_labels)}
+        return {
+            "labeled": [c.name for c in self.labeled],
+            "unlabeled": [case_id(p) for p in self.unlabeled],
+            "validation": [c.name for c in self.validation],
+            "labels_hidden": list(self.hidden_labels),
+        }
 
 
 # ---------------------------------------------------------------------- discovery
@@ -61,8 +65,10 @@ def _resolve(root: Path, entry: object, where: str, allow_outside: bool = False)
         inside = root.resolve()
         resolved = path.resolve()
         if resolved != inside and inside not in resolved.parents:
-            raise DatasetError(f"{root / DATASET_JSON}: {where} {entry!r} points outside the dataset folder "
-                               f"(to {resolved}); move the file into {root} or pass --allow-outside")
+            raise DatasetError(
+                f"{root / DATASET_JSON}: {where} {entry!r} points outside the dataset folder "
+                f"(to {resolved}); move the file into {root} or pass --allow-outside"
+            )
     return path
 
 
@@ -81,16 +87,18 @@ def _from_dataset_json(root: Path, allow_outside: bool = False) -> tuple[list[La
         image = _resolve(root, item["image"], f"training[{n}].image", allow_outside)
         label = _resolve(root, item["label"], f"training[{n}].label", allow_outside)
         pairs.append(LabeledCase(case_id(image), image, label))
-    unlabeled = [_resolve(root, item, f"unlabeled[{n}]", allow_outside)
-                 for n, item in enumerate(data.get("unlabeled", []))]
+    unlabeled = [
+        _resolve(root, item, f"unlabeled[{n}]", allow_outside) for n, item in enumerate(data.get("unlabeled", []))
+    ]
     return pairs, unlabeled
 
 
 def _from_folders(root: Path) -> tuple[list[LabeledCase], list[Path]]:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir():
-        raise DatasetError(f"{root}: no {DATASET_JSON} and no imagesTr/ folder; expected a Decathlon-style "
-                           f"dataset folder")
+        raise DatasetError(
+            f"{root}: no {DATASET_JSON} and no imagesTr/ folder; expected a Decathlon-style dataset folder"
+        )
     images = {case_id(p): p for p in sorted(images_dir.iterdir()) if image_suffix(p) and not p.name.startswith(".")}
     labels = {}
     if labels_dir.is_dir():
@@ -156,19 +164,29 @@ def split_dataset(data_dir: str | Path, config: TrainConfig, world_size: int = 1
     hidden: list[LabeledCase] = []
     if config.labeled is not None:
         if config.labeled > len(train):
-            raise DatasetError(f"{root}: --labeled {config.labeled} asks for more labels than the "
-                               f"{len(train)} labeled training cases left after validation")
-        train, hidden = train[: config.labeled], train[config.labeled:]
+            raise DatasetError(
+                f"{root}: --labeled {config.labeled} asks for more labels than the "
+                f"{len(train)} labeled training cases left after validation"
+            )
+        train, hidden = train[: config.labeled], train[config.labeled :]
     needed = config.labeled_per_batch * world_size
     if len(train) < needed:
-        raise DatasetError(f"{root}: {len(train)} labeled training case(s) (after {len(validation)} held out for "
-                           f"validation), but a step needs {needed} ({config.labeled_per_batch} per batch x "
-                           f"{world_size} process(es)); lower --batch-size or --val-fraction")
+        raise DatasetError(
+            f"{root}: {len(train)} labeled training case(s) (after {len(validation)} held out for "
+            f"validation), but a step needs {needed} ({config.labeled_per_batch} per batch x "
+            f"{world_size} process(es)); lower --batch-size or --val-fraction"
+        )
     all_unlabeled = sorted(unlabeled + [c.image for c in hidden], key=lambda p: case_id(p))
     if config.method != "supervised" and len(all_unlabeled) < config.unlabeled_per_batch:
-        raise DatasetError(f"{root}: method {config.method} needs {config.unlabeled_per_batch} unlabeled "
-                           f"image(s) per batch, found {len(all_unlabeled)}; add unlabeled scans or use "
-                           f"--method supervised")
+        raise DatasetError(
+            f"{root}: method {config.method} needs {config.unlabeled_per_batch} unlabeled "
+            f"image(s) per batch, found {len(all_unlabeled)}; add unlabeled scans or use "
+            f"--method supervised"
+        )
     train = sorted(train, key=lambda c: c.name)
-    return DatasetSplit(tuple(train), tuple(all_unlabeled), tuple(sorted(validation, key=lambda c: c.name)),
-                        tuple(sorted(c.name for c in hidden)))
+    return DatasetSplit(
+        tuple(train),
+        tuple(all_unlabeled),
+        tuple(sorted(validation, key=lambda c: c.name)),
+        tuple(sorted(c.name for c in hidden)),
+    )

@@ -67,7 +67,7 @@ class DistContext:
         flat /= self.world_size
         offset = 0
         for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
 
     def all_mean(self, values: list[float]) -> list[float]:

@@ -13,9 +13,23 @@ from pathlib import Path
 from ceds_deploy.io import write_atomic_bytes, write_atomic_text
 
 METRICS_CSV, CURVES_PNG, CONFIG_YAML, SPLIT_JSON = "metrics.csv", "curves.png", "config.yaml", "split.json"
-COLUMNS = ("epoch", "step", "phases", "lr_segmentation", "lr_confidence", "loss_seg", "loss_conf",
-           "loss_consistency", "consistency_weight", "loss_total", "dice_student", "dice_teacher",
-           "auroc_student", "auroc_teacher", "seconds")
+COLUMNS = (
+    "epoch",
+    "step",
+    "phases",
+    "lr_segmentation",
+    "lr_confidence",
+    "loss_seg",
+    "loss_conf",
+    "loss_consistency",
+    "consistency_weight",
+    "loss_total",
+    "dice_student",
+    "dice_teacher",
+    "auroc_student",
+    "auroc_teacher",
+    "seconds",
+)
 
 
 def _cell(value) -> str:
@@ -42,8 +56,7 @@ def write_run_files(run_dir: Path, config, split) -> None:
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(row["epoch"], row[key]) for row in history
-              if row.get(key) is not None and not math.isnan(row[key])]
+    points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None and not math.isnan(row[key])]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -56,8 +69,12 @@ def draw_curves(run_dir: Path, history: list[dict], title: str) -> None:
     fig = Figure(figsize=(12, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     losses, dices, weights = fig.subplots(1, 3)
-    for key, label in (("loss_seg", "segmentation (DiceCE)"), ("loss_conf", "confidence CE"),
-                       ("loss_consistency", "consistency"), ("loss_total", "total")):
+    for key, label in (
+        ("loss_seg", "segmentation (DiceCE)"),
+        ("loss_conf", "confidence CE"),
+        ("loss_consistency", "consistency"),
+        ("loss_total", "total"),
+    ):
         x, y = _series(history, key)
         if x:
             losses.plot(x, y, label=label)

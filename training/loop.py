@@ -44,8 +44,9 @@ LOSS_KEYS = ("loss_seg", "loss_conf", "loss_consistency", "consistency_weight", 
 
 def spec_for(config: TrainConfig) -> ModelSpec:
     """The ModelSpec every checkpoint of this run carries: the training patch is the inference ROI."""
-    return ModelSpec(roi_size=config.patch, target_spacing=config.spacing, hu_window=config.hu_window,
-                     width=config.width)
+    return ModelSpec(
+        roi_size=config.patch, target_spacing=config.spacing, hu_window=config.hu_window, width=config.width
+    )
 
 
 @dataclass
@@ -69,8 +70,14 @@ class Trainer:
     Notes go to the `ceds_deploy.training` logger.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, *, dist: DistContext | None = None,
-                 progress: ProgressCallback = no_progress) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        dist: DistContext | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> None:
         from ceds_deploy.network import CedsNet, CedsNetConfig
 
         self.config = config
@@ -85,8 +92,15 @@ class Trainer:
         self.split = split_dataset(config.data_dir, config, self.dist.world_size)
         check_validation_cases(self.split)
         self.data = self._prepare_data()
-        self.sampler = TwoStreamSampler(len(self.data.labeled), len(self.data.unlabeled), config.labeled_per_batch,
-                                        config.unlabeled_per_batch, config.seed, self.dist.rank, self.dist.world_size)
+        self.sampler = TwoStreamSampler(
+            len(self.data.labeled),
+            len(self.data.unlabeled),
+            config.labeled_per_batch,
+            config.unlabeled_per_batch,
+            config.seed,
+            self.dist.rank,
+            self.dist.world_size,
+        )
         self.batches = BatchMaker(self.data, labeled_transforms(config), unlabeled_transforms(config))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = config.total_steps(self.steps_per_epoch)
@@ -102,13 +116,15 @@ class Trainer:
         self.confidence = Optimization.sgd(self.student.confidence_parameters(), config, self.total_steps)
         self.segmentation = Optimization.sgd(self.student.segmentation_parameters(), config, self.total_steps)
         owned = {id(p) for p in self.confidence.params} | {id(p) for p in self.segmentation.params}
-        if owned != {id(p) for p in self.student.parameters()} or \
-                len(self.confidence.params) + len(self.segmentation.params) != len(owned):
+        if owned != {id(p) for p in self.student.parameters()} or len(self.confidence.params) + len(
+            self.segmentation.params
+        ) != len(owned):
             raise RuntimeError("the two optimizers must split the network's parameters exactly")
         cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=config.amp and cuda)
-        self.stepper = Stepper(config, self.student, self.teacher, self.confidence, self.segmentation,
-                               self.scaler, self.dist)
+        self.stepper = Stepper(
+            config, self.student, self.teacher, self.confidence, self.segmentation, self.scaler, self.dist
+        )
 
         self.epoch = 0  # epochs completed
         self.global_step = 0
@@ -124,8 +140,12 @@ class Trainer:
         need_unlabeled = self.config.method != "supervised"
         total = len(split.labeled) + (len(split.unlabeled) if need_unlabeled else 0)
         self.progress(ProgressEvent("preparing", total))
-        return prepare_split(split, self.spec, unlabeled=need_unlabeled,
-                             advance=lambda name: self.progress(ProgressEvent("prepared", 1, {"case": name})))
+        return prepare_split(
+            split,
+            self.spec,
+            unlabeled=need_unlabeled,
+            advance=lambda name: self.progress(ProgressEvent("prepared", 1, {"case": name})),
+        )
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -134,8 +154,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, stop_after_epochs: int | None = None,
-            should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+    def fit(
+        self, stop_after_epochs: int | None = None, should_stop: Callable[[int], bool] | None = None
+    ) -> TrainSummary:
         """Train to the end of the run (or `stop_after_epochs` more epochs, for tests and drills).
 
         `should_stop(steps_done)` is asked after every step (a time cap, say): when it answers True
@@ -150,16 +171,19 @@ class Trainer:
             for folder in (self.run_dir, self.checkpoint_dir):  # temp files of a killed earlier process
                 remove_leftovers(folder)
             logs.write_run_files(self.run_dir, self.config, self.split)
-        stop_at = self.total_epochs if stop_after_epochs is None else min(self.total_epochs,
-                                                                           self.epoch + stop_after_epochs)
+        stop_at = (
+            self.total_epochs if stop_after_epochs is None else min(self.total_epochs, self.epoch + stop_after_epochs)
+        )
         empty = [c.name for c, d in zip(self.split.labeled, self.data.labeled) if not bool(d["label"].any())]
         if empty and self.dist.is_main:
-            log.warning("no tumour voxels at the training spacing in %s: their patches are all negative",
-                        ", ".join(empty))
+            log.warning(
+                "no tumour voxels at the training spacing in %s: their patches are all negative", ", ".join(empty)
+            )
         if not self.split.validation and self.dist.is_main:
             log.warning("no validation cases (--val-fraction 0): best_*.pt are not written")
-        self.progress(ProgressEvent("training", self.total_steps,
-                                    {"done": self.global_step, "method": self.config.method}))
+        self.progress(
+            ProgressEvent("training", self.total_steps, {"done": self.global_step, "method": self.config.method})
+        )
         while self.epoch < stop_at and not self.stopped_early:
             row = self._train_epoch()
             self._end_epoch(row)
@@ -184,32 +208,47 @@ class Trainer:
             for key, value in losses.items():
                 sums[key] += value
                 counts[key] += 1
-            self.progress(ProgressEvent("step", 1, {"phase": phase, "epoch": self.epoch + 1,
-                                                    "epochs": self.total_epochs, "losses": losses}))
+            self.progress(
+                ProgressEvent(
+                    "step", 1, {"phase": phase, "epoch": self.epoch + 1, "epochs": self.total_epochs, "losses": losses}
+                )
+            )
             if self.should_stop is not None and self.should_stop(self.global_step):
                 self.stopped_early = self.global_step < self.total_steps
                 break
         keys = [k for k in LOSS_KEYS if counts[k]]
         means = self.dist.all_mean([sums[k] / counts[k] for k in keys])
-        row = {"epoch": self.epoch + 1, "step": self.global_step, "phases": "+".join(phases),
-               "lr_segmentation": self.segmentation.lr, "lr_confidence": self.confidence.lr,
-               **{k: math.nan for k in LOSS_KEYS}, **dict(zip(keys, means))}
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "phases": "+".join(phases),
+            "lr_segmentation": self.segmentation.lr,
+            "lr_confidence": self.confidence.lr,
+            **{k: math.nan for k in LOSS_KEYS},
+            **dict(zip(keys, means)),
+        }
         row["seconds"] = time.perf_counter() - start
         return row
 
     def _validation_due(self) -> bool:
-        return bool(self.split.validation) and (self.epoch % self.val_every == 0 or self.epoch == self.total_epochs
-                                                or self.stopped_early)
+        return bool(self.split.validation) and (
+            self.epoch % self.val_every == 0 or self.epoch == self.total_epochs or self.stopped_early
+        )
 
     def _validate(self, row: dict) -> list[str]:
         """Validate (each process a share of the cases), fill `row`, update the bests; returns the
         best_*.pt files to write."""
         from ceds_deploy.training.validate import ValidationResult
 
-        mine = self.split.validation[self.dist.rank::self.dist.world_size]
-        result = validate({"student": self.student, "teacher": self.teacher}, mine, self.spec,
-                          device=self.dist.device, batch_size=self.config.val_batch_size,
-                          overlap=self.config.val_overlap)
+        mine = self.split.validation[self.dist.rank :: self.dist.world_size]
+        result = validate(
+            {"student": self.student, "teacher": self.teacher},
+            mine,
+            self.spec,
+            device=self.dist.device,
+            batch_size=self.config.val_batch_size,
+            overlap=self.config.val_overlap,
+        )
         result = ValidationResult(self.dist.gather(result.cases))
         improved = []
         for net in ("student", "teacher"):
@@ -235,8 +274,11 @@ class Trainer:
             logs.write_metrics(self.run_dir, self.history)
             self.written.append(self.run_dir / logs.METRICS_CSV)
             if validated or self.epoch == self.total_epochs:
-                logs.draw_curves(self.run_dir, self.history, f"{self.config.method}, width {self.config.width}, "
-                                 f"{self.global_step}/{self.total_steps} steps")
+                logs.draw_curves(
+                    self.run_dir,
+                    self.history,
+                    f"{self.config.method}, width {self.config.width}, {self.global_step}/{self.total_steps} steps",
+                )
                 self.written.append(self.run_dir / logs.CURVES_PNG)
             if validated:
                 self._report_validation(row, improved)
@@ -244,8 +286,12 @@ class Trainer:
 
     def _report_validation(self, row: dict, saved: list[str]) -> None:
         scores = {k: row[k] for k in ("dice_student", "dice_teacher", "auroc_teacher")}
-        log.info("epoch %d: Dice student %.3f, teacher %.3f, confidence AUROC %.3f%s", self.epoch,
-                 *scores.values(), f" -> saved {', '.join(saved)}" if saved else "")
+        log.info(
+            "epoch %d: Dice student %.3f, teacher %.3f, confidence AUROC %.3f%s",
+            self.epoch,
+            *scores.values(),
+            f" -> saved {', '.join(saved)}" if saved else "",
+        )
         self.progress(ProgressEvent("validated", 0, {"epoch": self.epoch, **scores, "saved": saved}))
 
     def _write(self, name: str, payload: dict) -> None:
@@ -259,13 +305,19 @@ class Trainer:
 def _check_new_run(run_dir: Path) -> None:
     last = run_dir / CHECKPOINT_DIR / state.LAST
     if last.exists():
-        raise ConfigError(f"{run_dir} already holds a run ({last}); continue it with --resume {run_dir} "
-                          f"or choose another --out")
+        raise ConfigError(
+            f"{run_dir} already holds a run ({last}); continue it with --resume {run_dir} or choose another --out"
+        )
 
 
-def start_training(config: TrainConfig, run_dir: str | Path, *, progress: ProgressCallback = no_progress,
-                   stop_after_epochs: int | None = None,
-                   should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+def start_training(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    progress: ProgressCallback = no_progress,
+    stop_after_epochs: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainSummary:
     """A new run in `run_dir` (joins a torchrun process group when there is one); `should_stop`: see
     `Trainer.fit`."""
     run_dir = Path(run_dir)
@@ -279,9 +331,14 @@ def start_training(config: TrainConfig, run_dir: str | Path, *, progress: Progre
         dist.shutdown()
 
 
-def resume_training(run_dir: str | Path, *, device: str | None = None, progress: ProgressCallback = no_progress,
-                    stop_after_epochs: int | None = None,
-                    should_stop: Callable[[int], bool] | None = None) -> TrainSummary:
+def resume_training(
+    run_dir: str | Path,
+    *,
+    device: str | None = None,
+    progress: ProgressCallback = no_progress,
+    stop_after_epochs: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainSummary:
     """Continue the run in `run_dir` from checkpoints/last.pt, with its saved config."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_DIR / state.LAST
@@ -296,11 +353,16 @@ def resume_training(run_dir: str | Path, *, device: str | None = None, progress:
         _check_device(dist.device)
         trainer = Trainer(config, run_dir, dist=dist, progress=progress)
         if trainer.split.to_dict() != payload.get("split", trainer.split.to_dict()):
-            raise DatasetError(f"{config.data_dir}: the dataset's cases changed since the run started; "
-                               f"resuming would train on other data")
+            raise DatasetError(
+                f"{config.data_dir}: the dataset's cases changed since the run started; "
+                f"resuming would train on other data"
+            )
         if int(payload.get("world_size", 1)) != dist.world_size and dist.is_main:
-            log.warning("resuming a %s-process run with %d process(es): batches differ from the original",
-                        payload.get("world_size"), dist.world_size)
+            log.warning(
+                "resuming a %s-process run with %d process(es): batches differ from the original",
+                payload.get("world_size"),
+                dist.world_size,
+            )
         state.restore(trainer, payload, path)
         return trainer.fit(stop_after_epochs, should_stop)
     finally:
@@ -310,4 +372,3 @@ def resume_training(run_dir: str | Path, *, device: str | None = None, progress:
 def _check_device(device: str) -> None:
     if is_cuda(device) and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: this PyTorch has no CUDA GPU (torch.cuda.is_available() is False)")
-

@@ -44,8 +44,12 @@ def sharpen(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
     return high / (high + low)
 
 
-def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     teacher_confidence_logits: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def consistency_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_confidence_logits: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
     """Mean over all voxels and classes of (softmax(student) - sharpen(softmax(teacher)))^2, each voxel
     multiplied by the teacher's rounded confidence when a confidence map is given (CEDS's gate)."""
     student = F.softmax(student_logits.float(), dim=1)

@@ -64,8 +64,16 @@ class Optimization:
 class Stepper:
     """Runs the steps; owns nothing but references to the training state."""
 
-    def __init__(self, config: TrainConfig, student: nn.Module, teacher: nn.Module, confidence: Optimization,
-                 segmentation: Optimization, scaler: torch.amp.GradScaler, dist: DistContext) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        student: nn.Module,
+        teacher: nn.Module,
+        confidence: Optimization,
+        segmentation: Optimization,
+        scaler: torch.amp.GradScaler,
+        dist: DistContext,
+    ) -> None:
         self.config = config
         self.student = student
         self.teacher = teacher
@@ -171,8 +179,12 @@ class Stepper:
         self._backward(total, self.segmentation)
         self._step(self.segmentation)
         self._finish(teacher_update=True, count_ema=True)
-        return {"loss_seg": sup.item(), "loss_consistency": cons.item(), "consistency_weight": weight,
-                "loss_total": total.item()}
+        return {
+            "loss_seg": sup.item(),
+            "loss_consistency": cons.item(),
+            "consistency_weight": weight,
+            "loss_total": total.item(),
+        }
 
     def supervised(self, batch: Batch) -> dict[str, float]:
         """The semi step without unlabeled data: the baseline that isolates what they add."""

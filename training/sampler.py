@@ -43,8 +43,10 @@ class TwoStreamSampler:
         if self.labeled_per_batch < 1:
             raise ConfigError(f"labeled_per_batch must be >= 1, got {self.labeled_per_batch}")
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"{self.n_labeled} labeled cases cannot fill a step of {self.labeled_per_batch} "
-                             f"x {self.world_size} processes")
+            raise ConfigError(
+                f"{self.n_labeled} labeled cases cannot fill a step of {self.labeled_per_batch} "
+                f"x {self.world_size} processes"
+            )
         if self.unlabeled_per_batch and self.n_unlabeled < self.unlabeled_per_batch:
             raise ConfigError(f"{self.n_unlabeled} unlabeled cases cannot fill {self.unlabeled_per_batch} per batch")
 
@@ -68,6 +70,10 @@ class TwoStreamSampler:
             slot = step * world + self.rank  # global batch `step`, this process's part of it
             a = slot * self.labeled_per_batch
             b = slot * self.unlabeled_per_batch
-            out.append(BatchIndices(tuple(int(i) for i in labeled[a:a + self.labeled_per_batch]),
-                                    tuple(int(i) for i in unlabeled[b:b + self.unlabeled_per_batch])))
+            out.append(
+                BatchIndices(
+                    tuple(int(i) for i in labeled[a : a + self.labeled_per_batch]),
+                    tuple(int(i) for i in unlabeled[b : b + self.unlabeled_per_batch]),
+                )
+            )
         return out

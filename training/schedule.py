@@ -40,6 +40,7 @@ class RunSchedule:
     def from_config(cls, config: TrainConfig, total_steps: int) -> RunSchedule:
         """The schedule of a run of `total_steps` steps, its lengths the fractions in `config`; refresh
         bursts for the "ceds" method only."""
+
         def length(fraction: float) -> int:
             return 0 if fraction <= 0 else max(1, round(fraction * total_steps))
 
@@ -48,8 +49,14 @@ class RunSchedule:
             refresh = length(config.refresh_length_fraction)
             # A burst must be shorter than its period, or no semi-supervised step would be left.
             period = max(length(config.refresh_period_fraction), refresh + 1)
-        return cls(config.method, total_steps, length(config.warmup_fraction), period, refresh,
-                   config.rampup_fraction * total_steps)
+        return cls(
+            config.method,
+            total_steps,
+            length(config.warmup_fraction),
+            period,
+            refresh,
+            config.rampup_fraction * total_steps,
+        )
 
     def phase(self, step: int) -> str:
         """The phase of step `step` (0-based): `WARMUP`, `REFRESH` or `SEMI`."""

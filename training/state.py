@@ -22,9 +22,11 @@ def rng_state() -> dict[str, Any]:
     """The global generators' states as plain data (numpy arrays and tuples become lists)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
-             "python": [int(version), [int(v) for v in internal], gauss_next]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), [int(v) for v in internal], gauss_next],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -74,11 +76,15 @@ def load_training_state(path: Path) -> dict[str, Any]:
     """The payload of the training checkpoint at `path`. `ArtifactError` when the file cannot be loaded
     or holds no training state (an inference checkpoint, say): only a run's last.pt can be resumed."""
     payload = load_checkpoint(path)
-    missing = [k for k in ("student", "optimizer_confidence", "optimizer_segmentation", "config", "epoch",
-                           "global_step") if k not in payload]
+    missing = [
+        k
+        for k in ("student", "optimizer_confidence", "optimizer_segmentation", "config", "epoch", "global_step")
+        if k not in payload
+    ]
     if missing:
-        raise ArtifactError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
-                            f"only last.pt of a run can be resumed")
+        raise ArtifactError(
+            f"{path}: not a training checkpoint (no {', '.join(missing)}); only last.pt of a run can be resumed"
+        )
     return payload
 
 

@@ -22,9 +22,16 @@ def labeled_transforms(config: TrainConfig):
     from monai.transforms import Compose, RandCropByPosNegLabeld
 
     pos, neg = config.pos_neg
-    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch,
-                                  pos=pos, neg=neg, num_samples=config.patches_per_volume,
-                                  image_key="image", image_threshold=0.0)
+    crop = RandCropByPosNegLabeld(
+        keys=["image", "label"],
+        label_key="label",
+        spatial_size=config.patch,
+        pos=pos,
+        neg=neg,
+        num_samples=config.patches_per_volume,
+        image_key="image",
+        image_threshold=0.0,
+    )
     return Compose([crop, *_augmentations(config, ["image", "label"])])
 
 
@@ -32,6 +39,7 @@ def unlabeled_transforms(config: TrainConfig):
     """Uniform random patches; the pre-processing already cropped the volume to the body's box."""
     from monai.transforms import Compose, RandSpatialCropSamplesd
 
-    crop = RandSpatialCropSamplesd(keys=["image"], roi_size=config.patch, num_samples=config.patches_per_volume,
-                                   random_size=False)
+    crop = RandSpatialCropSamplesd(
+        keys=["image"], roi_size=config.patch, num_samples=config.patches_per_volume, random_size=False
+    )
     return Compose([crop, *_augmentations(config, ["image"])])

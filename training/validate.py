@@ -45,8 +45,14 @@ class ValidationResult:
         return nanmean([getattr(c, metric) for c in self.cases if c.network == network])
 
 
-def score_case(mask: np.ndarray, confidence: np.ndarray, label: np.ndarray, body: np.ndarray,
-               seed: int, probabilities: np.ndarray | None = None) -> tuple[float, float, float]:
+def score_case(
+    mask: np.ndarray,
+    confidence: np.ndarray,
+    label: np.ndarray,
+    body: np.ndarray,
+    seed: int,
+    probabilities: np.ndarray | None = None,
+) -> tuple[float, float, float]:
     """(Dice, confidence AUROC, max-probability AUROC) of one prediction on the scan's grid."""
     truth = label > 0
     pick = sample_indices(body, AUROC_VOXELS, seed)
@@ -59,9 +65,17 @@ def score_case(mask: np.ndarray, confidence: np.ndarray, label: np.ndarray, body
     return dice(mask > 0, truth), conf_auc, maxprob_auc
 
 
-def validate(networks: dict[str, object], cases: Sequence[LabeledCase], spec: ModelSpec, *,
-             device: str = "cpu", batch_size: int = 4, overlap: float = 0.25, maxprob: bool = False,
-             on_case: Callable[[str], None] | None = None) -> ValidationResult:
+def validate(
+    networks: dict[str, object],
+    cases: Sequence[LabeledCase],
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    batch_size: int = 4,
+    overlap: float = 0.25,
+    maxprob: bool = False,
+    on_case: Callable[[str], None] | None = None,
+) -> ValidationResult:
     """Segment every case with every network (e.g. {"student": ..., "teacher": ...}) and score it.
 
     The networks are put in eval mode by the backend and given back in the mode they were in.
@@ -75,10 +89,12 @@ def validate(networks: dict[str, object], cases: Sequence[LabeledCase], spec: Mo
         label = read_label(case, image).array
         body = image.array > spec.crop_threshold_hu
         for name, net in networks.items():
-            with TorchBackend.from_module(net, spec, device=device, max_batch_size=batch_size,
-                                          precision="fp32") as backend:
-                seg = segment_volume(image, backend, SegmentOptions(overlap=overlap, batch_size=batch_size,
-                                                                    save_probabilities=maxprob))
+            with TorchBackend.from_module(
+                net, spec, device=device, max_batch_size=batch_size, precision="fp32"
+            ) as backend:
+                seg = segment_volume(
+                    image, backend, SegmentOptions(overlap=overlap, batch_size=batch_size, save_probabilities=maxprob)
+                )
             d, a, m = score_case(seg.mask, seg.confidence, label, body, seed=n, probabilities=seg.probabilities)
             result.cases.append(CaseScore(case.name, name, d, a, m))
         if on_case:

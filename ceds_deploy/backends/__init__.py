@@ -61,22 +61,31 @@ def resolve_backend(requested: str, artifact_kind: str, device: str) -> tuple[st
         for name in candidates:
             if _installed(name, device):
                 return name, f"auto: fastest installed backend for a {artifact_kind} on {device}"
-        raise BackendUnavailableError(f"no installed backend can run a {artifact_kind} on {device} "
-                                      f"(needs one of {', '.join(candidates)})")
+        raise BackendUnavailableError(
+            f"no installed backend can run a {artifact_kind} on {device} (needs one of {', '.join(candidates)})"
+        )
     if requested not in BACKEND_CLASSES:
         raise BackendUnavailableError(f"unknown backend {requested!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if requested not in candidates:
-        raise BackendUnavailableError(f"the {requested} backend cannot run a {artifact_kind}; "
-                                      f"use {' or '.join(candidates)}"
-                                      + (" (export the checkpoint first: ceds export)" if artifact_kind == "checkpoint" else ""))
+        raise BackendUnavailableError(
+            f"the {requested} backend cannot run a {artifact_kind}; "
+            f"use {' or '.join(candidates)}"
+            + (" (export the checkpoint first: ceds export)" if artifact_kind == "checkpoint" else "")
+        )
     return requested, "requested"
 
 
-def create_backend(name: str, artifact: Path, spec: ModelSpec, *, device: str = "cpu",
-                   max_batch_size: int | None = None, **options: Any) -> Backend:
+def create_backend(
+    name: str,
+    artifact: Path,
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    max_batch_size: int | None = None,
+    **options: Any,
+) -> Backend:
     """An inactive backend of class `name` for `artifact`; use it as a context manager.
     `options` are the backend's own (e.g. precision, cuda_graph); an unknown one is a TypeError."""
     cls: Any = backend_class(name)
     backend: Backend = cls(artifact, spec, device=device, max_batch_size=max_batch_size, **options)
     return backend
-

@@ -44,8 +44,9 @@ class Backend(ABC):
     name: ClassVar[str]
     default_batch_size: ClassVar[int] = 2  # on a GPU
 
-    def __init__(self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu",
-                 max_batch_size: int | None = None) -> None:
+    def __init__(
+        self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu", max_batch_size: int | None = None
+    ) -> None:
         self.artifact = Path(artifact) if artifact is not None else None
         self.spec = spec
         self.device = device
@@ -98,16 +99,19 @@ class Backend(ABC):
         if batch.dtype != torch.float32:
             raise ModelInputError(f"{self.name}: expected float32 windows, got {batch.dtype}")
         if batch.shape[0] > self.max_batch_size:
-            raise ModelInputError(f"{self.name}: batch of {batch.shape[0]} exceeds max_batch_size "
-                                  f"{self.max_batch_size}")
+            raise ModelInputError(
+                f"{self.name}: batch of {batch.shape[0]} exceeds max_batch_size {self.max_batch_size}"
+            )
         if any(int(n) % 16 for n in batch.shape[2:]):
             raise ModelInputError(f"{self.name}: window {tuple(batch.shape[2:])} must be multiples of 16")
         seg, conf = self._infer(batch)
         b, spatial = batch.shape[0], tuple(batch.shape[2:])
         if seg.shape[0] != b or tuple(seg.shape[2:]) != spatial or tuple(conf.shape) != (b, 1, *spatial):
             where = self.artifact or self.name
-            raise BackendError(f"{where}: the model returned shapes {tuple(seg.shape)}, {tuple(conf.shape)} "
-                               f"for input {tuple(batch.shape)}; expected (B, C, *window) and (B, 1, *window)")
+            raise BackendError(
+                f"{where}: the model returned shapes {tuple(seg.shape)}, {tuple(conf.shape)} "
+                f"for input {tuple(batch.shape)}; expected (B, C, *window) and (B, 1, *window)"
+            )
         return WindowOutputs(seg.float(), conf.float())
 
     @abstractmethod

@@ -45,7 +45,8 @@ def providers_for(device: str, available: list[str]) -> list[str | tuple[str, di
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailableError(
                 "onnxruntime backend: --device cuda needs onnxruntime-gpu with the CUDA execution "
-                f"provider; this onnxruntime offers {available}")
+                f"provider; this onnxruntime offers {available}"
+            )
         # Not the TensorRT EP: it builds engines on first use (minutes); the native tensorrt backend
         # with its engine cache is the way to TensorRT.
         index = device.partition(":")[2] or "0"
@@ -56,8 +57,15 @@ def providers_for(device: str, available: list[str]) -> list[str | tuple[str, di
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, artifact: Path, spec, *, device: str = "cpu", max_batch_size: int | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Path,
+        spec,
+        *,
+        device: str = "cpu",
+        max_batch_size: int | None = None,
+        threads: int | None = None,
+    ) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         self.threads = threads
 
@@ -65,8 +73,10 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise BackendUnavailableError(f"onnxruntime backend: onnxruntime is not installed ({err}); "
-                                          "pip install onnxruntime (or onnxruntime-gpu)") from None
+            raise BackendUnavailableError(
+                f"onnxruntime backend: onnxruntime is not installed ({err}); "
+                "pip install onnxruntime (or onnxruntime-gpu)"
+            ) from None
         providers = providers_for(self.device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -40,28 +40,44 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     default_batch_size = 4
 
-    def __init__(self, artifact: Path, spec: ModelSpec, *, device: str = "cuda", max_batch_size: int | None = None,
-                 precision: str | None = None, cuda_graph: bool = False,
-                 engine_for_onnx: EngineForOnnx | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Path,
+        spec: ModelSpec,
+        *,
+        device: str = "cuda",
+        max_batch_size: int | None = None,
+        precision: str | None = None,
+        cuda_graph: bool = False,
+        engine_for_onnx: EngineForOnnx | None = None,
+    ) -> None:
         if not str(device).startswith("cuda"):
-            raise BackendUnavailableError(f"the tensorrt backend runs on a CUDA GPU; use --device cuda (got {device!r})")
+            raise BackendUnavailableError(
+                f"the tensorrt backend runs on a CUDA GPU; use --device cuda (got {device!r})"
+            )
         if precision is not None and precision != spec.precision:
             # Strongly typed engines run the file's types; a different precision is another ONNX file.
-            raise ConfigError(f"{Path(artifact).name} is {spec.precision}: TensorRT engines run the ONNX file's own "
-                              f"precision; for {precision}, export with `ceds export CHECKPOINT --out model-{precision}"
-                              f".onnx --precision {precision}` and give that file")
+            raise ConfigError(
+                f"{Path(artifact).name} is {spec.precision}: TensorRT engines run the ONNX file's own "
+                f"precision; for {precision}, export with `ceds export CHECKPOINT --out model-{precision}"
+                f".onnx --precision {precision}` and give that file"
+            )
         artifact = Path(artifact)
         self._sidecar = None
         if artifact.suffix.lower() == ".onnx" and engine_for_onnx is None:
-            raise UsageError(f"{artifact.name}: the tensorrt backend runs an engine; for an ONNX file pass "
-                             "engine_for_onnx (ceds_deploy.models.open_backend does, with the engine cache)")
+            raise UsageError(
+                f"{artifact.name}: the tensorrt backend runs an engine; for an ONNX file pass "
+                "engine_for_onnx (ceds_deploy.models.open_backend does, with the engine cache)"
+            )
         if artifact.suffix.lower() != ".onnx":
             # The sidecar (plain JSON) says the profile's max batch before any GPU work.
             self._sidecar = read_sidecar(artifact)
             profile_max = BatchProfile.parse(self._sidecar["profile"]["batch"]).max
             if max_batch_size is not None and max_batch_size > profile_max:
-                raise ConfigError(f"{artifact.name}: batch size {max_batch_size} exceeds the engine's profile "
-                                  f"max {profile_max}; rebuild with a larger --batch")
+                raise ConfigError(
+                    f"{artifact.name}: batch size {max_batch_size} exceeds the engine's profile "
+                    f"max {profile_max}; rebuild with a larger --batch"
+                )
             max_batch_size = max_batch_size or profile_max
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         self.precision = spec.precision
@@ -87,19 +103,25 @@ class TensorRTBackend(Backend):
             self._runtime = trt.Runtime(self._logger)
             self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if self._engine is None:
-                raise ArtifactError(f"{self.engine_path}: TensorRT cannot deserialize this engine "
-                                    f"({self._logger.last_error or 'corrupt, or built by another TensorRT'})")
+                raise ArtifactError(
+                    f"{self.engine_path}: TensorRT cannot deserialize this engine "
+                    f"({self._logger.last_error or 'corrupt, or built by another TensorRT'})"
+                )
             self._check_io(trt)
             self._context = self._engine.create_execution_context()
             if self._context is None:
-                raise ArtifactError(f"{self.engine_path}: cannot create an execution context "
-                                    f"(out of GPU memory?): {self._logger.last_error}")
+                raise ArtifactError(
+                    f"{self.engine_path}: cannot create an execution context "
+                    f"(out of GPU memory?): {self._logger.last_error}"
+                )
             self._stream = torch.cuda.Stream(device=self._device)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_io: dict[str, torch.Tensor] = {}
         engine_precision = (self._sidecar or {}).get("precision", self.precision)
-        self.description = (f"tensorrt {trt.__version__} {engine_precision} (strongly typed) on {runtime.gpu_name} "
-                            f"(batch <= {self.max_batch_size}{', CUDA graph' if self.cuda_graph else ''})")
+        self.description = (
+            f"tensorrt {trt.__version__} {engine_precision} (strongly typed) on {runtime.gpu_name} "
+            f"(batch <= {self.max_batch_size}{', CUDA graph' if self.cuda_graph else ''})"
+        )
 
     def _check_io(self, trt) -> None:
         engine = self._engine
@@ -107,28 +129,35 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise ArtifactError(f"{self.engine_path}: engine has inputs {inputs} and outputs {outputs}, "
-                                f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}")
+            raise ArtifactError(
+                f"{self.engine_path}: engine has inputs {inputs} and outputs {outputs}, "
+                f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}"
+            )
         dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
         self._dtypes = {}
         for name in names:
             dtype = engine.get_tensor_dtype(name)
             if dtype not in dtypes:
-                raise ArtifactError(f"{self.engine_path}: tensor {name!r} has type {dtype}; expected float32 or float16")
+                raise ArtifactError(
+                    f"{self.engine_path}: tensor {name!r} has type {dtype}; expected float32 or float16"
+                )
             self._dtypes[name] = dtypes[dtype]
         low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(INPUT_NAME, 0))
         self._profile = (low, high)
         if self.max_batch_size > high[0]:
-            raise ConfigError(f"{self.engine_path}: batch size {self.max_batch_size} exceeds the engine's "
-                              f"profile max {high[0]}")
+            raise ConfigError(
+                f"{self.engine_path}: batch size {self.max_batch_size} exceeds the engine's profile max {high[0]}"
+            )
 
     # -------------------------------------------------------------- inference
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         low, high = self._profile
         if any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
-            raise ModelInputError(f"tensorrt: input {shape} is outside the engine's profile {low} .. {high} "
-                                  "(engines are built for the model's ROI; rebuild for other windows)")
+            raise ModelInputError(
+                f"tensorrt: input {shape} is outside the engine's profile {low} .. {high} "
+                "(engines are built for the model's ROI; rebuild for other windows)"
+            )
 
     def _bind(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Set the input shape and every tensor address; returns the output buffers."""

@@ -53,8 +53,10 @@ def version_problem(version: str) -> str | None:
     """Why this TensorRT version is not supported, or None when it is."""
     parsed = parse_version(version)
     if not parsed or parsed[0] not in SUPPORTED_MAJORS or parsed < MIN_TENSORRT:
-        return (f"TensorRT {SUPPORTED_RANGE} (found {version or 'an unknown version'}; "
-                f"pip install 'tensorrt>=10.0.1,<12', or JetPack 6.1 or later)")
+        return (
+            f"TensorRT {SUPPORTED_RANGE} (found {version or 'an unknown version'}; "
+            f"pip install 'tensorrt>=10.0.1,<12', or JetPack 6.1 or later)"
+        )
     return None
 
 
@@ -140,7 +142,7 @@ class BatchProfile:
             raise ConfigError(f"batch profile needs 1 <= min <= opt <= max, got {self}")
 
     @classmethod
-    def parse(cls, text: str) -> "BatchProfile":
+    def parse(cls, text: str) -> BatchProfile:
         """'1:4:8' -> BatchProfile(1, 4, 8); a single number N means 1:N:N."""
         try:
             parts = [int(p) for p in str(text).split(":")]
@@ -176,8 +178,10 @@ def built_for(sidecar: dict) -> RuntimeInfo:
 def read_sidecar(engine: Path) -> dict:
     path = sidecar_path(engine)
     if not path.is_file():
-        raise ArtifactError(f"{engine}: engine has no sidecar {path.name}; build engines with "
-                            "`ceds export model.onnx --tensorrt model.engine`")
+        raise ArtifactError(
+            f"{engine}: engine has no sidecar {path.name}; build engines with "
+            "`ceds export model.onnx --tensorrt model.engine`"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         ModelSpec.from_dict(data["spec"])
@@ -193,15 +197,19 @@ def read_sidecar(engine: Path) -> dict:
 
 def rebuild_hint(engine: Path, sidecar: dict) -> str:
     onnx_name = sidecar.get("onnx", {}).get("file") or "model.onnx"
-    return (f"rebuild it on this machine: `ceds export {onnx_name} --tensorrt {Path(engine).name} "
-            f"--batch {sidecar['profile']['batch']}` (the engine takes the ONNX file's precision, "
-            f"{sidecar.get('precision', 'fp32')}), or give `ceds segment` the .onnx file with "
-            "--backend tensorrt to build into the engine cache")
+    return (
+        f"rebuild it on this machine: `ceds export {onnx_name} --tensorrt {Path(engine).name} "
+        f"--batch {sidecar['profile']['batch']}` (the engine takes the ONNX file's precision, "
+        f"{sidecar.get('precision', 'fp32')}), or give `ceds segment` the .onnx file with "
+        "--backend tensorrt to build into the engine cache"
+    )
 
 
 def check_sidecar(engine: Path, sidecar: dict, runtime: RuntimeInfo) -> None:
     """Refuse an engine built for another TensorRT version or GPU."""
     built = built_for(sidecar)
     if built != runtime:
-        raise ArtifactError(f"{engine}: built for {built.describe()}, but this machine has {runtime.describe()}; "
-                            f"TensorRT engines only run where they were built: {rebuild_hint(engine, sidecar)}")
+        raise ArtifactError(
+            f"{engine}: built for {built.describe()}, but this machine has {runtime.describe()}; "
+            f"TensorRT engines only run where they were built: {rebuild_hint(engine, sidecar)}"
+        )

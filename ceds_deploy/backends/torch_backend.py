@@ -32,10 +32,19 @@ CPU_CHANNELS_LAST_MAX_WIDTH = 8
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu",
-                 max_batch_size: int | None = None, precision: str | None = None,
-                 weights: str = "teacher", module: CedsNet | None = None,
-                 cuda_graph: bool = False, channels_last: bool | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Path | None,
+        spec: ModelSpec,
+        *,
+        device: str = "cpu",
+        max_batch_size: int | None = None,
+        precision: str | None = None,
+        weights: str = "teacher",
+        module: CedsNet | None = None,
+        cuda_graph: bool = False,
+        channels_last: bool | None = None,
+    ) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         # fp16 autocast on CUDA by default; on the CPU fp32 unless bf16 is asked for (it is a lossy lever).
         self.precision = precision or ("fp16" if is_cuda(device) else "fp32")
@@ -55,8 +64,14 @@ class TorchBackend(Backend):
         self._net: torch.nn.Module | None = None
 
     @classmethod
-    def from_module(cls, net: CedsNet, spec: ModelSpec, device: str = "cpu",
-                    max_batch_size: int | None = None, precision: str | None = None) -> TorchBackend:
+    def from_module(
+        cls,
+        net: CedsNet,
+        spec: ModelSpec,
+        device: str = "cpu",
+        max_batch_size: int | None = None,
+        precision: str | None = None,
+    ) -> TorchBackend:
         """Wrap a network in memory (training validation uses this: the same code path as segment)."""
         return cls(None, spec, device=device, max_batch_size=max_batch_size, precision=precision, module=net)
 
@@ -64,8 +79,10 @@ class TorchBackend(Backend):
         from ceds_deploy.network import CedsInference
 
         if is_cuda(self.device) and not torch.cuda.is_available():
-            raise BackendUnavailableError("torch backend: --device cuda asked for, but this PyTorch "
-                                          "has no CUDA GPU (torch.cuda.is_available() is False)")
+            raise BackendUnavailableError(
+                "torch backend: --device cuda asked for, but this PyTorch "
+                "has no CUDA GPU (torch.cuda.is_available() is False)"
+            )
         if self._module is not None:
             net = self._module
         elif self.artifact is not None:
@@ -97,8 +114,9 @@ class TorchBackend(Backend):
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         # Graph capture needs the autocast weight cache off (cast weights are recorded in the graph).
-        return torch.autocast(device_type="cuda" if is_cuda(self.device) else "cpu", dtype=dtype,
-                              cache_enabled=cache_enabled)
+        return torch.autocast(
+            device_type="cuda" if is_cuda(self.device) else "cpu", dtype=dtype, cache_enabled=cache_enabled
+        )
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         if is_cuda(self.device):
@@ -114,8 +132,7 @@ class TorchBackend(Backend):
             yield
             return
         tf32 = self.precision == "tf32"
-        saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-                 torch.backends.cuda.matmul.allow_tf32)
+        saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         try:
             torch.backends.cudnn.benchmark = True
             torch.backends.cudnn.allow_tf32 = tf32
@@ -123,8 +140,9 @@ class TorchBackend(Backend):
             with torch.cuda.device(torch.device(self.device)):
                 yield
         finally:
-            (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-             torch.backends.cuda.matmul.allow_tf32) = saved
+            (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = (
+                saved
+            )
 
     def _infer(self, batch: torch.Tensor) -> WindowOutputs:
         with self._cuda_flags():

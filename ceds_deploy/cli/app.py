@@ -35,9 +35,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit."),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's debug messages.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's debug messages."),
+) -> None:
     """CEDS: confidence-enhanced semi-supervised segmentation of mediastinal tumours in chest CT."""
     from ceds_deploy.cli.display import configure_logging
 

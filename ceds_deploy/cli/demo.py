@@ -10,9 +10,13 @@ import typer
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("ceds-demo"),
-    minutes: Annotated[float | None, typer.Option(
-        help="Optional cap on the training time. Training follows a fixed recipe; with a cap it may stop "
-             "early, and then quality suffers and the result is not the tested recipe.")] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Optional cap on the training time. Training follows a fixed recipe; with a cap it may stop "
+            "early, and then quality suffers and the result is not the tested recipe."
+        ),
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of reusing complete stages.")] = False,
 ) -> None:
     """Make phantoms, train CEDS, export to ONNX, segment held-out scans, score and show them.

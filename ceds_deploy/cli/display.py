@@ -35,8 +35,13 @@ def configure_logging(level: int, console: Console | None = None) -> None:
     logger.setLevel(level)
     handler = _cli_handler()
     if handler is None:
-        handler = RichHandler(console=console or Console(stderr=True), show_path=False, show_time=False,
-                              markup=False, rich_tracebacks=False)
+        handler = RichHandler(
+            console=console or Console(stderr=True),
+            show_path=False,
+            show_time=False,
+            markup=False,
+            rich_tracebacks=False,
+        )
         handler.set_name("ceds-cli")
         logger.addHandler(handler)
     elif console is not None:
@@ -99,10 +104,17 @@ class _Display:
 class CountDisplay(_Display):
     """One bar counting items: `total_event` sets the total, `item_event` advances it."""
 
-    def __init__(self, console: Console, label: str, *, total_event: str, item_event: str,
-                 enabled: bool = True) -> None:
-        super().__init__(console, TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
-                         TimeRemainingColumn(), enabled=enabled)
+    def __init__(
+        self, console: Console, label: str, *, total_event: str, item_event: str, enabled: bool = True
+    ) -> None:
+        super().__init__(
+            console,
+            TextColumn(f"[bold]{label}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            enabled=enabled,
+        )
         self.total_event, self.item_event = total_event, item_event
         self.task = self.bar.add_task(label, total=None)
 
@@ -117,9 +129,16 @@ class SegmentDisplay(_Display):
     """Two bars (cases; windows with a rate) fed by `segment_folder`'s events."""
 
     def __init__(self, console: Console, enabled: bool = True) -> None:
-        super().__init__(console, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                         enabled=enabled)
+        super().__init__(
+            console,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            enabled=enabled,
+        )
         self.cases = self.bar.add_task("cases", total=None, rate="")
         self.windows = self.bar.add_task("windows", total=0, rate="")
         self.started = time.perf_counter()
@@ -143,32 +162,53 @@ class TrainDisplay(_Display):
     running average of the measured steps)."""
 
     def __init__(self, console: Console, enabled: bool = True) -> None:
-        super().__init__(console, TextColumn("[bold]{task.description}[/] {task.fields[phase]:<7}"),
-                         TextColumn("{task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                         TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[dice]}"),
-                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), enabled=enabled)
+        super().__init__(
+            console,
+            TextColumn("[bold]{task.description}[/] {task.fields[phase]:<7}"),
+            TextColumn("{task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"),
+            TextColumn("{task.fields[dice]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            enabled=enabled,
+        )
         self.prepare: TaskID | None = None
         self.train: TaskID | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
         info = event.info
         if event.name == "preparing":
-            self.prepare = self.bar.add_task("preparing cases", total=event.count, phase="", epoch="", losses="",
-                                             dice="")
+            self.prepare = self.bar.add_task(
+                "preparing cases", total=event.count, phase="", epoch="", losses="", dice=""
+            )
         elif event.name == "prepared" and self.prepare is not None:
             self.bar.update(self.prepare, advance=event.count, losses=str(info.get("case", "")))
         elif event.name == "training":
             if self.prepare is not None:
                 self.bar.remove_task(self.prepare)
-            self.train = self.bar.add_task(str(info.get("method", "train")), total=event.count,
-                                           completed=int(info.get("done", 0)), phase="", epoch="", losses="",
-                                           dice="Dice s/t -")
+            self.train = self.bar.add_task(
+                str(info.get("method", "train")),
+                total=event.count,
+                completed=int(info.get("done", 0)),
+                phase="",
+                epoch="",
+                losses="",
+                dice="Dice s/t -",
+            )
         elif event.name == "step" and self.train is not None:
             shown = {"loss_seg": "seg", "loss_conf": "conf", "loss_consistency": "cons"}
             losses = info.get("losses", {})
             text = " ".join(f"{short} {losses[k]:.3f}" for k, short in shown.items() if k in losses)
-            self.bar.update(self.train, advance=event.count, phase=info.get("phase", ""),
-                            epoch=f"epoch {info.get('epoch')}/{info.get('epochs')}", losses=text)
+            self.bar.update(
+                self.train,
+                advance=event.count,
+                phase=info.get("phase", ""),
+                epoch=f"epoch {info.get('epoch')}/{info.get('epochs')}",
+                losses=text,
+            )
         elif event.name == "validated" and self.train is not None:
             dice = f"Dice s/t {_fmt(info.get('dice_student'))}/{_fmt(info.get('dice_teacher'))}"
             self.bar.update(self.train, dice=dice)

@@ -24,12 +24,25 @@ def _signed(value: float, digits: int = 2, suffix: str = "") -> str:
 
 
 def evaluate(
-    pred_dir: Annotated[Path, typer.Argument(metavar="PRED_DIR", help="Folder of predicted masks <case>.nii.gz (the OUTPUT of "
-                                             "`ceds segment`; confidence maps and reports there are ignored).")],
-    label_dir: Annotated[Path, typer.Argument(metavar="LABEL_DIR", help="Folder of ground-truth masks <case>.<nii.gz|nii|nrrd|mha|...>, "
-                                              "values 0/1, on the same grids as the predictions.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the CSV "
-                                                "(default: PRED_DIR/evaluation.csv).")] = None,
+    pred_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PRED_DIR",
+            help="Folder of predicted masks <case>.nii.gz (the OUTPUT of "
+            "`ceds segment`; confidence maps and reports there are ignored).",
+        ),
+    ],
+    label_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="LABEL_DIR",
+            help="Folder of ground-truth masks <case>.<nii.gz|nii|nrrd|mha|...>, "
+            "values 0/1, on the same grids as the predictions.",
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write the CSV (default: PRED_DIR/evaluation.csv).")
+    ] = None,
 ) -> None:
     """Score predicted masks against labels: Dice, 95% Hausdorff distance (mm) and volume difference (mL)
     per case and their means, as a table and a CSV.
@@ -52,25 +65,42 @@ def evaluate(
         if row.status != "ok":
             continue
         hd = _num(row.hd95_mm, 2) if not math.isinf(row.hd95_mm) else "[yellow]inf (one mask empty)[/]"
-        table.add_row(escape(row.case), _num(row.dice, 4), hd, _num(row.pred_ml, 2), _num(row.true_ml, 2),
-                      _signed(row.volume_diff_ml), _signed(row.rel_volume_diff_pct, 1))
+        table.add_row(
+            escape(row.case),
+            _num(row.dice, 4),
+            hd,
+            _num(row.pred_ml, 2),
+            _num(row.true_ml, 2),
+            _signed(row.volume_diff_ml),
+            _signed(row.rel_volume_diff_pct, 1),
+        )
     m, n = report.means, report.counts
     hd_note = "" if n["hd95_mm"] == n["dice"] else f" ({n['hd95_mm']} of {n['dice']})"
     table.add_section()
-    table.add_row(f"[bold]mean of {len(report.ok)}[/]", _num(m["dice"], 4), _num(m["hd95_mm"], 2) + hd_note,
-                  _num(m["pred_ml"], 2), _num(m["true_ml"], 2),
-                  _signed(m["volume_diff_ml"]) + f" (|{_num(m['abs_volume_diff_ml'], 2)}|)",
-                  _signed(m["rel_volume_diff_pct"], 1))
+    table.add_row(
+        f"[bold]mean of {len(report.ok)}[/]",
+        _num(m["dice"], 4),
+        _num(m["hd95_mm"], 2) + hd_note,
+        _num(m["pred_ml"], 2),
+        _num(m["true_ml"], 2),
+        _signed(m["volume_diff_ml"]) + f" (|{_num(m['abs_volume_diff_ml'], 2)}|)",
+        _signed(m["rel_volume_diff_pct"], 1),
+    )
     console.print(table)
     if n["hd95_mm"] < n["dice"]:
-        console.print(f"[yellow]HD95 is undefined (inf) for {n['dice'] - n['hd95_mm']} case(s) where exactly one "
-                      "mask is empty; the HD95 mean leaves them out.[/]")
+        console.print(
+            f"[yellow]HD95 is undefined (inf) for {n['dice'] - n['hd95_mm']} case(s) where exactly one "
+            "mask is empty; the HD95 mean leaves them out.[/]"
+        )
     for path in report.missing_labels:
         console.print(f"[yellow]no label for {escape(str(path))}[/]", highlight=False)
     if report.unmatched_labels:
-        console.print(f"{len(report.unmatched_labels)} label(s) have no prediction: "
-                      + escape(", ".join(p.name for p in report.unmatched_labels[:10]))
-                      + (", ..." if len(report.unmatched_labels) > 10 else ""), highlight=False)
+        console.print(
+            f"{len(report.unmatched_labels)} label(s) have no prediction: "
+            + escape(", ".join(p.name for p in report.unmatched_labels[:10]))
+            + (", ..." if len(report.unmatched_labels) > 10 else ""),
+            highlight=False,
+        )
     for row in report.errors:
         console.print(f"[bold red]error:[/] {escape(row.message)}", highlight=False, soft_wrap=True)
     console.print(f"Wrote {escape(str(report.csv_path))}", highlight=False, soft_wrap=True)

@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 
-def info(artifact: Annotated[Path, typer.Argument(help="A checkpoint (.pt), an ONNX file or a TensorRT engine.")]) -> None:
+def info(
+    artifact: Annotated[Path, typer.Argument(help="A checkpoint (.pt), an ONNX file or a TensorRT engine.")],
+) -> None:
     """Print the model spec an artifact carries and what it was made from and with."""
     from rich.console import Console
 
@@ -55,9 +57,11 @@ def _checkpoint_rows(path: Path) -> list[tuple[str, object]]:
     from ceds_deploy.checkpoint import load_checkpoint
 
     payload = load_checkpoint(path)
-    rows: list[tuple[str, object]] = [("format", payload.get("format")),
-                                      ("weights", ", ".join(k for k in ("teacher", "student") if k in payload)),
-                                      ("net_config", payload.get("net_config"))]
+    rows: list[tuple[str, object]] = [
+        ("format", payload.get("format")),
+        ("weights", ", ".join(k for k in ("teacher", "student") if k in payload)),
+        ("net_config", payload.get("net_config")),
+    ]
     for key, value in payload.items():
         if key not in ("format", "kind", "spec", "net_config") and isinstance(value, (int, float, str, bool)):
             rows.append((key, value))
@@ -96,11 +100,17 @@ def _onnx_rows(path: Path) -> list[tuple[str, object]]:
         rows.append(("export", json.loads(meta[EXPORT_META_KEY])))
     if VALIDATION_META_KEY in meta:
         report = json.loads(meta[VALIDATION_META_KEY])
-        rows.append(("validation", f"{report.get('label')}: {'passed' if report.get('passed') else 'FAILED'}, "
-                                   f"max |diff| probabilities {report.get('max_prob_diff', float('nan')):.2e} on "
-                                   f"{report.get('windows')} windows"))
-    rows.extend((key, value) for key, value in meta.items()
-                if key not in (ONNX_SPEC_KEY, EXPORT_META_KEY, VALIDATION_META_KEY))
+        rows.append(
+            (
+                "validation",
+                f"{report.get('label')}: {'passed' if report.get('passed') else 'FAILED'}, "
+                f"max |diff| probabilities {report.get('max_prob_diff', float('nan')):.2e} on "
+                f"{report.get('windows')} windows",
+            )
+        )
+    rows.extend(
+        (key, value) for key, value in meta.items() if key not in (ONNX_SPEC_KEY, EXPORT_META_KEY, VALIDATION_META_KEY)
+    )
     return rows
 
 

@@ -7,11 +7,21 @@ from typing import Annotated
 
 import typer
 
-ModelOption = Annotated[Path, typer.Option("--model", "-m", help="Model artifact: a training checkpoint "
-                                           "(.pt), an ONNX file from `ceds export`, or a TensorRT engine.")]
+ModelOption = Annotated[
+    Path,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model artifact: a training checkpoint (.pt), an ONNX file from `ceds export`, or a TensorRT engine.",
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="Where to run: [bold]cpu[/], [bold]cuda[/] or cuda:N.")]
-BackendOption = Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt. "
-                                            "[bold]auto[/] picks the fastest installed one and says which.")]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        help="auto, torch, onnxruntime or tensorrt. [bold]auto[/] picks the fastest installed one and says which."
+    ),
+]
 
 
 def check_device(device: str) -> str:
@@ -25,6 +35,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise typer.BadParameter(f"shard must look like I/N (for example 0/4), got {text!r}",
-                                 param_hint="--shard") from None
+        raise typer.BadParameter(
+            f"shard must look like I/N (for example 0/4), got {text!r}", param_hint="--shard"
+        ) from None
     return index, count

@@ -11,17 +11,13 @@ import typer
 
 def phantoms(
     out: Annotated[Path, typer.Argument(help="Dataset folder to write (created if missing).")],
-    cases: Annotated[int, typer.Option("--cases", min=0,
-                                       help="Training images in imagesTr/.")] = 20,
-    labeled: Annotated[int, typer.Option("--labeled", min=0,
-                                         help="How many of them get a label in labelsTr/.")] = 4,
-    test: Annotated[int, typer.Option("--test", min=0,
-                                      help="Held-out labeled cases in imagesTs/ and labelsTs/.")] = 8,
-    seed: Annotated[int, typer.Option("--seed", min=0,
-                                      help="Random seed; case i of a seed never changes.")] = 0,
-    size: Annotated[str, typer.Option("--size",
-                                      help="small (<= 128x128x64, tests and CPU demos) or "
-                                           "full (512x512, realistic).")] = "small",
+    cases: Annotated[int, typer.Option("--cases", min=0, help="Training images in imagesTr/.")] = 20,
+    labeled: Annotated[int, typer.Option("--labeled", min=0, help="How many of them get a label in labelsTr/.")] = 4,
+    test: Annotated[int, typer.Option("--test", min=0, help="Held-out labeled cases in imagesTs/ and labelsTs/.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed; case i of a seed never changes.")] = 0,
+    size: Annotated[
+        str, typer.Option("--size", help="small (<= 128x128x64, tests and CPU demos) or full (512x512, realistic).")
+    ] = "small",
 ) -> None:
     """Generate synthetic chest CT scans with one mediastinal mass each."""
     import time
@@ -39,4 +35,6 @@ def phantoms(
     console.print(
         f"[green]wrote[/] {folder}: {cases} training images ({labeled} labeled, "
         f"{cases - labeled} unlabeled), {test} test cases, size {size}, seed {seed} "
-        f"in {time.perf_counter() - start:.1f} s", highlight=False)
+        f"in {time.perf_counter() - start:.1f} s",
+        highlight=False,
+    )

@@ -16,58 +16,119 @@ if TYPE_CHECKING:
 
 
 def segment(
-    input: Annotated[Path, typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD, DICOM series "
-                                          "folders) or one scan.")],
+    input: Annotated[
+        Path, typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD, DICOM series folders) or one scan.")
+    ],
     output: Annotated[Path, typer.Argument(help="Folder for masks, confidence maps and report.csv/json.")],
     model: ModelOption,
     backend: BackendOption = "auto",
     device: DeviceOption = "cpu",
-    overlap: Annotated[float, typer.Option(help="Window overlap in [0, 1); each step up multiplies the "
-                                           "window count.")] = 0.25,
-    blend: Annotated[str, typer.Option(help="How overlapping windows are averaged: constant (the CEDS "
-                                       "validation's, MONAI's default) or gaussian (window centres count "
-                                       "most, as nnU-Net).")] = "constant",
-    batch_size: Annotated[int | None, typer.Option(help="Windows per backend call (default: on a "
-                                                      "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
-                                                      "on a GPU the backend's).")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes "
-                                      "(8x slower).")] = False,
-    precision: Annotated[str | None, typer.Option(help="torch: fp32, bf16, or on CUDA fp16/tf32; "
-                                                     "default fp32 on CPU and fp16 on CUDA. A .onnx or .engine model "
-                                                     "runs its own precision (fp16 files come from `ceds export "
-                                                     "--precision fp16`); tensorrt accepts only that value "
-                                                     "here.")] = None,
-    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="torch or tensorrt on CUDA: capture the "
-                                             "fixed-shape call once and replay it as a CUDA graph.")] = False,
-    save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
-                                                     help="Also write <case>_probabilities.nii.gz.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose outputs exist "
-                                            "(default: skip them, so a stopped run resumes); needed to write "
-                                            "into a folder holding results of another model.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Take over the output folder's lock from another "
-                                        "run (a run on another host, or one you know is gone; a lock of a "
-                                        "dead process on this host is taken over anyway).")] = False,
-    html: Annotated[bool, typer.Option("--html", help="Also write report.html: the cases sortable by review "
-                                       "flag, confidence and volume, with thumbnails (use with --preview), "
-                                       "failures first.")] = False,
-    shard: Annotated[str, typer.Option(help="I/N: process only the I-th (0-based) of N deterministic "
-                                       "parts of the sorted case list.")] = "0/1",
-    confidence_threshold: Annotated[float, typer.Option(help="Tumour voxels below this confidence count "
-                                                        "as uncertain in the report.")] = 0.5,
-    preview: Annotated[bool, typer.Option("--preview", help="Write a PNG per case: three planes through "
-                                          "the mass with the outline and the confidence map.")] = False,
-    labels: Annotated[Path | None, typer.Option(help="With --preview: a folder of ground-truth labels "
-                                                   "(same case names) to outline too.")] = None,
+    overlap: Annotated[
+        float, typer.Option(help="Window overlap in [0, 1); each step up multiplies the window count.")
+    ] = 0.25,
+    blend: Annotated[
+        str,
+        typer.Option(
+            help="How overlapping windows are averaged: constant (the CEDS "
+            "validation's, MONAI's default) or gaussian (window centres count "
+            "most, as nnU-Net)."
+        ),
+    ] = "constant",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Windows per backend call (default: on a "
+            "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
+            "on a GPU the backend's)."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over the 8 mirrorings of the three axes (8x slower).")
+    ] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="torch: fp32, bf16, or on CUDA fp16/tf32; "
+            "default fp32 on CPU and fp16 on CUDA. A .onnx or .engine model "
+            "runs its own precision (fp16 files come from `ceds export "
+            "--precision fp16`); tensorrt accepts only that value "
+            "here."
+        ),
+    ] = None,
+    cuda_graph: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graph",
+            help="torch or tensorrt on CUDA: capture the fixed-shape call once and replay it as a CUDA graph.",
+        ),
+    ] = False,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.nii.gz.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Redo cases whose outputs exist "
+            "(default: skip them, so a stopped run resumes); needed to write "
+            "into a folder holding results of another model.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Take over the output folder's lock from another "
+            "run (a run on another host, or one you know is gone; a lock of a "
+            "dead process on this host is taken over anyway).",
+        ),
+    ] = False,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write report.html: the cases sortable by review "
+            "flag, confidence and volume, with thumbnails (use with --preview), "
+            "failures first.",
+        ),
+    ] = False,
+    shard: Annotated[
+        str, typer.Option(help="I/N: process only the I-th (0-based) of N deterministic parts of the sorted case list.")
+    ] = "0/1",
+    confidence_threshold: Annotated[
+        float, typer.Option(help="Tumour voxels below this confidence count as uncertain in the report.")
+    ] = 0.5,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Write a PNG per case: three planes through the mass with the outline and the confidence map.",
+        ),
+    ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="With --preview: a folder of ground-truth labels (same case names) to outline too."),
+    ] = None,
     skip_air: Annotated[bool, typer.Option(help="Do not compute windows that hold only air or lung.")] = True,
-    window: Annotated[tuple[int, int, int] | None, typer.Option(help="Inference window X Y Z (multiples of "
-                                                                  "16) larger than the training ROI: fewer, "
-                                                                  "bigger windows; CBAM's global pooling sees "
-                                                                  "more context, so check the accuracy.",
-                                                                  show_default=False)] = None,
-    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest "
-                                                    "connected tumour region (for one lesion per scan).")] = False,
-    io_workers: Annotated[int | None, typer.Option(min=1, help="Scans read and written at once (default: one "
-                                                      "per 4 CPU cores, 1 to 4).")] = None,
+    window: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="Inference window X Y Z (multiples of "
+            "16) larger than the training ROI: fewer, "
+            "bigger windows; CBAM's global pooling sees "
+            "more context, so check the accuracy.",
+            show_default=False,
+        ),
+    ] = None,
+    largest_component: Annotated[
+        bool,
+        typer.Option(
+            "--largest-component", help="Keep only the largest connected tumour region (for one lesion per scan)."
+        ),
+    ] = False,
+    io_workers: Annotated[
+        int | None, typer.Option(min=1, help="Scans read and written at once (default: one per 4 CPU cores, 1 to 4).")
+    ] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -79,16 +140,37 @@ def segment(
     from ceds_deploy.inference import SegmentOptions
 
     try:
-        options = SegmentOptions(overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
-                                 save_probabilities=save_probabilities, overwrite=overwrite, force=force,
-                                 shard=shard_pair, confidence_threshold=confidence_threshold,
-                                 preview=preview, skip_air=skip_air, preview_labels=labels,
-                                 window=window, io_workers=io_workers, largest_component=largest_component,
-                                 html=html)
+        options = SegmentOptions(
+            overlap=overlap,
+            blend=blend,
+            batch_size=batch_size,
+            tta=tta,
+            save_probabilities=save_probabilities,
+            overwrite=overwrite,
+            force=force,
+            shard=shard_pair,
+            confidence_threshold=confidence_threshold,
+            preview=preview,
+            skip_air=skip_air,
+            preview_labels=labels,
+            window=window,
+            io_workers=io_workers,
+            largest_component=largest_component,
+            html=html,
+        )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
-    failed = run_segment(input, output, model, backend=backend, device=device, options=options,
-                         precision=precision, cuda_graph=cuda_graph, console=Console(stderr=True))
+    failed = run_segment(
+        input,
+        output,
+        model,
+        backend=backend,
+        device=device,
+        options=options,
+        precision=precision,
+        cuda_graph=cuda_graph,
+        console=Console(stderr=True),
+    )
     if failed:
         raise typer.Exit(1)
 
@@ -101,8 +183,9 @@ def check_paths(input_path: Path, output: Path, backend: str) -> None:
     from ceds_deploy.inference.guard import check_locations
 
     if backend not in BACKEND_NAMES:
-        raise typer.BadParameter(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}",
-                                 param_hint="--backend")
+        raise typer.BadParameter(
+            f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}", param_hint="--backend"
+        )
     try:
         check_locations(input_path, output)
     except ScanError as err:
@@ -111,9 +194,19 @@ def check_paths(input_path: Path, output: Path, backend: str) -> None:
         raise typer.BadParameter(str(err), param_hint="OUTPUT") from None
 
 
-def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "auto", device: str = "cpu",
-                options: SegmentOptions | None = None, precision: str | None = None, cuda_graph: bool = False,
-                console: Console | None = None, show_progress: bool = True) -> int:
+def run_segment(
+    input_path: Path,
+    output: Path,
+    model: Path,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    options: SegmentOptions | None = None,
+    precision: str | None = None,
+    cuda_graph: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> int:
     """Open the model, segment a folder with rich progress, print the summary; returns the number of
     failed cases. The demo calls this too."""
     from rich.console import Console
@@ -124,22 +217,38 @@ def run_segment(input_path: Path, output: Path, model: Path, *, backend: str = "
 
     options = options or SegmentOptions()
     console = console or Console(stderr=True)
-    engine, why = open_backend(model, backend=backend, device=device, max_batch_size=options.batch_size,
-                               precision=precision, cuda_graph=cuda_graph)
+    engine, why = open_backend(
+        model,
+        backend=backend,
+        device=device,
+        max_batch_size=options.batch_size,
+        precision=precision,
+        cuda_graph=cuda_graph,
+    )
     spec = engine.spec
     from ceds_deploy.cli.display import SegmentDisplay
 
     progress = SegmentDisplay(console, enabled=show_progress)
     with engine, progress:
-        console.print(f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
-                      f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm")
-        run = segment_folder(input_path, output, engine, options, progress=progress,
-                             run_info={"model": str(model), "backend_choice": why})
+        console.print(
+            f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
+            f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm"
+        )
+        run = segment_folder(
+            input_path,
+            output,
+            engine,
+            options,
+            progress=progress,
+            run_info={"model": str(model), "backend_choice": why},
+        )
     counts = status_counts(run.rows)
     review = [r.case for r in run.rows if r.status == "ok" and r.needs_review]
     report = run.report_paths[0] if run.report_paths else output
-    console.print(f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
-                  f"{len(review)} need review; report: {report}")
+    console.print(
+        f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
+        f"{len(review)} need review; report: {report}"
+    )
     for row in run.rows:
         if row.status == "failed":
             console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)

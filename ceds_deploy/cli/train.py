@@ -15,46 +15,100 @@ _MODEL = "Model and patches"
 
 
 def train(
-    data_dir: Annotated[Path | None, typer.Argument(
-        help="Dataset folder: dataset.json (Decathlon style, 'training' pairs + 'unlabeled' images) or "
-             "imagesTr/ + labelsTr/ (images without a label count as unlabeled).", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder: checkpoints/, metrics.csv, "
-                                                "curves.png, config.yaml.", show_default=False)] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its "
-                                                   "checkpoints/last.pt, with its saved settings.",
-                                                   show_default=False)] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or TOML file of settings; "
-                                                   "options given here override it.", show_default=False)] = None,
-    method: Annotated[str | None, typer.Option(help="[bold]ceds[/] (default), [bold]mean-teacher[/] (no "
-                                                  "confidence gate or head) or [bold]supervised[/] (labeled "
-                                                  "data only).", show_default=False)] = None,
-    labeled: Annotated[int | None, typer.Option(help="Keep only K labels for training; the other labeled "
-                                                   "images are used as unlabeled.", show_default=False)] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Fraction of the labeled cases held out for "
-                                                          "validation (default 0.2).", show_default=False)] = None,
-    width: Annotated[int | None, typer.Option(help="Network base width (paper: 16; 4-8 on a CPU).",
-                                                 rich_help_panel=_MODEL, show_default=False)] = None,
-    patch: Annotated[tuple[int, int, int] | None, typer.Option(
-        help="Training patch = inference window, voxels along x y z, multiples of 16 (paper: 112 112 80).",
-        rich_help_panel=_MODEL, show_default=False)] = None,
-    spacing: Annotated[float | None, typer.Option(help="Isotropic model spacing in mm (paper: 1.0).",
-                                                     rich_help_panel=_MODEL, show_default=False)] = None,
-    iterations: Annotated[int | None, typer.Option(help="Training steps in all.", rich_help_panel=_BUDGET,
-                                                      show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the labeled training cases (paper: 8000).",
-                                                  rich_help_panel=_BUDGET, show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Volumes per step and process, half of them "
-                                                      "labeled (default 2; supervised: all labeled).",
-                                                      show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random choice (default 0).",
-                                                show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu (default), cuda or cuda:N.",
-                                                  show_default=False)] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision: fp16 with loss "
-                                                "scaling on CUDA, bf16 on the CPU.", show_default=False)] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Dataset folder: dataset.json (Decathlon style, 'training' pairs + 'unlabeled' images) or "
+            "imagesTr/ + labelsTr/ (images without a label count as unlabeled).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Run folder: checkpoints/, metrics.csv, curves.png, config.yaml.", show_default=False
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this folder from its checkpoints/last.pt, with its saved settings.",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML or TOML file of settings; options given here override it.", show_default=False
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="[bold]ceds[/] (default), [bold]mean-teacher[/] (no "
+            "confidence gate or head) or [bold]supervised[/] (labeled "
+            "data only).",
+            show_default=False,
+        ),
+    ] = None,
+    labeled: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep only K labels for training; the other labeled images are used as unlabeled.", show_default=False
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the labeled cases held out for validation (default 0.2).", show_default=False),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option(help="Network base width (paper: 16; 4-8 on a CPU).", rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    patch: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="Training patch = inference window, voxels along x y z, multiples of 16 (paper: 112 112 80).",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    spacing: Annotated[
+        float | None,
+        typer.Option(help="Isotropic model spacing in mm (paper: 1.0).", rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Training steps in all.", rich_help_panel=_BUDGET, show_default=False)
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Passes over the labeled training cases (paper: 8000).", rich_help_panel=_BUDGET, show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Volumes per step and process, half of them labeled (default 2; supervised: all labeled).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of every random choice (default 0).", show_default=False)
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu (default), cuda or cuda:N.", show_default=False)] = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision: fp16 with loss scaling on CUDA, bf16 on the CPU.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-    allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let dataset.json name files outside "
-                                                "DATA_DIR (refused by default).")] = False,
+    allow_outside: Annotated[
+        bool, typer.Option("--allow-outside", help="Let dataset.json name files outside DATA_DIR (refused by default).")
+    ] = False,
 ) -> None:
     """Train the CEDS network: a student and its EMA teacher, checkpointed every epoch.
 
@@ -64,15 +118,28 @@ def train(
         check_device(device)
     if iterations is not None and epochs is not None:
         raise typer.BadParameter("give --iterations or --epochs, not both", param_hint="--iterations/--epochs")
-    settings = {"method": method, "labeled": labeled, "val_fraction": val_fraction, "width": width, "patch": patch,
-                "spacing": None if spacing is None else (spacing,) * 3, "iterations": iterations, "epochs": epochs,
-                "batch_size": batch_size, "seed": seed, "amp": amp, "allow_outside": allow_outside or None}
+    settings = {
+        "method": method,
+        "labeled": labeled,
+        "val_fraction": val_fraction,
+        "width": width,
+        "patch": patch,
+        "spacing": None if spacing is None else (spacing,) * 3,
+        "iterations": iterations,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "amp": amp,
+        "allow_outside": allow_outside or None,
+    }
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
         given += [name for name, v in (("DATA_DIR", data_dir), ("--out", out), ("--config", config)) if v is not None]
         if given:
-            raise typer.BadParameter(f"--resume continues with the run's saved settings; drop {', '.join(given)} "
-                                     f"(only --device may change)", param_hint="--resume")
+            raise typer.BadParameter(
+                f"--resume continues with the run's saved settings; drop {', '.join(given)} (only --device may change)",
+                param_hint="--resume",
+            )
         from ceds_deploy.training.loop import resume_training
 
         with _display(quiet) as progress:
@@ -81,10 +148,15 @@ def train(
         summary = _new_run(data_dir, out, config, {**settings, "device": device}, quiet=quiet)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
-    best = ", ".join(f"{k} {summary.best[k]:.4f} (epoch {summary.best[k + '_epoch']})"
-                     for k in ("student", "teacher") if k in summary.best)
-    typer.echo(f"trained {summary.steps} steps ({summary.epochs} epochs); best validation Dice: {best or 'n/a'}; "
-               f"checkpoints in {summary.run_dir / 'checkpoints'}")
+    best = ", ".join(
+        f"{k} {summary.best[k]:.4f} (epoch {summary.best[k + '_epoch']})"
+        for k in ("student", "teacher")
+        if k in summary.best
+    )
+    typer.echo(
+        f"trained {summary.steps} steps ({summary.epochs} epochs); best validation Dice: {best or 'n/a'}; "
+        f"checkpoints in {summary.run_dir / 'checkpoints'}"
+    )
 
 
 def _display(quiet: bool):

@@ -22,9 +22,17 @@ def final_rows(out: Path, evaluation) -> list[dict]:
     dice = {r.case: r.dice for r in evaluation.rows if r.status == "ok"}
     rows = []
     for case, r in sorted(by_case.items()):
-        rows.append({"case": case, "dice": dice.get(case, math.nan), "tumour_ml": r["tumour_ml"],
-                     "mean_confidence": r["mean_confidence"], "needs_review": r["needs_review"],
-                     "review_reason": r["review_reason"], "preview": f"segment/{case}_preview.png"})
+        rows.append(
+            {
+                "case": case,
+                "dice": dice.get(case, math.nan),
+                "tumour_ml": r["tumour_ml"],
+                "mean_confidence": r["mean_confidence"],
+                "needs_review": r["needs_review"],
+                "review_reason": r["review_reason"],
+                "preview": f"segment/{case}_preview.png",
+            }
+        )
     return rows
 
 
@@ -41,22 +49,26 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _folder_note(out: Path) -> str:
-    from ceds_deploy.demo.run import MODEL_CHECKPOINT, folder_megabytes
+    from ceds_deploy.demo.recipe import MODEL_CHECKPOINT
+    from ceds_deploy.demo.verdict import folder_megabytes
 
     total = folder_megabytes(out)
     checkpoints = folder_megabytes(out / "run" / "checkpoints")
     model = out / MODEL_CHECKPOINT
     model_mb = model.stat().st_size / 1e6 if model.exists() else 0.0
-    return (f"{out} holds {total:.0f} MB, of which {checkpoints:.0f} MB are the training checkpoints in "
-            f"run/checkpoints (needed only to resume or fine-tune; delete them freely): "
-            f"{MODEL_CHECKPOINT} ({model_mb:.1f} MB) and model.onnx are all that export and segment need")
+    return (
+        f"{out} holds {total:.0f} MB, of which {checkpoints:.0f} MB are the training checkpoints in "
+        f"run/checkpoints (needed only to resume or fine-tune; delete them freely): "
+        f"{MODEL_CHECKPOINT} ({model_mb:.1f} MB) and model.onnx are all that export and segment need"
+    )
 
 
 # ---------------------------------------------------------------- terminal
 
 
-def print_final_summary(console, rows: list[dict], stages: list[tuple[str, float, str]], out: Path,
-                        index: Path, verdict) -> None:
+def print_final_summary(
+    console, rows: list[dict], stages: list[tuple[str, float, str]], out: Path, index: Path, verdict
+) -> None:
     """The failure banner (if any) first, then the per-case and stage tables, then where things are."""
     from rich.panel import Panel
     from rich.table import Table
@@ -88,18 +100,22 @@ def print_final_summary(console, rows: list[dict], stages: list[tuple[str, float
         timing.add_row(name, f"{seconds:.1f}", note)
     timing.add_row("[bold]total[/]", f"[bold]{sum(s for _, s, _ in stages):.1f}[/]", "")
     console.print(timing)
-    console.print(f"everything is in [bold]{out}[/]: data/ (phantoms), run/ (checkpoints, metrics.csv, "
-                  f"curves.png), model.pt (inference-only checkpoint), model.onnx, segment/ (masks, "
-                  f"confidence maps, previews, report.csv, evaluation.csv)")
+    console.print(
+        f"everything is in [bold]{out}[/]: data/ (phantoms), run/ (checkpoints, metrics.csv, "
+        f"curves.png), model.pt (inference-only checkpoint), model.onnx, segment/ (masks, "
+        f"confidence maps, previews, report.csv, evaluation.csv)"
+    )
     console.print(_folder_note(out))
     if verdict.passed:
-        console.print(f"[green]quality gate passed[/]: held-out mean Dice {_fmt(mean_dice(rows))} "
-                      f">= {_min_dice()} and a tumour found in every case")
+        console.print(
+            f"[green]quality gate passed[/]: held-out mean Dice {_fmt(mean_dice(rows))} "
+            f">= {_min_dice()} and a tumour found in every case"
+        )
     console.print(f"look at the pictures: [bold]xdg-open {index}[/]  (or open it in any browser)")
 
 
 def _min_dice() -> float:
-    from ceds_deploy.demo.run import MIN_MEAN_DICE
+    from ceds_deploy.demo.recipe import MIN_MEAN_DICE
 
     return MIN_MEAN_DICE
 
@@ -127,19 +143,20 @@ def _cell(value: str, numeric: bool = False) -> str:
 
 
 def _header(names: list[str], numeric: set[str]) -> str:
-    return "<tr>" + "".join(f"<th class='num'>{n}</th>" if n in numeric else f"<th>{n}</th>"
-                            for n in names) + "</tr>"
+    return "<tr>" + "".join(f"<th class='num'>{n}</th>" if n in numeric else f"<th>{n}</th>" for n in names) + "</tr>"
 
 
 def _failure_banner(verdict) -> str:
     esc = html.escape
     problems = "".join(f"<li>{esc(p)}</li>" for p in verdict.problems)
     causes = "".join(f"<li>{esc(c)}</li>" for c in verdict.causes)
-    return (f"<div id='{FAILURE_BANNER_ID}' class='banner fail' role='alert'>"
-            f"<h2>Demo failed: the model is not good enough</h2>"
-            f"<p>Do not trust these masks.</p><ul>{problems}</ul>"
-            f"<p><b>Likely cause:</b></p><ul>{causes}</ul>"
-            f"<p><b>Retry:</b> <code>{esc(verdict.retry)}</code></p></div>")
+    return (
+        f"<div id='{FAILURE_BANNER_ID}' class='banner fail' role='alert'>"
+        f"<h2>Demo failed: the model is not good enough</h2>"
+        f"<p>Do not trust these masks.</p><ul>{problems}</ul>"
+        f"<p><b>Likely cause:</b></p><ul>{causes}</ul>"
+        f"<p><b>Retry:</b> <code>{esc(verdict.retry)}</code></p></div>"
+    )
 
 
 def write_index(out: Path, rows: list[dict], stages: list[tuple[str, float, str]], verdict) -> Path:
@@ -152,29 +169,48 @@ def write_index(out: Path, rows: list[dict], stages: list[tuple[str, float, str]
     if verdict.capped:
         body.append(f"<div id='{CAP_NOTICE_ID}' class='banner warn'>{esc(verdict.capped)}</div>")
     if verdict.passed:
-        body.append(f"<p class='banner pass'>Quality gate passed: held-out mean Dice "
-                    f"<b>{_fmt(mean_dice(rows))}</b> (at least {_min_dice()}) and a tumour found in every case.</p>")
+        body.append(
+            f"<p class='banner pass'>Quality gate passed: held-out mean Dice "
+            f"<b>{_fmt(mean_dice(rows))}</b> (at least {_min_dice()}) and a tumour found in every case.</p>"
+        )
     else:
         body.append(f"<p>Mean Dice on the held-out phantoms: <b>{_fmt(mean_dice(rows))}</b></p>")
     numeric = {"Dice", "tumour mL", "mean confidence"}
     body.append("<table>" + _header(["case", "Dice", "tumour mL", "mean confidence", "needs review"], numeric))
     for r in rows:
         review = f"yes: {esc(r['review_reason'])}" if r["needs_review"] else "no"
-        body.append("<tr>" + _cell(f"<a href='#{esc(r['case'])}'>{esc(r['case'])}</a>") + _cell(_fmt(r["dice"]), True)
-                    + _cell(_fmt(r["tumour_ml"], 1), True) + _cell(_fmt(r["mean_confidence"]), True)
-                    + _cell(review) + "</tr>")
-    body.append("</table><p>The segmentation run's own report: <a href='segment/report.html'>segment/report.html"
-                "</a> (every case, sortable, with its timings).</p>")
+        body.append(
+            "<tr>"
+            + _cell(f"<a href='#{esc(r['case'])}'>{esc(r['case'])}</a>")
+            + _cell(_fmt(r["dice"]), True)
+            + _cell(_fmt(r["tumour_ml"], 1), True)
+            + _cell(_fmt(r["mean_confidence"]), True)
+            + _cell(review)
+            + "</tr>"
+        )
+    body.append(
+        "</table><p>The segmentation run's own report: <a href='segment/report.html'>segment/report.html"
+        "</a> (every case, sortable, with its timings).</p>"
+    )
     body.append("<h2>Stages</h2><table>" + _header(["stage", "seconds", "what"], {"seconds"}))
     body += ["<tr>" + _cell(esc(n)) + _cell(f"{s:.1f}", True) + _cell(esc(note)) + "</tr>" for n, s, note in stages]
     body.append("</table><h2>Training curves</h2><img src='run/curves.png' alt='training curves'>")
-    body.append("<h2>Held-out cases</h2><p>Red outline: prediction; green outline: ground truth; heat: low "
-                "confidence, shown near the outlines only.</p>")
+    body.append(
+        "<h2>Held-out cases</h2><p>Red outline: prediction; green outline: ground truth; heat: low "
+        "confidence, shown near the outlines only.</p>"
+    )
     for r in rows:
-        body.append(f"<h3 id='{esc(r['case'])}'>{esc(r['case'])} (Dice {_fmt(r['dice'])})</h3>"
-                    f"<img src='{esc(r['preview'])}' alt='preview of {esc(r['case'])}'>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>CEDS demo</title><style>" + STYLE
-            + "</style></head><body>" + "\n".join(body) + "</body></html>\n")
+        body.append(
+            f"<h3 id='{esc(r['case'])}'>{esc(r['case'])} (Dice {_fmt(r['dice'])})</h3>"
+            f"<img src='{esc(r['preview'])}' alt='preview of {esc(r['case'])}'>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>CEDS demo</title><style>"
+        + STYLE
+        + "</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
     path = out / "index.html"
     write_atomic_text(path, page)
     return path

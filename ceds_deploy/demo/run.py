@@ -14,73 +14,22 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ceds_deploy.demo.recipe import (
+    DEMO_RECIPE,
+    DONE_MARKER,
+    ESTIMATE_AFTER_STEPS,
+    MODEL_CHECKPOINT,
+    MODEL_ONNX,
+    STAGE_OUTPUTS,
+    TRAINING_RECORD,
+    DemoSettings,
+    check_minutes,
+)
+from ceds_deploy.demo.verdict import Verdict, judge
 from ceds_deploy.errors import ConfigError
-
-# The quality gate: below this held-out mean Dice, or with any held-out case where no tumour is
-# found, the demo reports a failure (red banner, exit code 1).
-MIN_MEAN_DICE = 0.5
-MIN_TUMOUR_ML = 0.0  # a case whose predicted tumour volume is not above this found no tumour
-ESTIMATE_AFTER_STEPS = 10  # training steps measured before the time estimate is printed
-DONE_MARKER = "DEMO_DONE"
-TRAINING_RECORD = "DEMO_TRAINING.json"  # run/: the recipe a run follows, and how far it got
-MODEL_CHECKPOINT = "model.pt"  # the inference-only checkpoint (teacher weights + spec)
-MODEL_ONNX = "model.onnx"
-# What each stage writes; when a stage runs again, everything after it is made again too.
-STAGE_OUTPUTS = {"phantoms": ("data",), "train": ("run",), "export": (MODEL_CHECKPOINT, MODEL_ONNX),
-                 "segment": ("segment",)}
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """The demo's recipe: cohort and training knobs. The defaults are the tested recipe.
-
-    TODO-RECIPE: `iterations` (and lr, ema_decay, ...) are placeholders until the recipe is fixed.
-    """
-
-    iterations: int = 400  # training steps, whatever the machine's speed
-    cases: int = 24  # training images
-    labeled: int = 16
-    test: int = 4
-    seed: int = 0
-    width: int = 4
-    patch: tuple[int, int, int] = (32, 32, 32)
-    spacing: float = 3.0  # 24-44 mm masses span 8-15 voxels (at 4 mm the model under-segmented them)
-    batch_size: int = 2
-    # A run of a few hundred steps instead of the paper's 8000 epochs: a higher learning rate, a
-    # shorter teacher memory, less dropout for the tiny network, two patches per volume.
-    lr: float = 0.08
-    ema_decay: float = 0.95
-    dropout: float = 0.0
-    patches_per_volume: int = 2
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ConfigError(f"iterations must be at least 1, got {self.iterations}")
-
-    def training_config(self, data_dir: Path) -> dict:
-        """The `ceds train` settings of this recipe."""
-        return {"data_dir": str(Path(data_dir).resolve()), "method": "ceds", "width": self.width,
-                "patch": self.patch, "spacing": (self.spacing,) * 3, "iterations": self.iterations,
-                "batch_size": self.batch_size, "seed": self.seed, "lr": self.lr, "min_lr": min(self.lr, 1e-3),
-                "ema_decay": self.ema_decay, "dropout": self.dropout,
-                "patches_per_volume": self.patches_per_volume}
-
-    def as_record(self) -> dict:
-        """The recipe as plain JSON data (tuples as lists), comparable with a record read back from JSON."""
-        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back from JSON
-
-
-TESTED_RECIPE = DemoSettings()
-DEMO_RECIPE = TESTED_RECIPE  # what `ceds demo` runs (read at call time)
-
-
-def _check_minutes(minutes: float | None) -> None:
-    if minutes is not None and not minutes > 0:
-        raise ConfigError(f"--minutes must be positive, got {minutes}")
-
 
 # ---------------------------------------------------------------- stages
 
@@ -113,8 +62,10 @@ class StageTimes:
         seconds = time.perf_counter() - start
         self.rows.append((name, seconds, f"reused: {outcome.note}" if outcome.reused else outcome.note))
         if outcome.reused:
-            log(f"[bold]{name}[/]: reusing complete stage {name} from an earlier run ({outcome.note}); "
-                f"--fresh starts over")
+            log(
+                f"[bold]{name}[/]: reusing complete stage {name} from an earlier run ({outcome.note}); "
+                f"--fresh starts over"
+            )
         else:
             self.reran = True
             log(f"[bold]{name}[/] {outcome.note} ({seconds:.1f} s)")
@@ -160,9 +111,11 @@ class TrainingClock:
             measured = steps_done - self._first[0]
             self.seconds_per_step = (now - self._first[1]) / measured
             left = max(0, self.planned_steps - steps_done)
-            self.say(f"{measured} steps measured: {self.seconds_per_step:.2f} s a step, so about "
-                     f"{_duration(left * self.seconds_per_step)} for the {left} steps left (validation adds a "
-                     f"little; the bar's eta is a running average of the last 30 s of steps)")
+            self.say(
+                f"{measured} steps measured: {self.seconds_per_step:.2f} s a step, so about "
+                f"{_duration(left * self.seconds_per_step)} for the {left} steps left (validation adds a "
+                f"little; the bar's eta is a running average of the last 30 s of steps)"
+            )
         return self.deadline is not None and now >= self.deadline
 
 
@@ -192,8 +145,10 @@ def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: 
     if (run / DONE_MARKER).exists():
         if not record.get("stopped_early"):
             return StageOutcome(f"{record.get('steps', '?')} steps in {run}", reused=True)
-        console.print(f"continuing the training that --minutes stopped after {record['steps']} of "
-                      f"{record['planned']} steps (--fresh starts over)")
+        console.print(
+            f"continuing the training that --minutes stopped after {record['steps']} of "
+            f"{record['planned']} steps (--fresh starts over)"
+        )
         (run / DONE_MARKER).unlink()
     _say_plan(console, s, minutes)
     say = console.print
@@ -214,28 +169,41 @@ def _train(out: Path, s: DemoSettings, minutes: float | None, console, started: 
             summary = start_training(config, run, progress=display, should_stop=clock)
         note = ""
     stopped_early = summary.steps < s.iterations
-    record = {"recipe": s.as_record(), "steps": summary.steps, "planned": s.iterations,
-              "stopped_early": stopped_early, "minutes": minutes,
-              "best": {k: v for k, v in summary.best.items() if not k.endswith("_epoch")}}
+    record = {
+        "recipe": s.as_record(),
+        "steps": summary.steps,
+        "planned": s.iterations,
+        "stopped_early": stopped_early,
+        "minutes": minutes,
+        "best": {k: v for k, v in summary.best.items() if not k.endswith("_epoch")},
+    }
     write_atomic_text(run / TRAINING_RECORD, json.dumps(record))
     write_atomic_text(run / DONE_MARKER, "ok")
     best = ", ".join(f"{k} {v:.3f}" for k, v in record["best"].items())
     if stopped_early:
-        console.print(f"[yellow]training stopped by --minutes {minutes:g} after {summary.steps} of "
-                      f"{s.iterations} steps[/]")
+        console.print(
+            f"[yellow]training stopped by --minutes {minutes:g} after {summary.steps} of {s.iterations} steps[/]"
+        )
     return StageOutcome(f"{note}{summary.steps} of {s.iterations} steps; best validation Dice {best or '-'}")
 
 
 def _say_plan(console, s: DemoSettings, minutes: float | None) -> None:
-    estimate = (f" A time estimate follows after {ESTIMATE_AFTER_STEPS} steps."
-                if s.iterations > ESTIMATE_AFTER_STEPS + 1 else "")
-    console.print(f"training CEDS with the demo recipe: [bold]{s.iterations} steps[/] (width {s.width}, patch "
-                  f"{s.patch}, spacing {s.spacing} mm, batch {s.batch_size}); a slower or busier machine "
-                  f"takes longer and gets the same model.{estimate}")
+    estimate = (
+        f" A time estimate follows after {ESTIMATE_AFTER_STEPS} steps."
+        if s.iterations > ESTIMATE_AFTER_STEPS + 1
+        else ""
+    )
+    console.print(
+        f"training CEDS with the demo recipe: [bold]{s.iterations} steps[/] (width {s.width}, patch "
+        f"{s.patch}, spacing {s.spacing} mm, batch {s.batch_size}); a slower or busier machine "
+        f"takes longer and gets the same model.{estimate}"
+    )
     if minutes is not None:
-        console.print(f"[yellow]--minutes {minutes:g}: training stops after {minutes:g} minutes even if the "
-                      f"{s.iterations} steps are not done. Then quality will suffer and the result is not "
-                      f"the tested recipe.[/]")
+        console.print(
+            f"[yellow]--minutes {minutes:g}: training stops after {minutes:g} minutes even if the "
+            f"{s.iterations} steps are not done. Then quality will suffer and the result is not "
+            f"the tested recipe.[/]"
+        )
 
 
 def _export(out: Path) -> StageOutcome:
@@ -254,8 +222,10 @@ def _export(out: Path) -> StageOutcome:
     result = export_checkpoint(model, onnx_path, weights="teacher")
     parity = result.parity
     check = f"max |diff| of probabilities vs PyTorch {parity.max_prob_diff:.1e}" if parity else "unchecked"
-    return StageOutcome(f"teacher -> {model} ({model.stat().st_size / 1e6:.1f} MB, inference only) -> "
-                        f"{onnx_path} ({result.size_bytes / 1e6:.1f} MB, {check})")
+    return StageOutcome(
+        f"teacher -> {model} ({model.stat().st_size / 1e6:.1f} MB, inference only) -> "
+        f"{onnx_path} ({result.size_bytes / 1e6:.1f} MB, {check})"
+    )
 
 
 def _segment(out: Path, console) -> StageOutcome:
@@ -268,69 +238,16 @@ def _segment(out: Path, console) -> StageOutcome:
         return StageOutcome(f"masks and previews in {seg}", reused=True)
     # Every phantom has one mass, so the largest tumour region is kept (nnU-Net's post-processing
     # for one-lesion tasks); `ceds segment --largest-component` does the same.
-    options = SegmentOptions(preview=True, html=True, preview_labels=out / "data" / "labelsTs", overwrite=True,
-                             largest_component=True)
-    failed = run_segment(out / "data" / "imagesTs", seg, out / MODEL_ONNX, backend="onnxruntime",
-                         options=options, console=console)
+    options = SegmentOptions(
+        preview=True, html=True, preview_labels=out / "data" / "labelsTs", overwrite=True, largest_component=True
+    )
+    failed = run_segment(
+        out / "data" / "imagesTs", seg, out / MODEL_ONNX, backend="onnxruntime", options=options, console=console
+    )
     if failed:
         raise ConfigError(f"{failed} held-out scans failed to segment; see {seg / 'report.csv'}")
     write_atomic_text(seg / DONE_MARKER, "ok")
     return StageOutcome(f"held-out scans segmented with ONNX Runtime into {seg}")
-
-
-# ---------------------------------------------------------------- the verdict
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether the demo's model is good enough to show as a result, and if not why and what to do."""
-
-    passed: bool
-    problems: tuple[str, ...] = ()  # what is wrong with the model
-    causes: tuple[str, ...] = ()  # the likely reasons
-    retry: str = ""  # the command to run again
-    capped: str = ""  # non-empty when --minutes stopped training early: the plain warning
-
-
-def judge(rows: list[dict], training: dict, settings: DemoSettings, out: Path) -> Verdict:
-    """Apply the quality gate to the held-out rows (see `demo_page.final_rows`)."""
-    from ceds_deploy.demo.page import mean_dice
-
-    capped = ""
-    if training.get("stopped_early"):
-        capped = (f"Training was stopped by --minutes {training.get('minutes')} after {training['steps']} of "
-                  f"{training['planned']} steps: quality suffers and this is not the tested recipe.")
-    problems = []
-    mean = mean_dice(rows)
-    if not rows:
-        problems.append("no held-out case was segmented")
-    elif not mean >= MIN_MEAN_DICE:  # NaN fails too
-        problems.append(f"held-out mean Dice {mean:.3f} is below {MIN_MEAN_DICE}")
-    empty = [r["case"] for r in rows if not r["tumour_ml"] > MIN_TUMOUR_ML]
-    if empty:
-        problems.append(f"no tumour found in {', '.join(empty)}")
-    if not problems:
-        return Verdict(True, capped=capped)
-    causes = []
-    if training.get("stopped_early"):
-        causes.append(f"training too short: --minutes {training.get('minutes')} stopped it after "
-                      f"{training['steps']} of {training['planned']} steps (this machine is too slow or too "
-                      f"busy to finish the recipe in that time)")
-    if settings.iterations < TESTED_RECIPE.iterations:
-        causes.append(f"training too short: {settings.iterations} steps instead of the recipe's "
-                      f"{TESTED_RECIPE.iterations}")
-    elif settings != TESTED_RECIPE:
-        causes.append("the settings differ from the tested recipe")
-    if not causes:
-        causes.append("the tested recipe fell short on this run; if it happens again after --fresh, please "
-                      "report it with run/metrics.csv")
-    retry = f"ceds demo --out {out} --fresh" + (" (without --minutes)" if training.get("stopped_early") else "")
-    return Verdict(False, tuple(problems), tuple(causes), retry, capped)
-
-
-def folder_megabytes(path: Path) -> float:
-    """Total size in MB (10^6 bytes) of the files under `path`, recursively."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
 
 
 # ---------------------------------------------------------------- the demo
@@ -343,14 +260,15 @@ def demo_console(**options):
     return Console(log_path=False, **options)
 
 
-def run_demo(out: Path, settings: DemoSettings | None = None, *, minutes: float | None = None,
-             fresh: bool = False, console=None) -> dict:
+def run_demo(
+    out: Path, settings: DemoSettings | None = None, *, minutes: float | None = None, fresh: bool = False, console=None
+) -> dict:
     """Run (or finish) the demo in `out` with `settings` (default `DEMO_RECIPE`); `minutes` caps the
     training time. Returns the final rows, stages, the `Verdict` and the page's path."""
     from ceds_deploy.demo.page import final_rows, print_final_summary, write_index
 
     settings = settings or DEMO_RECIPE
-    _check_minutes(minutes)
+    check_minutes(minutes)
     console = console or demo_console()
     out = Path(out)
     if fresh and out.exists():
@@ -391,9 +309,13 @@ def write_demo_record(out: Path, rows: list[dict], stages: list, verdict: Verdic
 
     from ceds_deploy.io import write_atomic_text
 
-    document = {"cases": rows, "stages": [{"stage": n, "seconds": round(t, 2), "note": note} for n, t, note in stages],
-                "verdict": dataclasses.asdict(verdict), "recipe": settings.as_record(),
-                "training": read_training_record(out)}
+    document = {
+        "cases": rows,
+        "stages": [{"stage": n, "seconds": round(t, 2), "note": note} for n, t, note in stages],
+        "verdict": dataclasses.asdict(verdict),
+        "recipe": settings.as_record(),
+        "training": read_training_record(out),
+    }
     path = out / DEMO_RECORD
     write_atomic_text(path, json.dumps(document, indent=2, default=str))
     return path

@@ -90,8 +90,9 @@ class _Case:
     source: Volume | None = None  # the scan in HU, kept only when a preview needs it
 
 
-def list_cases(input_path: Path, output: Path, backend: Backend, options: SegmentOptions
-               ) -> tuple[list[CaseRow], list[_Case]]:
+def list_cases(
+    input_path: Path, output: Path, backend: Backend, options: SegmentOptions
+) -> tuple[list[CaseRow], list[_Case]]:
     """(rows of entries not to run: skipped or failed up front, cases to run) for this shard."""
     listing = find_scans(input_path)
     skipped = [(path, own_output_reason(path) or why) for path, why in listing.skipped]
@@ -126,8 +127,15 @@ class _Stopped(Exception):
 class _Pipeline:
     """Readers -> the backend in the caller's thread -> writers, for the cases of one run."""
 
-    def __init__(self, backend: Backend, output: Path, options: SegmentOptions, todo: list[_Case],
-                 progress: ProgressCallback, rows: list[CaseRow]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        output: Path,
+        options: SegmentOptions,
+        todo: list[_Case],
+        progress: ProgressCallback,
+        rows: list[CaseRow],
+    ) -> None:
         self.backend, self.output, self.options, self.progress = backend, output, options, progress
         self.spec = backend.spec
         self.workers = options.io_workers or default_io_workers()
@@ -141,10 +149,14 @@ class _Pipeline:
 
     def run(self) -> None:
         """Run every case; on an interruption cases not yet written are left undone, never half-written."""
-        readers = [threading.Thread(target=self._read_worker, name=f"ceds-reader-{i}", daemon=True)
-                   for i in range(self.workers)]
-        writers = [threading.Thread(target=self._write_worker, name=f"ceds-writer-{i}", daemon=True)
-                   for i in range(self.workers)]
+        readers = [
+            threading.Thread(target=self._read_worker, name=f"ceds-reader-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        writers = [
+            threading.Thread(target=self._write_worker, name=f"ceds-writer-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
         for thread in readers + writers:
             thread.start()
         try:
@@ -161,10 +173,17 @@ class _Pipeline:
 
     def _infer_all(self, batch_size: int) -> None:
         on_batch = lambda n: self.progress(ProgressEvent("windows", n))  # noqa: E731
-        for job, seg, conf in predict_cases(self._jobs(), self.backend, batch_size=batch_size,
-                                            num_classes=self.spec.num_classes, tta=self.options.tta,
-                                            blend=self.options.blend, accumulate_on=self.device, on_batch=on_batch,
-                                            fail_cases=True):
+        for job, seg, conf in predict_cases(
+            self._jobs(),
+            self.backend,
+            batch_size=batch_size,
+            num_classes=self.spec.num_classes,
+            tta=self.options.tta,
+            blend=self.options.blend,
+            accumulate_on=self.device,
+            on_batch=on_batch,
+            fail_cases=True,
+        ):
             job.payload.row.seconds["infer"] = job.infer_seconds
             job.image = None  # the model-grid input is no longer needed
             if job.error is not None:  # failed in the backend even alone: this case fails, the run goes on
@@ -269,12 +288,19 @@ def model_digest(backend: Backend) -> str:
 def check_same_model(output: Path, model: str, overwrite: bool) -> None:
     """Refuse (`OutputError`) a folder whose report holds ok rows of another model, unless `overwrite`."""
     cases = read_report(output).get("cases", [])
-    others = sorted({str(r.get("model")) for r in cases if isinstance(r, dict) and r.get("status") == "ok"
-                     and r.get("model") and r.get("model") != model})
+    others = sorted(
+        {
+            str(r.get("model"))
+            for r in cases
+            if isinstance(r, dict) and r.get("status") == "ok" and r.get("model") and r.get("model") != model
+        }
+    )
     if others and not overwrite:
-        raise OutputError(f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
-                          f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
-                          f"another output folder")
+        raise OutputError(
+            f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
+            f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
+            f"another output folder"
+        )
 
 
 def _prepare_output(output: Path) -> None:
@@ -284,8 +310,15 @@ def _prepare_output(output: Path) -> None:
         raise OutputError(f"{output}: cannot create the output folder: {err.strerror or err}") from None
 
 
-def segment_folder(input_path: Path, output: Path, backend: Backend, options: SegmentOptions | None = None, *,
-                   progress: ProgressCallback = no_progress, run_info: dict | None = None) -> FolderRun:
+def segment_folder(
+    input_path: Path,
+    output: Path,
+    backend: Backend,
+    options: SegmentOptions | None = None,
+    *,
+    progress: ProgressCallback = no_progress,
+    run_info: dict | None = None,
+) -> FolderRun:
     """Segment every scan under `input_path` into `output` with an active backend.
 
     Progress events: "todo" (count = cases to run), "planned" (windows of a case), "windows"
@@ -302,8 +335,9 @@ def segment_folder(input_path: Path, output: Path, backend: Backend, options: Se
     _prepare_output(output)
     model = model_digest(backend)
     with FolderLock(output, model, options.shard, force=options.force) as lock:
-        removed = remove_leftovers(output, (*LEFTOVER_PATTERNS, PROBE_PATTERN),
-                                   older_than_s=3600.0 if lock.others_running else 0.0)
+        removed = remove_leftovers(
+            output, (*LEFTOVER_PATTERNS, PROBE_PATTERN), older_than_s=3600.0 if lock.others_running else 0.0
+        )
         if removed:
             log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
         check_same_model(output, model, options.overwrite)
@@ -318,11 +352,20 @@ def segment_folder(input_path: Path, output: Path, backend: Backend, options: Se
         progress(ProgressEvent("todo", len(todo)))
         pipeline = _Pipeline(backend, output, options, todo, progress, run.rows)
         shard = f"{options.shard[0]}/{options.shard[1]}"
-        info = {**(run_info or {}), "run_id": run.run_id, "started": started.isoformat(timespec="seconds"),
-                "model_sha256": model, "options": {**asdict(options), "shard": shard},
-                "model_spec": backend.spec.to_dict(), "backend": backend.description, "device": backend.device,
-                "input": str(input_path), "output": str(output), "batch_size": batch_size_for(backend, options),
-                "io_workers": pipeline.workers}
+        info = {
+            **(run_info or {}),
+            "run_id": run.run_id,
+            "started": started.isoformat(timespec="seconds"),
+            "model_sha256": model,
+            "options": {**asdict(options), "shard": shard},
+            "model_spec": backend.spec.to_dict(),
+            "backend": backend.description,
+            "device": backend.device,
+            "input": str(input_path),
+            "output": str(output),
+            "batch_size": batch_size_for(backend, options),
+            "io_workers": pipeline.workers,
+        }
         try:
             pipeline.run()
         except BaseException:
@@ -331,6 +374,7 @@ def segment_folder(input_path: Path, output: Path, backend: Backend, options: Se
             except OutputError as err:
                 log.error("%s", err)
             raise
-        run.report_paths = write_report(output, run.rows, {**info, "interrupted": pipeline.stop.is_set()},
-                                        html=options.html)
+        run.report_paths = write_report(
+            output, run.rows, {**info, "interrupted": pipeline.stop.is_set()}, html=options.html
+        )
     return run

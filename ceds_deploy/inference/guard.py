@@ -36,12 +36,15 @@ def check_locations(input_path: Path, output: Path) -> None:
     if source.is_dir():
         if target == source or source in target.parents or target in source.parents:
             relation = "is" if target == source else ("is inside" if source in target.parents else "contains")
-            raise OutputError(f"{output}: output folder {relation} the input folder {input_path}; masks would "
-                              f"overwrite or mix with the scans; choose a separate folder")
+            raise OutputError(
+                f"{output}: output folder {relation} the input folder {input_path}; masks would "
+                f"overwrite or mix with the scans; choose a separate folder"
+            )
         return
     if target == source.parent and source in output_paths(target, case_id(source)).values():
-        raise OutputError(f"{output}: writing here would overwrite the scan {input_path} with its mask; "
-                          f"choose another output folder")
+        raise OutputError(
+            f"{output}: writing here would overwrite the scan {input_path} with its mask; choose another output folder"
+        )
 
 
 def own_output_reason(path: ScanSource) -> str | None:
@@ -94,8 +97,10 @@ def probe_output(output: Path, needed_bytes: int) -> None:
             pass
     free = shutil.disk_usage(output).free
     if free < needed_bytes:
-        raise OutputError(f"{output}: {free / 1e9:.2f} GB free, the outputs need about {needed_bytes / 1e9:.2f} GB "
-                          f"({SPACE_FACTOR:g}x the input scans); free some space or choose another folder")
+        raise OutputError(
+            f"{output}: {free / 1e9:.2f} GB free, the outputs need about {needed_bytes / 1e9:.2f} GB "
+            f"({SPACE_FACTOR:g}x the input scans); free some space or choose another folder"
+        )
 
 
 def check_backend_outputs(backend: Backend) -> None:
@@ -107,8 +112,12 @@ def check_backend_outputs(backend: Backend) -> None:
     except CedsError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of the model is reported as the backend's
-        raise BackendError(f"{backend.artifact or backend.name}: the model fails on one blank window: "
-                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        raise BackendError(
+            f"{backend.artifact or backend.name}: the model fails on one blank window: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
     if out.seg_logits.shape[1] != backend.spec.num_classes:
-        raise BackendError(f"{backend.artifact or backend.name}: the model returns {out.seg_logits.shape[1]} "
-                           f"classes, its spec names {backend.spec.num_classes}")
+        raise BackendError(
+            f"{backend.artifact or backend.name}: the model returns {out.seg_logits.shape[1]} "
+            f"classes, its spec names {backend.spec.num_classes}"
+        )

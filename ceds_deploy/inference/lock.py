@@ -76,8 +76,10 @@ def _describe(holder: dict) -> str:
     if not holder:
         return "a run whose lock file is still being written"
     model = str(holder.get("model", ""))[:12] or "?"
-    return (f"pid {holder.get('pid')} on {holder.get('host')}, shard {holder.get('shard')}, model {model}, "
-            f"since {holder.get('started')}")
+    return (
+        f"pid {holder.get('pid')} on {holder.get('host')}, shard {holder.get('shard')}, model {model}, "
+        f"since {holder.get('started')}"
+    )
 
 
 def _create(path: Path, holder: dict) -> bool:
@@ -100,9 +102,13 @@ class FolderLock:
     def __init__(self, folder: Path, model: str, shard: tuple[int, int] = (0, 1), force: bool = False) -> None:
         self.folder, self.model, self.shard, self.force = Path(folder), model, shard, force
         self.path = self.folder / lock_name(shard)
-        self.holder = {"pid": os.getpid(), "host": socket.gethostname(), "model": model,
-                       "shard": f"{shard[0]}/{shard[1]}",
-                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "model": model,
+            "shard": f"{shard[0]}/{shard[1]}",
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         self.others_running = False  # another shard of this split holds its own lock
 
     def _conflicts(self, other: Path, holder: dict) -> bool:
@@ -122,9 +128,11 @@ class FolderLock:
                 other.unlink(missing_ok=True)
                 continue
             if self._conflicts(other, holder):
-                raise OutputError(f"{self.folder}: output folder is in use by another `ceds segment` run "
-                                  f"({_describe(holder)}; lock {other.name}); wait for it to finish, or use "
-                                  f"--force if that run is gone")
+                raise OutputError(
+                    f"{self.folder}: output folder is in use by another `ceds segment` run "
+                    f"({_describe(holder)}; lock {other.name}); wait for it to finish, or use "
+                    f"--force if that run is gone"
+                )
             self.others_running = True
         if not _create(self.path, self.holder):
             raise OutputError(f"{self.folder}: another run took the lock {self.path.name} just now; try again")
@@ -155,8 +163,10 @@ def report_lock(folder: Path, timeout_s: float = 60.0) -> Iterator[None]:
             path.unlink(missing_ok=True)
             continue
         if time.monotonic() > deadline:
-            raise OutputError(f"{path}: the report stayed locked for {timeout_s:.0f} s ({_describe(other or {})}); "
-                              f"remove the file if no run is writing")
+            raise OutputError(
+                f"{path}: the report stayed locked for {timeout_s:.0f} s ({_describe(other or {})}); "
+                f"remove the file if no run is writing"
+            )
         time.sleep(0.1)
     try:
         yield

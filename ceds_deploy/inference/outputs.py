@@ -27,8 +27,12 @@ OUTPUT_SUFFIXES = (CONFIDENCE_SUFFIX, PROBABILITIES_SUFFIX, PREVIEW_SUFFIX, MASK
 
 def output_paths(output: Path, case: str) -> dict[str, Path]:
     """Where each output of `case` goes in the folder `output`."""
-    return {"mask": output / f"{case}{MASK_SUFFIX}", "confidence": output / f"{case}{CONFIDENCE_SUFFIX}",
-            "probabilities": output / f"{case}{PROBABILITIES_SUFFIX}", "preview": output / f"{case}{PREVIEW_SUFFIX}"}
+    return {
+        "mask": output / f"{case}{MASK_SUFFIX}",
+        "confidence": output / f"{case}{CONFIDENCE_SUFFIX}",
+        "probabilities": output / f"{case}{PROBABILITIES_SUFFIX}",
+        "preview": output / f"{case}{PREVIEW_SUFFIX}",
+    }
 
 
 def case_is_done(output: Path, case: str) -> bool:
@@ -36,8 +40,15 @@ def case_is_done(output: Path, case: str) -> bool:
     return paths["mask"].exists() and paths["confidence"].exists()
 
 
-def finish_case(row: CaseRow, seg: torch.Tensor, conf: torch.Tensor, mapping: GridMapping, output: Path,
-                options: SegmentOptions, source: Volume | None = None) -> CaseRow:
+def finish_case(
+    row: CaseRow,
+    seg: torch.Tensor,
+    conf: torch.Tensor,
+    mapping: GridMapping,
+    output: Path,
+    options: SegmentOptions,
+    source: Volume | None = None,
+) -> CaseRow:
     """Restore a stitched prediction to the scan's grid, write its files and fill `row`.
     `source` (the scan in HU) is needed only for a preview."""
     started = time.perf_counter()
@@ -54,8 +65,14 @@ def finish_case(row: CaseRow, seg: torch.Tensor, conf: torch.Tensor, mapping: Gr
     return row
 
 
-def write_case_files(output: Path, row: CaseRow, restored: RestoredPrediction, geometry: Geometry,
-                     options: SegmentOptions, source: Volume | None) -> None:
+def write_case_files(
+    output: Path,
+    row: CaseRow,
+    restored: RestoredPrediction,
+    geometry: Geometry,
+    options: SegmentOptions,
+    source: Volume | None,
+) -> None:
     """The case's files; the mask appears last, so its presence means the others are complete."""
     paths = output_paths(output, row.case)
     items: list[tuple[Path, np.ndarray, Geometry]] = [(paths["confidence"], restored.confidence, geometry)]

@@ -109,13 +109,13 @@ def _csv_text(flat: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in flat:
-        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-                         for k, v in row.items()})
+        writer.writerow(
+            {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+        )
     return buffer.getvalue()
 
 
-def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any],
-                 html: bool = False) -> tuple[Path, Path]:
+def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any], html: bool = False) -> tuple[Path, Path]:
     """Merge this run's `rows` into the folder's report and write report.csv and report.json
     atomically, under the report lock, and with `html` report.html (`qa.report_page`). Returns
     (csv path, json path); raises `OutputError` naming the file when it cannot be written
@@ -129,9 +129,13 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any],
             flat = merge_rows(before.get("cases", []), rows)
             runs = [r for r in before.get("runs", []) if isinstance(r, dict)] + [run_info]
             counts = {status: sum(r.get("status") == status for r in flat) for status in STATUSES}
-            document = {"run": run_info, "runs": runs, "counts": counts,
-                        "needs_review": [r["case"] for r in flat if r.get("status") == "ok" and r.get("needs_review")],
-                        "cases": flat}
+            document = {
+                "run": run_info,
+                "runs": runs,
+                "counts": counts,
+                "needs_review": [r["case"] for r in flat if r.get("status") == "ok" and r.get("needs_review")],
+                "cases": flat,
+            }
             target = csv_path
             write_atomic_text(csv_path, _csv_text(flat))
             target = json_path
@@ -142,6 +146,5 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any],
 
                 write_report_page(output, safe)
     except OSError as err:
-        raise OutputError(f"{target}: cannot write the report: "
-                          f"{err.strerror or err}") from None
+        raise OutputError(f"{target}: cannot write the report: {err.strerror or err}") from None
     return csv_path, json_path

@@ -138,8 +138,11 @@ def predict_cases(
         """(segmentation weights as `blend` asks, confidence weights: always Gaussian)."""
         if roi not in weight_cache:
             seg = torch.as_tensor(blend_weights(roi, blend), dtype=torch.float32, device=accumulate_on)
-            conf = seg if blend == "gaussian" else \
-                torch.as_tensor(blend_weights(roi, "gaussian"), dtype=torch.float32, device=accumulate_on)
+            conf = (
+                seg
+                if blend == "gaussian"
+                else torch.as_tensor(blend_weights(roi, "gaussian"), dtype=torch.float32, device=accumulate_on)
+            )
             weight_cache[roi] = (seg, conf)
         return weight_cache[roi]
 
@@ -164,8 +167,12 @@ def predict_cases(
     yield from _finish(batches.finished())  # cases with no window at all
 
 
-def _predict_or_split(batch: list[tuple[CaseJob, int]], run: Callable[[list[tuple[CaseJob, int]]], WindowOutputs],
-                      batches: _Batches, fail_cases: bool) -> None:
+def _predict_or_split(
+    batch: list[tuple[CaseJob, int]],
+    run: Callable[[list[tuple[CaseJob, int]]], WindowOutputs],
+    batches: _Batches,
+    fail_cases: bool,
+) -> None:
     """Compute and stitch `batch`; when the call fails, retry its halves (and lower the batch size to
     what is tried), down to one window, whose failure fails its case (or propagates)."""
     live = [(job, index) for job, index in batch if job.error is None]
@@ -185,8 +192,13 @@ def _predict_or_split(batch: list[tuple[CaseJob, int]], run: Callable[[list[tupl
             return
         half = (len(live) + 1) // 2
         if batches.batch_size > half:
-            log.warning("a batch of %d windows failed (%s: %s); retrying with batches of %d", len(live),
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "", half)
+            log.warning(
+                "a batch of %d windows failed (%s: %s); retrying with batches of %d",
+                len(live),
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                half,
+            )
             batches.batch_size = half
         _release_cuda_cache()
         _predict_or_split(live[:half], run, batches, fail_cases)
@@ -222,13 +234,28 @@ def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor | N
         yield job, seg, conf
 
 
-def sliding_window_predict(image: np.ndarray, windows: WindowPlan, predict: Predictor, *, batch_size: int,
-                           num_classes: int = 2, tta: bool = False, blend: str = "constant",
-                           accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def sliding_window_predict(
+    image: np.ndarray,
+    windows: WindowPlan,
+    predict: Predictor,
+    *,
+    batch_size: int,
+    num_classes: int = 2,
+    tta: bool = False,
+    blend: str = "constant",
+    accumulate_on: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
     job = CaseJob(key=None, image=image, windows=windows)
-    for _, seg, conf in predict_cases([job], predict, batch_size=batch_size, num_classes=num_classes,
-                                      tta=tta, blend=blend, accumulate_on=accumulate_on):
+    for _, seg, conf in predict_cases(
+        [job],
+        predict,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        tta=tta,
+        blend=blend,
+        accumulate_on=accumulate_on,
+    ):
         assert seg is not None and conf is not None  # without fail_cases a failure raises
         return seg, conf
     raise RuntimeError("unreachable: predict_cases yields every job")

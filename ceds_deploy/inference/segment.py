@@ -17,15 +17,16 @@ from ceds_deploy.transforms.restore import restore_prediction
 from ceds_deploy.volume import Volume
 
 
-def inference_window(image_shape: tuple[int, ...], spec: ModelSpec,
-                     window: tuple[int, ...] | None) -> tuple[int, ...]:
+def inference_window(image_shape: tuple[int, ...], spec: ModelSpec, window: tuple[int, ...] | None) -> tuple[int, ...]:
     """The window to run: the training ROI, or a larger one asked for (the network is convolutional
     apart from CBAM's global pooling), never larger than the image allows in multiples of 16."""
     if window is None:
         return spec.roi_size
-    return (max(spec.roi_size[0], min(window[0], image_shape[0] // 16 * 16)),
-            max(spec.roi_size[1], min(window[1], image_shape[1] // 16 * 16)),
-            max(spec.roi_size[2], min(window[2], image_shape[2] // 16 * 16)))
+    return (
+        max(spec.roi_size[0], min(window[0], image_shape[0] // 16 * 16)),
+        max(spec.roi_size[1], min(window[1], image_shape[1] // 16 * 16)),
+        max(spec.roi_size[2], min(window[2], image_shape[2] // 16 * 16)),
+    )
 
 
 def batch_size_for(backend: Backend, options: SegmentOptions) -> int:
@@ -78,8 +79,15 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
     device = work_device(backend)
     image, mapping = prepare_scan(volume, spec, device)
     windows = window_plan_for(image, spec, options)
-    seg, conf = sliding_window_predict(image, windows, backend, batch_size=batch_size_for(backend, options),
-                                       num_classes=spec.num_classes, tta=options.tta, blend=options.blend,
-                                       accumulate_on=device)
+    seg, conf = sliding_window_predict(
+        image,
+        windows,
+        backend,
+        batch_size=batch_size_for(backend, options),
+        num_classes=spec.num_classes,
+        tta=options.tta,
+        blend=options.blend,
+        accumulate_on=device,
+    )
     restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))

@@ -16,8 +16,9 @@ from ceds_deploy.transforms.restore import BACKGROUND_LOGIT, UNCOVERED_CONFIDENC
 class Stitcher:
     """Weighted sums of window outputs over one volume; `result()` divides by the weights."""
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, seg_weights: torch.Tensor,
-                 confidence_weights: torch.Tensor) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], num_classes: int, seg_weights: torch.Tensor, confidence_weights: torch.Tensor
+    ) -> None:
         device = seg_weights.device
         self.shape = tuple(shape)
         self.seg_weights, self.confidence_weights = seg_weights, confidence_weights
@@ -25,15 +26,17 @@ class Stitcher:
         self.confidence = torch.zeros((1, *shape), dtype=torch.float32, device=device)
         self.seg_weight_sum = torch.zeros(shape, dtype=torch.float32, device=device)
         self.shared_weights = seg_weights is confidence_weights
-        self.confidence_weight_sum = self.seg_weight_sum if self.shared_weights else \
-            torch.zeros(shape, dtype=torch.float32, device=device)
+        self.confidence_weight_sum = (
+            self.seg_weight_sum if self.shared_weights else torch.zeros(shape, dtype=torch.float32, device=device)
+        )
 
     def add(self, window: tuple[slice, ...], seg: torch.Tensor, confidence: torch.Tensor) -> None:
         """Add one window's outputs, weighted, at the voxels `window` (one slice per axis) selects: `seg`
         (C, *roi) and `confidence` (1, *roi), roi being the weights' shape; moved to the accumulators' device."""
         self.seg[(slice(None), *window)].addcmul_(seg.to(self.seg.device, torch.float32), self.seg_weights)
-        self.confidence[(slice(None), *window)].addcmul_(confidence.to(self.seg.device, torch.float32),
-                                                          self.confidence_weights)
+        self.confidence[(slice(None), *window)].addcmul_(
+            confidence.to(self.seg.device, torch.float32), self.confidence_weights
+        )
         self.seg_weight_sum[window].add_(self.seg_weights)
         if not self.shared_weights:
             self.confidence_weight_sum[window].add_(self.confidence_weights)

@@ -63,8 +63,9 @@ def windows_with_content(plan: WindowPlan, image: np.ndarray, threshold: float =
     On the HU-windowed model input, 0 means "at or below the window's lower bound" (air, lung):
     a window holding nothing brighter cannot contain a mediastinal mass, so it is not computed.
     """
-    keep = np.fromiter((bool((image[plan.slices(i)] > threshold).any()) for i in range(len(plan))),
-                       dtype=bool, count=len(plan))
+    keep = np.fromiter(
+        (bool((image[plan.slices(i)] > threshold).any()) for i in range(len(plan))), dtype=bool, count=len(plan)
+    )
     return plan.subset(keep)
 
 
@@ -73,7 +74,7 @@ def gaussian_importance(roi: tuple[int, ...], sigma_scale: float = 0.125) -> np.
     weights = np.ones((), dtype=np.float32)
     for size in roi:
         x = np.arange(size, dtype=np.float32) - (size - 1) / 2.0
-        axis = np.exp(x ** 2 / np.float32(-2 * (size * sigma_scale) ** 2)).astype(np.float32)
+        axis = np.exp(x**2 / np.float32(-2 * (size * sigma_scale) ** 2)).astype(np.float32)
         weights = weights[..., None] * axis
     # Keep every weight positive so no voxel of a window is ignored (MONAI's floor).
     return np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)

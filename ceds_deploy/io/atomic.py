@@ -37,8 +37,9 @@ VALIDATING_ONNX = r"\..+\.onnx\.[0-9a-f]{32}\.validating"  # export: .<model>.on
 LEFTOVER_PATTERNS = (ATOMIC_TMP, STAGING_DIR, VALIDATING_ONNX)
 
 
-def remove_leftovers(folder: Path, patterns: tuple[str, ...] = LEFTOVER_PATTERNS,
-                     older_than_s: float = 0.0) -> list[Path]:
+def remove_leftovers(
+    folder: Path, patterns: tuple[str, ...] = LEFTOVER_PATTERNS, older_than_s: float = 0.0
+) -> list[Path]:
     """Remove our own hidden temp files and staging folders directly in `folder` (not below it):
     entries whose name starts with "." and fully matches one of `patterns`, last modified more than
     `older_than_s` seconds ago (a writer still running elsewhere keeps younger ones). Anything else

@@ -31,9 +31,22 @@ ORIENTATION_TOLERANCE = 1e-4  # largest difference of a direction cosine between
 # max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * slice spacing).
 POSITION_TOLERANCE_MM = 0.01
 POSITION_TOLERANCE_FRACTION = 0.01
-_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "ImageType", "ImageOrientationPatient",
-         "ImagePositionPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames", "BitsAllocated",
-         "SamplesPerPixel", "PatientID", "StudyDate"]
+_TAGS = [
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Modality",
+    "ImageType",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "PatientID",
+    "StudyDate",
+]
 
 
 @dataclass(frozen=True)
@@ -126,10 +139,19 @@ def scan_dicom_folder(folder: Path) -> DicomFolder:
     for (key, members), name in zip(ordered, names):
         header = members[0][1]
         multiframe = _frames(header) > 1
-        series = DicomSeries(Path(folder), key.split("/")[0], tuple(p for p, _ in members), name,
-                             str(header.get("SeriesNumber", "") or ""), multiframe)
-        reason = "DICOM files without a SeriesInstanceUID" if not series.uid else \
-            _skip_reason(header, _frames(header) if multiframe else len(members))
+        series = DicomSeries(
+            Path(folder),
+            key.split("/")[0],
+            tuple(p for p, _ in members),
+            name,
+            str(header.get("SeriesNumber", "") or ""),
+            multiframe,
+        )
+        reason = (
+            "DICOM files without a SeriesInstanceUID"
+            if not series.uid
+            else _skip_reason(header, _frames(header) if multiframe else len(members))
+        )
         if reason:
             found.skipped.append((series, reason))
         else:
@@ -154,8 +176,11 @@ def series_to_read(folder: Path) -> DicomSeries:
         return found.series[0]
     if found.series:
         names = ", ".join(f"{s.name} ({len(s.files)} files)" for s in found.series)
-        raise ScanError(folder, f"holds {len(found.series)} CT series ({names}); read one at a time "
-                                "(find_scans lists each series as its own scan)")
+        raise ScanError(
+            folder,
+            f"holds {len(found.series)} CT series ({names}); read one at a time "
+            "(find_scans lists each series as its own scan)",
+        )
     if not found.skipped:
         raise ScanError(folder, "folder holds no DICOM series")
     if len(found.skipped) == 1:
@@ -194,12 +219,18 @@ def check_stack(series: DicomSeries) -> tuple[list[Path], Geometry]:
     positions = []
     for path, header in headers:
         if (int(header.Columns), int(header.Rows)) != size:
-            raise ScanError(series, f"slices differ in size: {path.name} is {header.Columns}x{header.Rows}, "
-                                    f"{first_path.name} is {size[0]}x{size[1]}")
+            raise ScanError(
+                series,
+                f"slices differ in size: {path.name} is {header.Columns}x{header.Rows}, "
+                f"{first_path.name} is {size[0]}x{size[1]}",
+            )
         other = _vector(header, "ImageOrientationPatient", 6, series, path)
         if np.max(np.abs(other - iop)) > ORIENTATION_TOLERANCE:
-            raise ScanError(series, f"slices have more than one orientation ({path.name}: {np.round(other, 4)}, "
-                                    f"{first_path.name}: {np.round(iop, 4)})")
+            raise ScanError(
+                series,
+                f"slices have more than one orientation ({path.name}: {np.round(other, 4)}, "
+                f"{first_path.name}: {np.round(iop, 4)})",
+            )
         if np.max(np.abs(_vector(header, "PixelSpacing", 2, series, path) - pixel)) > 1e-4 * max(pixel):
             raise ScanError(series, f"slices differ in PixelSpacing ({path.name}, {first_path.name})")
         positions.append(_vector(header, "ImagePositionPatient", 3, series, path))
@@ -233,22 +264,32 @@ def _check_positions(series: DicomSeries, files: list[Path], points: np.ndarray,
     off = np.linalg.norm(across, axis=1)
     if off.max() > tolerance:
         k = int(np.argmax(off))
-        raise ScanError(series, f"slice positions are not along the slice normal (gantry tilt or a sheared "
-                                f"stack): {files[k].name} is {off[k]:.3g} mm off it; tilted series are not supported")
+        raise ScanError(
+            series,
+            f"slice positions are not along the slice normal (gantry tilt or a sheared "
+            f"stack): {files[k].name} is {off[k]:.3g} mm off it; tilted series are not supported",
+        )
     if steps.min() <= tolerance:
         k = int(np.argmin(steps))
-        raise ScanError(series, f"duplicate slice position: {files[k].name} and {files[k + 1].name} are "
-                                f"{steps[k]:.3g} mm apart")
+        raise ScanError(
+            series, f"duplicate slice position: {files[k].name} and {files[k + 1].name} are {steps[k]:.3g} mm apart"
+        )
     median = float(np.median(steps))
     if steps.max() > 1.5 * median:
         k = int(np.argmax(steps))
-        raise ScanError(series, f"missing slice(s): a gap of {steps[k]:.4g} mm between {files[k].name} and "
-                                f"{files[k + 1].name} where the spacing is {median:.4g} mm")
+        raise ScanError(
+            series,
+            f"missing slice(s): a gap of {steps[k]:.4g} mm between {files[k].name} and "
+            f"{files[k + 1].name} where the spacing is {median:.4g} mm",
+        )
     residual = np.abs(depth - spacing * np.arange(len(depth)))
     if residual.max() > tolerance:
-        raise ScanError(series, f"non-uniform slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm "
-                                f"(a slice is {residual.max():.3g} mm off the regular grid; tolerance "
-                                f"{tolerance:.3g} mm)")
+        raise ScanError(
+            series,
+            f"non-uniform slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm "
+            f"(a slice is {residual.max():.3g} mm off the regular grid; tolerance "
+            f"{tolerance:.3g} mm)",
+        )
     return spacing
 
 

@@ -27,8 +27,20 @@ MEMORY_FRACTION = 0.5  # stored voxels + the returned array, of the machine's ph
 DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion (258-byte matches in ~2 bits)
 _SLACK = 1 << 16  # compressed headers and framing
 # NRRD and MetaImage fields that place the grid: ITK's parsers read "nan" in them as 0.
-_GEOMETRY_FIELDS = {"offset", "origin", "position", "elementspacing", "elementsize", "transformmatrix", "rotation",
-                    "orientation", "centerofrotation", "space origin", "space directions", "spacings"}
+_GEOMETRY_FIELDS = {
+    "offset",
+    "origin",
+    "position",
+    "elementspacing",
+    "elementsize",
+    "transformmatrix",
+    "rotation",
+    "orientation",
+    "centerofrotation",
+    "space origin",
+    "space directions",
+    "spacings",
+}
 
 
 def _gib(n: int | float) -> str:
@@ -68,8 +80,11 @@ def check_budget(path: object, size: tuple[int, ...], itemsize: int, out_itemsiz
     memory = physical_memory()
     needed = stored + voxels * out_itemsize
     if memory and needed > MEMORY_FRACTION * memory:
-        raise ScanError(path, f"{claim}; reading it needs {_gib(needed)}, more than {MEMORY_FRACTION:.0%} of this "
-                              f"machine's {_gib(memory)} of memory")
+        raise ScanError(
+            path,
+            f"{claim}; reading it needs {_gib(needed)}, more than {MEMORY_FRACTION:.0%} of this "
+            f"machine's {_gib(memory)} of memory",
+        )
 
 
 def gzip_holds_at_least(path: Path, expected: int, offset: int = 0) -> bool | None:
@@ -102,16 +117,20 @@ def check_gzip_claim(path: Path, expected: int, offset: int = 0) -> None:
     (several members, over 4 GiB, or truncation)."""
     compressed = path.stat().st_size - offset
     if compressed * DEFLATE_MAX_RATIO + _SLACK < expected:
-        raise ScanError(path, f"is truncated or its header is wrong: {compressed} bytes of compressed data cannot "
-                              f"hold the {expected} bytes ({_gib(expected)}) the header describes")
+        raise ScanError(
+            path,
+            f"is truncated or its header is wrong: {compressed} bytes of compressed data cannot "
+            f"hold the {expected} bytes ({_gib(expected)}) the header describes",
+        )
     with open(path, "rb") as fh:
         fh.seek(-4, os.SEEK_END)
         isize = struct.unpack("<I", fh.read(4))[0]
     if isize == expected % (1 << 32):
         return
     if not gzip_holds_at_least(path, expected, offset):
-        raise ScanError(path, "is truncated: the compressed data ends before the image the header "
-                              f"describes ({expected} bytes)")
+        raise ScanError(
+            path, f"is truncated: the compressed data ends before the image the header describes ({expected} bytes)"
+        )
 
 
 @dataclass
@@ -141,8 +160,9 @@ def check_nifti_claim(path: Path, out_itemsize: int) -> NiftiClaim | None:
     try:
         image: Any = nibabel.load(str(path))  # the header only; voxels stay on disk
         offset = int(getattr(image.dataobj, "offset", image.header["vox_offset"]))
-        claim = NiftiClaim(image, offset, tuple(int(n) for n in image.header.get_data_shape()),
-                           np.dtype(image.header.get_data_dtype()))
+        claim = NiftiClaim(
+            image, offset, tuple(int(n) for n in image.header.get_data_shape()), np.dtype(image.header.get_data_dtype())
+        )
     except Exception:  # noqa: BLE001 - not a NIfTI header nibabel can parse
         return None
     check_budget(path, claim.shape, claim.dtype.itemsize, out_itemsize, str(claim.dtype))
@@ -197,8 +217,9 @@ def check_itk_claim(path: Path, out_itemsize: int) -> None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise ScanError(path, f"cannot be read as an image (corrupt, truncated or not an image): "
-                              f"{itk_reason(err)}") from None
+        raise ScanError(
+            path, f"cannot be read as an image (corrupt, truncated or not an image): {itk_reason(err)}"
+        ) from None
     size = tuple(int(n) for n in reader.GetSize())
     pixel = sitk.GetArrayViewFromImage(sitk.Image([1] * len(size), reader.GetPixelID())).dtype
     itemsize = pixel.itemsize * max(1, reader.GetNumberOfComponents())
@@ -206,8 +227,10 @@ def check_itk_claim(path: Path, out_itemsize: int) -> None:
     fields, offset = _text_header(path)
     for key in _GEOMETRY_FIELDS & set(fields):
         if re.search(r"(?<![a-z])(nan|inf(inity)?)(?![a-z])", fields[key], re.IGNORECASE):
-            raise ScanError(path, f"header geometry is not usable: {key} is {fields[key]!r} (NaN or infinite; "
-                                  "ITK would read it as 0)")
+            raise ScanError(
+                path,
+                f"header geometry is not usable: {key} is {fields[key]!r} (NaN or infinite; ITK would read it as 0)",
+            )
     location = _data_location(path, fields, offset)
     if location is None:
         return
@@ -219,7 +242,10 @@ def check_itk_claim(path: Path, out_itemsize: int) -> None:
     if encoding in ("gzip", "gz"):
         check_gzip_claim(data, expected, start)
     elif compressed and held * DEFLATE_MAX_RATIO + _SLACK < expected:
-        raise ScanError(path, f"is truncated or its header is wrong: {held} bytes of compressed data cannot "
-                              f"hold the {expected} bytes ({_gib(expected)}) the header describes")
+        raise ScanError(
+            path,
+            f"is truncated or its header is wrong: {held} bytes of compressed data cannot "
+            f"hold the {expected} bytes ({_gib(expected)}) the header describes",
+        )
     elif encoding == "raw" and not compressed and held < expected:
         raise ScanError(path, f"is truncated: its data holds {held} bytes, the header describes {expected}")

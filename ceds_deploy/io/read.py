@@ -58,8 +58,9 @@ def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
     import SimpleITK as sitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                              "expected a single-channel CT scan")
+        raise ScanError(
+            path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a single-channel CT scan"
+        )
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     _check_size(path, tuple(image.GetSize()))
@@ -73,8 +74,9 @@ def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
     return image, array, geometry
 
 
-def _finish(path: object, array: np.ndarray, geometry: Geometry, dtype: npt.DTypeLike | None,
-            nonfinite: int = 0) -> Volume:
+def _finish(
+    path: object, array: np.ndarray, geometry: Geometry, dtype: npt.DTypeLike | None, nonfinite: int = 0
+) -> Volume:
     """The `Volume` of `array` as `dtype`; raises `ScanError` for NaN or infinite voxels (`nonfinite`
     of them found in the file where the reader hid them)."""
     array = np.array(array, dtype=dtype, order="K")
@@ -111,14 +113,18 @@ def _read_dicom(series: DicomSeries, out_itemsize: int) -> Any:
         image = reader.Execute()
     except RuntimeError as err:
         raise ScanError(series, f"{_UNREADABLE}: {itk_reason(err)}") from None
-    got = Geometry(image.GetSpacing(), image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3),
-                   image.GetSize())
+    got = Geometry(
+        image.GetSpacing(), image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3), image.GetSize()
+    )
     corners = np.array(list(itertools.product(*[(0, n - 1) for n in expected.shape])), dtype=np.float64)
     apart = float(np.max(np.abs(got.index_to_world(corners) - expected.index_to_world(corners))))
     if got.shape != expected.shape or apart > slice_tolerance(expected.spacing[2]):
-        raise ScanError(series, f"ITK reads the series on another grid than its headers describe (corners up to "
-                                f"{apart:.3g} mm apart; ITK's spacing {np.round(got.spacing, 4)}, the headers' "
-                                f"{np.round(expected.spacing, 4)})")
+        raise ScanError(
+            series,
+            f"ITK reads the series on another grid than its headers describe (corners up to "
+            f"{apart:.3g} mm apart; ITK's spacing {np.round(got.spacing, 4)}, the headers' "
+            f"{np.round(expected.spacing, 4)})",
+        )
     # The checked grid, exactly: ITK's differs by rounding at most.
     image.SetSpacing(expected.spacing)
     image.SetOrigin(expected.origin)
@@ -144,14 +150,20 @@ def _nifti_geometry(path: Path, claim: NiftiClaim, itk: Geometry | None, shape: 
     if sform_code <= 0:
         pixdim = _raw_pixdim(path, claim)
         if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
-            raise ScanError(path, f"header spacing (pixdim) is {np.round(pixdim, 4).tolist()}: NaN or zero "
-                                  "spacing, and no sform to take the geometry from")
+            raise ScanError(
+                path,
+                f"header spacing (pixdim) is {np.round(pixdim, 4).tolist()}: NaN or zero "
+                "spacing, and no sform to take the geometry from",
+            )
     affine = LPS_FROM_RAS @ np.asarray(claim.image.affine, dtype=np.float64)
     linear = affine[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-6):
-        raise ScanError(path, f"header geometry (sform code {sform_code}, qform code {qform_code}) has NaN, "
-                              f"infinite or zero spacing: {np.round(spacing, 4)}")
+        raise ScanError(
+            path,
+            f"header geometry (sform code {sform_code}, qform code {qform_code}) has NaN, "
+            f"infinite or zero spacing: {np.round(spacing, 4)}",
+        )
     if itk is not None and np.allclose(affine, itk.affine, rtol=0, atol=GEOMETRY_TOLERANCE_MM):
         return itk
     directions = linear / spacing
@@ -159,9 +171,14 @@ def _nifti_geometry(path: Path, claim: NiftiClaim, itk: Geometry | None, shape: 
         form = "sform" if sform_code > 0 else "qform"
         raise ScanError(path, f"its {form} is sheared (axes not orthogonal); a scan needs orthogonal axes")
     if itk is not None:
-        log.warning("%s: ITK reads the header as affine %s, nibabel (sform code %d, qform code %d) as %s: "
-                    "using nibabel's", path, np.round(itk.affine[:3], 4).tolist(), sform_code, qform_code,
-                    np.round(affine[:3], 4).tolist())
+        log.warning(
+            "%s: ITK reads the header as affine %s, nibabel (sform code %d, qform code %d) as %s: using nibabel's",
+            path,
+            np.round(itk.affine[:3], 4).tolist(),
+            sform_code,
+            qform_code,
+            np.round(affine[:3], 4).tolist(),
+        )
     return Geometry.from_affine(affine, shape)
 
 

@@ -54,6 +54,7 @@ def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -
     # headers that name their data file (.mhd, .nhdr) refer to the final name.
     stagings = [Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) for path in paths]
     try:
+
         def write(k: int) -> None:
             _, array, geometry = items[k]
             target = stagings[k] / paths[k].name
@@ -77,5 +78,3 @@ def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -
         for staging in stagings:
             shutil.rmtree(staging, ignore_errors=True)
     return paths
-
-

@@ -39,8 +39,7 @@ class CedsNetConfig:
         _check_int("in_channels", self.in_channels, minimum=1)
         _check_int("width", self.width, minimum=1)
         if self.width % self.in_channels:
-            raise ConfigError(f"width must be a multiple of in_channels ({self.in_channels}), "
-                             f"got {self.width}")
+            raise ConfigError(f"width must be a multiple of in_channels ({self.in_channels}), got {self.width}")
         _check_int("num_classes", self.num_classes, minimum=2)
         _check_probability("dropout", self.dropout)
         _check_probability("bottleneck_dropout", self.bottleneck_dropout)

@@ -17,8 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of `model` on an input of `input_shape` (batch included)."""
     meta_state = {
-        name: torch.empty_like(t, device="meta")
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(), *model.named_buffers()]
     }
     x = torch.empty(tuple(int(s) for s in input_shape), device="meta")
     counter = FlopCounterMode(display=False)

@@ -44,10 +44,21 @@ EVALUATION_CSV = "evaluation.csv"
 NON_MASK_CASE_SUFFIXES = ("_confidence", "_probabilities")
 GRID_ATOL = 1e-3  # mm / direction cosines; files written by different tools round differently
 
-CSV_FIELDS = ("case", "status", "dice", "hd95_mm", "pred_ml", "true_ml", "volume_diff_ml",
-              "abs_volume_diff_ml", "rel_volume_diff_pct", "prediction", "label", "message")
-METRICS = ("dice", "hd95_mm", "pred_ml", "true_ml", "volume_diff_ml", "abs_volume_diff_ml",
-           "rel_volume_diff_pct")
+CSV_FIELDS = (
+    "case",
+    "status",
+    "dice",
+    "hd95_mm",
+    "pred_ml",
+    "true_ml",
+    "volume_diff_ml",
+    "abs_volume_diff_ml",
+    "rel_volume_diff_pct",
+    "prediction",
+    "label",
+    "message",
+)
+METRICS = ("dice", "hd95_mm", "pred_ml", "true_ml", "volume_diff_ml", "abs_volume_diff_ml", "rel_volume_diff_pct")
 
 
 @dataclass
@@ -100,13 +111,16 @@ def _binary(path: Path, array: np.ndarray, role: str) -> np.ndarray:
     if not binary.all():
         bad = np.unique(array[~binary])
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise ScanError(path, f"{role} holds values other than 0 and 1 ({shown}); expected a binary "
-                              "tumour mask (background 0, tumour 1)")
+        raise ScanError(
+            path,
+            f"{role} holds values other than 0 and 1 ({shown}); expected a binary tumour mask (background 0, tumour 1)",
+        )
     return array == 1
 
 
 def grid_difference(pred: Geometry, true: Geometry, atol: float = GRID_ATOL) -> str:
     """'' when the grids match, else which of shape/spacing/origin/direction differ and how."""
+
     def fmt(values) -> str:
         flat = np.asarray(values, dtype=float).ravel()
         return "(" + ", ".join(f"{v:.6g}" for v in flat) + ")"
@@ -130,8 +144,9 @@ def evaluate_case(prediction: Path, label: Path) -> CaseEvaluation:
     true_volume = read_scan(label, dtype=None)
     difference = grid_difference(pred_volume.geometry, true_volume.geometry)
     if difference:
-        raise ScanError(prediction, f"prediction grid differs from its label {label} "
-                                    f"(prediction vs label: {difference})")
+        raise ScanError(
+            prediction, f"prediction grid differs from its label {label} (prediction vs label: {difference})"
+        )
     pred = _binary(prediction, pred_volume.array, "prediction")
     true = _binary(label, true_volume.array, "label")
     voxel_ml = true_volume.geometry.voxel_volume_ml
@@ -142,10 +157,19 @@ def evaluate_case(prediction: Path, label: Path) -> CaseEvaluation:
         rel = 100.0 * diff / true_ml
     else:
         rel = 0.0 if pred_ml == 0 else math.inf
-    return CaseEvaluation(case=case, status="ok", prediction=str(prediction), label=str(label),
-                          dice=dice(pred, true), hd95_mm=hausdorff95(pred, true, true_volume.geometry.spacing),
-                          pred_ml=pred_ml, true_ml=true_ml, volume_diff_ml=diff, abs_volume_diff_ml=abs(diff),
-                          rel_volume_diff_pct=rel)
+    return CaseEvaluation(
+        case=case,
+        status="ok",
+        prediction=str(prediction),
+        label=str(label),
+        dice=dice(pred, true),
+        hd95_mm=hausdorff95(pred, true, true_volume.geometry.spacing),
+        pred_ml=pred_ml,
+        true_ml=true_ml,
+        volume_diff_ml=diff,
+        abs_volume_diff_ml=abs(diff),
+        rel_volume_diff_pct=rel,
+    )
 
 
 # ---------------------------------------------------------------- folders
@@ -193,14 +217,20 @@ def evaluation_csv(report: EvaluationReport) -> str:
         writer.writerow({k: _fmt(values[k]) for k in CSV_FIELDS})
     covered = "; ".join(f"{k} over {n}" for k, n in report.counts.items())
     mean_row = {k: _fmt(report.means.get(k, "")) for k in CSV_FIELDS}
-    mean_row.update(case="mean", status="", prediction="", label="",
-                    message=f"means over the {len(report.ok)} ok cases, finite values only: {covered}")
+    mean_row.update(
+        case="mean",
+        status="",
+        prediction="",
+        label="",
+        message=f"means over the {len(report.ok)} ok cases, finite values only: {covered}",
+    )
     writer.writerow(mean_row)
     return buffer.getvalue()
 
 
-def evaluate_folder(pred_dir: str | os.PathLike, label_dir: str | os.PathLike,
-                    out_csv: str | os.PathLike | None = None) -> EvaluationReport:
+def evaluate_folder(
+    pred_dir: str | os.PathLike, label_dir: str | os.PathLike, out_csv: str | os.PathLike | None = None
+) -> EvaluationReport:
     """Evaluate every prediction in `pred_dir` against its label in `label_dir`.
 
     Writes the CSV (atomically) to `out_csv`, by default ``pred_dir/evaluation.csv``. Raises
@@ -215,35 +245,57 @@ def evaluate_folder(pred_dir: str | os.PathLike, label_dir: str | os.PathLike,
     predictions = _by_case([p for p in find_scans(pred_dir).scans if isinstance(p, Path) and is_prediction_file(p)])
     labels = _by_case([p for p in find_scans(label_dir).scans if isinstance(p, Path)])
     if not predictions:
-        raise CedsError(f"{pred_dir}: no predicted masks found (expected <case>.nii.gz files, as "
-                        "`ceds segment` writes)")
+        raise CedsError(
+            f"{pred_dir}: no predicted masks found (expected <case>.nii.gz files, as `ceds segment` writes)"
+        )
     if not set(predictions) & set(labels):
-        raise CedsError(f"none of the {len(predictions)} predictions in {pred_dir} has a label in "
-                        f"{label_dir} (labels are matched by case name, e.g. "
-                        f"{next(iter(predictions))}.nii.gz)")
+        raise CedsError(
+            f"none of the {len(predictions)} predictions in {pred_dir} has a label in "
+            f"{label_dir} (labels are matched by case name, e.g. "
+            f"{next(iter(predictions))}.nii.gz)"
+        )
 
     rows: list[CaseEvaluation] = []
     missing: list[Path] = []
     for case in sorted(predictions):
         preds, truths = predictions[case], labels.get(case, [])
         if len(preds) > 1:
-            rows.append(CaseEvaluation(case, "error", prediction=str(preds[0]), message=(
-                f"case {case!r} has {len(preds)} predictions: {', '.join(p.name for p in preds)}; keep one")))
+            rows.append(
+                CaseEvaluation(
+                    case,
+                    "error",
+                    prediction=str(preds[0]),
+                    message=(
+                        f"case {case!r} has {len(preds)} predictions: {', '.join(p.name for p in preds)}; keep one"
+                    ),
+                )
+            )
             continue
         if not truths:
             missing.append(preds[0])
-            rows.append(CaseEvaluation(case, "no_label", prediction=str(preds[0]),
-                                       message=f"no label named {case}.<image suffix> in {label_dir}"))
+            rows.append(
+                CaseEvaluation(
+                    case,
+                    "no_label",
+                    prediction=str(preds[0]),
+                    message=f"no label named {case}.<image suffix> in {label_dir}",
+                )
+            )
             continue
         if len(truths) > 1:
-            rows.append(CaseEvaluation(case, "error", prediction=str(preds[0]), message=(
-                f"case {case!r} has {len(truths)} labels: {', '.join(str(p) for p in truths)}; keep one")))
+            rows.append(
+                CaseEvaluation(
+                    case,
+                    "error",
+                    prediction=str(preds[0]),
+                    message=(f"case {case!r} has {len(truths)} labels: {', '.join(str(p) for p in truths)}; keep one"),
+                )
+            )
             continue
         try:
             rows.append(evaluate_case(preds[0], truths[0]))
         except ScanError as err:
-            rows.append(CaseEvaluation(case, "error", prediction=str(preds[0]), label=str(truths[0]),
-                                       message=str(err)))
+            rows.append(CaseEvaluation(case, "error", prediction=str(preds[0]), label=str(truths[0]), message=str(err)))
     means, counts = summarize(rows)
     unmatched = sorted(p for case, paths in labels.items() if case not in predictions for p in paths)
     report = EvaluationReport(rows, means, counts, missing, unmatched)

@@ -47,8 +47,9 @@ def hausdorff95(pred: np.ndarray, true: np.ndarray, spacing: tuple[float, ...]) 
     with warnings.catch_warnings():
         # MONAI 1.5+ passes its own deprecated argument internally; not actionable here.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        value = compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                           spacing=[float(s) for s in spacing])
+        value = compute_hausdorff_distance(
+            p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
     return float(value.reshape(-1)[0])
 
 

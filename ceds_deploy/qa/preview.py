@@ -43,8 +43,11 @@ FIGURE_COLOUR = "#262626"  # not black, so the field of view (black air) stands 
 CONFIDENCE_NEAR_MM = 10.0  # the overlay is drawn within this distance of either outline (in-plane) ...
 CONFIDENCE_FADE_MM = 4.0  # ... and fades out over this last stretch, so it has no hard edge
 # Per plane: the patient direction its slices are counted along, and the end slice 1 is at.
-SLICE_AXIS_WORDS = {"axial": ("head-foot", "from the feet"), "coronal": ("front-back", "from the front"),
-                    "sagittal": ("right-left", "from the right")}
+SLICE_AXIS_WORDS = {
+    "axial": ("head-foot", "from the feet"),
+    "coronal": ("front-back", "from the front"),
+    "sagittal": ("right-left", "from the right"),
+}
 
 
 # ---------------------------------------------------------------- where to cut
@@ -76,8 +79,7 @@ def _mass_centre(mask: np.ndarray, spacing) -> tuple[int, ...] | None:
     return tuple(int(v) for v in idx[int(np.argmin(d2))])
 
 
-def preview_centre(mask: np.ndarray, label: np.ndarray | None = None,
-                   spacing=(1.0, 1.0, 1.0)) -> tuple[int, ...]:
+def preview_centre(mask: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0)) -> tuple[int, ...]:
     """Array index (on the scan's own grid) the three planes pass through.
 
     The centre of the predicted mass: its centroid, or the mask voxel nearest to it (in mm) when the
@@ -110,7 +112,9 @@ class PlaneView:
         """E.g. "axial slice 45 of 90 (from the feet)" over "head-foot position -790.0 mm" (scanner
         coordinates, which the figure's footnote says)."""
         direction, start = SLICE_AXIS_WORDS[self.name]
-        return f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n{direction} position {position_mm:.1f} mm"
+        return (
+            f"{self.name} slice {self.index + 1} of {self.slices} ({start})\n{direction} position {position_mm:.1f} mm"
+        )
 
 
 def display_slice(array: np.ndarray, geometry: Geometry, plane: str, centre: tuple[int, ...]) -> np.ndarray:
@@ -150,8 +154,11 @@ def plane_views(geometry: Geometry, centre) -> list[PlaneView]:
     s = [geometry.spacing[p] for p in r.perm]  # canonical spacing (x, y, z)
     n = [geometry.shape[p] for p in r.perm]  # canonical shape
     c = _canonical_index(geometry, centre)
-    return [PlaneView("axial", 2, c[2], s[1], s[0], n[2]), PlaneView("coronal", 1, c[1], s[2], s[0], n[1]),
-            PlaneView("sagittal", 0, c[0], s[2], s[1], n[0])]
+    return [
+        PlaneView("axial", 2, c[2], s[1], s[0], n[2]),
+        PlaneView("coronal", 1, c[1], s[2], s[0], n[1]),
+        PlaneView("sagittal", 0, c[0], s[2], s[1], n[0]),
+    ]
 
 
 # ---------------------------------------------------------------- drawing
@@ -162,8 +169,13 @@ def _window(slice_: np.ndarray) -> np.ndarray:
     return np.clip((slice_.astype(np.float32) - (level - width / 2)) / width, 0.0, 1.0)
 
 
-def near_outlines(masks: list[np.ndarray | None], row_mm: float, col_mm: float,
-                  near_mm: float = CONFIDENCE_NEAR_MM, fade_mm: float = CONFIDENCE_FADE_MM) -> np.ndarray:
+def near_outlines(
+    masks: list[np.ndarray | None],
+    row_mm: float,
+    col_mm: float,
+    near_mm: float = CONFIDENCE_NEAR_MM,
+    fade_mm: float = CONFIDENCE_FADE_MM,
+) -> np.ndarray:
     """Weight in [0, 1] per pixel of a 2D slice: 1 within `near_mm - fade_mm` of any of `masks`,
     falling to 0 at `near_mm` (in-plane distances in mm); all 0 when the masks are empty."""
     from scipy.ndimage import distance_transform_edt
@@ -177,8 +189,14 @@ def near_outlines(masks: list[np.ndarray | None], row_mm: float, col_mm: float,
     return np.clip((near_mm - distance) / fade_mm, 0.0, 1.0).astype(np.float32)
 
 
-def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | None,
-                   label: np.ndarray | None = None, title: str = "", dpi: int = 100) -> bytes:
+def render_preview(
+    image: Volume,
+    mask: np.ndarray,
+    confidence: np.ndarray | None,
+    label: np.ndarray | None = None,
+    title: str = "",
+    dpi: int = 100,
+) -> bytes:
     """The preview as PNG bytes (see `write_preview`)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -202,64 +220,86 @@ def render_preview(image: Volume, mask: np.ndarray, confidence: np.ndarray | Non
             "label": None if label is None else display_slice(label, geometry, view.name, centre) > 0,
         }
 
-    extents = {v.name: (slices[v.name]["image"].shape[1] * v.col_mm, slices[v.name]["image"].shape[0] * v.row_mm)
-               for v in views}  # (width, height) in mm
+    extents = {
+        v.name: (slices[v.name]["image"].shape[1] * v.col_mm, slices[v.name]["image"].shape[0] * v.row_mm)
+        for v in views
+    }  # (width, height) in mm
     tallest = max(h for _, h in extents.values())
     panel_h = 4.2  # inches for the tallest panel
     widths = [panel_h * extents[v.name][0] / tallest for v in views]
     fig_w = float(np.clip(sum(widths) + 1.4, 6.0, 18.0))
     fig = Figure(figsize=(fig_w, panel_h + 1.1), dpi=dpi, facecolor=FIGURE_COLOUR)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, 4, width_ratios=[*widths, 0.12 * panel_h], left=0.02, right=0.93,
-                            top=0.87, bottom=0.05, wspace=0.06)
+    grid = fig.add_gridspec(
+        1, 4, width_ratios=[*widths, 0.12 * panel_h], left=0.02, right=0.93, top=0.87, bottom=0.05, wspace=0.06
+    )
     cmap = colormaps[CONFIDENCE_CMAP]
     norm = Normalize(0.0, 1.0)
     world = geometry.index_to_world(np.asarray(centre, dtype=float))
     for k, view in enumerate(views):
         ax = fig.add_subplot(grid[0, k])
-        data = slices[view.name]
-        w, h = extents[view.name]
-        extent = (0.0, w, h, 0.0)
-        ax.imshow(_window(data["image"]), cmap="gray", vmin=0.0, vmax=1.0, extent=extent,
-                  interpolation="nearest", aspect="equal")
-        if data["confidence"] is not None:
-            conf = np.clip(np.nan_to_num(data["confidence"].astype(np.float32), nan=1.0), 0.0, 1.0)
-            rgba = cmap(norm(conf))
-            near = near_outlines([data["mask"], data["label"]], view.row_mm, view.col_mm)
-            rgba[..., 3] = near * np.minimum(MAX_OVERLAY_ALPHA, OVERLAY_GAIN * (1.0 - conf))
-            ax.imshow(rgba, extent=extent, interpolation="nearest", aspect="equal")
-        for key, colour in (("label", LABEL_COLOUR), ("mask", PRED_COLOUR)):
-            m = data[key]
-            if m is not None and m.any() and not m.all():
-                ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2,
-                           extent=extent, origin="upper")
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
-        ax.set_axis_off()
+        _draw_panel(ax, view, slices[view.name], extents[view.name], cmap, norm)
         ax.set_title(view.title(world[view.fixed_axis]), color="white", fontsize=9)
-        _orientation_labels(ax, view.name)
     cax = fig.add_subplot(grid[0, 3])
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-    bar.set_label(f"confidence (shown within {CONFIDENCE_NEAR_MM:.0f} mm of the outlines; fades out towards 1)",
-                  color="white", fontsize=8)
+    bar.set_label(
+        f"confidence (shown within {CONFIDENCE_NEAR_MM:.0f} mm of the outlines; fades out towards 1)",
+        color="white",
+        fontsize=8,
+    )
     bar.ax.tick_params(colors="white", labelsize=7)
     handles = [Line2D([], [], color=PRED_COLOUR, lw=1.5, label="prediction")]
     if label is not None:
         handles.append(Line2D([], [], color=LABEL_COLOUR, lw=1.5, label="ground truth"))
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False,
-               labelcolor="white")
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False, labelcolor="white")
     fig.suptitle(title or "preview", color="white", fontsize=11, x=0.02, ha="left")
-    fig.text(0.02, 0.012, "positions in mm are scanner (patient) coordinates, as in the scan's header",
-             color="#bbbbbb", fontsize=7, ha="left", va="bottom")
+    fig.text(
+        0.02,
+        0.012,
+        "positions in mm are scanner (patient) coordinates, as in the scan's header",
+        color="#bbbbbb",
+        fontsize=7,
+        ha="left",
+        va="bottom",
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return buffer.getvalue()
 
 
+def _draw_panel(ax: Any, view: Any, data: dict[str, Any], size_mm: tuple[float, float], cmap: Any, norm: Any) -> None:
+    """One plane: the CT in the mediastinal window, the confidence near the outlines, the outlines
+    (ground truth, then prediction on top) and the patient-direction letters."""
+    w, h = size_mm
+    extent = (0.0, w, h, 0.0)
+    ax.imshow(
+        _window(data["image"]), cmap="gray", vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest", aspect="equal"
+    )
+    if data["confidence"] is not None:
+        conf = np.clip(np.nan_to_num(data["confidence"].astype(np.float32), nan=1.0), 0.0, 1.0)
+        rgba = cmap(norm(conf))
+        near = near_outlines([data["mask"], data["label"]], view.row_mm, view.col_mm)
+        rgba[..., 3] = near * np.minimum(MAX_OVERLAY_ALPHA, OVERLAY_GAIN * (1.0 - conf))
+        ax.imshow(rgba, extent=extent, interpolation="nearest", aspect="equal")
+    for key, colour in (("label", LABEL_COLOUR), ("mask", PRED_COLOUR)):
+        m = data[key]
+        if m is not None and m.any() and not m.all():
+            ax.contour(
+                m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2, extent=extent, origin="upper"
+            )
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_axis_off()
+    _orientation_labels(ax, view.name)
+
+
 def _orientation_labels(ax, plane: str) -> None:
     """Small patient-direction letters at the panel edges (A/P, R/L, S/I)."""
-    left, right, top, bottom = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"),
-                                "sagittal": ("A", "P", "S", "I")}[plane]
+    left, right, top, bottom = {
+        "axial": ("R", "L", "A", "P"),
+        "coronal": ("R", "L", "S", "I"),
+        "sagittal": ("A", "P", "S", "I"),
+    }[plane]
     style = dict(color="#ffd24a", fontsize=8, transform=ax.transAxes, fontweight="bold")
     ax.text(0.01, 0.5, left, ha="left", va="center", **style)
     ax.text(0.99, 0.5, right, ha="right", va="center", **style)
@@ -267,8 +307,14 @@ def _orientation_labels(ax, plane: str) -> None:
     ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
 
 
-def write_preview(path: str | Path, image: Volume, mask: np.ndarray, confidence: np.ndarray | None,
-                  label: np.ndarray | None = None, title: str = "") -> Path:
+def write_preview(
+    path: str | Path,
+    image: Volume,
+    mask: np.ndarray,
+    confidence: np.ndarray | None,
+    label: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
     """Write one PNG with axial, coronal and sagittal panels through the mass (atomically).
 
     `mask`, `confidence` and `label` are arrays on `image`'s own grid (the segment outputs).

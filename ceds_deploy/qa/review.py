@@ -23,8 +23,9 @@ MIN_PLAUSIBLE_ML = 0.5  # smaller than a 1 cm sphere: most likely noise
 MAX_PLAUSIBLE_ML = 1500.0  # larger than the mediastinum itself
 
 
-def assess(mask: np.ndarray, confidence: np.ndarray, voxel_ml: float, threshold: float,
-           max_low_fraction: float = 0.2) -> CaseFindings:
+def assess(
+    mask: np.ndarray, confidence: np.ndarray, voxel_ml: float, threshold: float, max_low_fraction: float = 0.2
+) -> CaseFindings:
     """Tumour volume, confidence inside it, and whether a human should look at this case."""
     inside = mask > 0
     count = int(np.count_nonzero(inside))

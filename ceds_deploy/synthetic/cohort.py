@@ -51,9 +51,9 @@ def make_cohort(
     """Write ``cases`` training images (the first ``labeled`` with labels) and ``test`` held-out
     labeled cases under ``out_dir`` in the Decathlon layout, with ``dataset.json``.
 
-    ``progress`` receives "cases" (count = cases to write) and "case" (one written). Returns the dataset folder. Raises `ConfigError`
-    (before writing anything) for counts or a seed that are not whole numbers >= 0, ``labeled``
-    above ``cases`` or an unknown size."""
+    ``progress`` receives "cases" (count = cases to write) and "case" (one written). Returns the
+    dataset folder. Raises `ConfigError` (before writing anything) for counts or a seed that are not
+    whole numbers >= 0, ``labeled`` above ``cases`` or an unknown size."""
     from ceds_deploy.io import write_atomic_text, write_volume
 
     cases = _check_count("cases", cases)

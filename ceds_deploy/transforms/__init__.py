@@ -8,5 +8,11 @@ plan to undo it), `restore` (model outputs -> mask and confidence on the scan's 
 from ceds_deploy.transforms.preprocess import GridMapping, prepare_label, prepare_scan
 from ceds_deploy.transforms.restore import RestoredPrediction, restore_prediction, restore_to_source
 
-__all__ = ["GridMapping", "RestoredPrediction", "prepare_label", "prepare_scan", "restore_prediction",
-           "restore_to_source"]
+__all__ = [
+    "GridMapping",
+    "RestoredPrediction",
+    "prepare_label",
+    "prepare_scan",
+    "restore_prediction",
+    "restore_to_source",
+]

@@ -57,5 +57,6 @@ def reorient_geometry(geometry: Geometry, r: Reorientation) -> Geometry:
         if r.flip[a]:
             corner[r.perm[a]] = geometry.shape[r.perm[a]] - 1
     direction = np.stack([d[:, r.perm[a]] * (-1 if r.flip[a] else 1) for a in range(3)], axis=1)
-    return Geometry(tuple(geometry.spacing[p] for p in r.perm), tuple(geometry.index_to_world(corner)),
-                    direction, shape)
+    return Geometry(
+        tuple(geometry.spacing[p] for p in r.perm), tuple(geometry.index_to_world(corner)), direction, shape
+    )

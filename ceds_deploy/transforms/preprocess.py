@@ -124,5 +124,3 @@ def prepare_label(label: Volume, mapping: GridMapping) -> np.ndarray:
     taps = mapping.spacing_grid.taps_into_scan("nearest", mapping.crop_start, mapping.crop_stop, source.shape)
     region = resample(source.astype(np.uint8, copy=False), taps, "nearest")
     return np.pad(region, list(zip(mapping.pad_before, mapping.pad_after))).astype(np.uint8, copy=False)
-
-

@@ -77,7 +77,7 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     step = _chunk_rows(device, slab[0].size)
     chunks = []
     for start in range(0, rows, step):
-        low, high, frac = (part[start:start + step] for part in moved[0])
+        low, high, frac = (part[start : start + step] for part in moved[0])
         a, b = int(min(low.min(), high.min())), int(max(low.max(), high.max())) + 1
         rows_read = slab[a:b] if slab.dtype != np.uint16 else slab[a:b].astype(np.int32)  # torch lacks uint16 gathers
         chunk = _gather(torch.from_numpy(rows_read).to(device), 0, (low - a, high - a, frac))
@@ -97,8 +97,7 @@ def resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None:
 
     base, order, flips = _memory_view(target)
     # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
-    moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]]
-             for k in range(3)]
+    moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]] for k in range(3)]
     source = source.permute(*order)
     writable = torch.from_numpy(base)
     rows = base.shape[0]

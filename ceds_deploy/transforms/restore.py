@@ -17,8 +17,9 @@ BACKGROUND_LOGIT = 10.0  # voxels no window covered (air) are confidently backgr
 UNCOVERED_CONFIDENCE = 1.0
 
 
-def restore_to_source(channels, mapping: GridMapping, fill: float | tuple[float, ...],
-                      mode: str = "linear") -> np.ndarray:
+def restore_to_source(
+    channels, mapping: GridMapping, fill: float | tuple[float, ...], mode: str = "linear"
+) -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
     Linear mode is for logits and probabilities (nnU-Net resamples logits before the argmax);
@@ -82,8 +83,13 @@ class RestoredPrediction:
     probabilities: np.ndarray | None  # float32 tumour probability (2 classes) or (C, ...) otherwise
 
 
-def restore_prediction(seg_logits: torch.Tensor, confidence: torch.Tensor, mapping: GridMapping,
-                       keep_probabilities: bool = False, largest_component: bool = False) -> RestoredPrediction:
+def restore_prediction(
+    seg_logits: torch.Tensor,
+    confidence: torch.Tensor,
+    mapping: GridMapping,
+    keep_probabilities: bool = False,
+    largest_component: bool = False,
+) -> RestoredPrediction:
     """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
     optionally keeping only the largest tumour region. Tensors on a GPU are resampled there; the
     results are numpy arrays on the host."""

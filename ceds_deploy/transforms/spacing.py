@@ -29,8 +29,10 @@ class SpacingGrid:
 
     def taps_from_scan(self, mode: str, size) -> list[Taps]:
         """Taps of every voxel of a reoriented scan of `size` into the grid (the inverse mapping)."""
-        return [axis_taps(0, n, 1.0 / c, m, mode, -o / c)
-                for n, c, o, m in zip(size, self.scale, self.offset, self.geometry.shape)]
+        return [
+            axis_taps(0, n, 1.0 / c, m, mode, -o / c)
+            for n, c, o, m in zip(size, self.scale, self.offset, self.geometry.shape)
+        ]
 
 
 def spacing_grid(geometry: Geometry, spacing: tuple[float, ...]) -> SpacingGrid:
@@ -60,15 +62,18 @@ def spacing_grid(geometry: Geometry, spacing: tuple[float, ...]) -> SpacingGrid:
     world = source @ corners
     origin = None
     for i in range(corners.shape[1]):
-        if np.allclose(np.min(out[:3] - out[:3, i:i + 1], axis=1), 0.0, rtol=MONAI_AFFINE_TOL):
+        if np.allclose(np.min(out[:3] - out[:3, i : i + 1], axis=1), 0.0, rtol=MONAI_AFFINE_TOL):
             origin = world[:3, i]
             break
     if origin is None:
         origin = rzs @ (shape / 2.0) + source[:3, 3] - target[:3, :3] @ (grid_shape / 2.0)
     target[:3, 3] = origin
     index = np.linalg.solve(source, target)  # grid index -> scan index
-    grid = geometry.with_(spacing=tuple(float(v) for v in new), origin=tuple(float(v) for v in origin),
-                          shape=tuple(max(1, int(n)) for n in grid_shape))
+    grid = geometry.with_(
+        spacing=tuple(float(v) for v in new),
+        origin=tuple(float(v) for v in origin),
+        shape=tuple(max(1, int(n)) for n in grid_shape),
+    )
     return SpacingGrid(grid, tuple(float(v) for v in np.diag(index)[:3]), tuple(float(v) for v in index[:3, 3]))
 
 
