@@ -250,9 +250,9 @@ def test_segment_runs_the_fp16_onnx_file_with_onnxruntime(exports, tmp_path):
     from rich.console import Console
 
     from ceds_deploy.cli.segment import run_segment
-    from ceds_deploy.export.parity import dice
     from ceds_deploy.inference import SegmentOptions
     from ceds_deploy.io import read_scan, write_volume
+    from ceds_deploy.qa.metrics import dice
 
     scans = tmp_path / "scans"
     scans.mkdir()
