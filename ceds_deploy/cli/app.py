@@ -63,9 +63,10 @@ def patient_openmp_threads(load: float | None = None, cores: int | None = None) 
     """On a machine other jobs keep busy, let idle OpenMP threads sleep instead of spinning
     (OMP_WAIT_POLICY=PASSIVE), unless the user chose a policy; returns whether it did.
 
-    Spinning threads fight the other jobs for the cores: a training step ran 3-10x slower beside
-    two busy loops, and about 40% faster with spinning on an idle machine (benchmarks/RESULTS.md), so
-    the choice follows the load when `ceds` starts. The arithmetic is the same either way. Only the
+    Spinning threads fight the other jobs for the cores: a demo training step took 1.33 s spinning
+    against 1.06 s sleeping beside two busy loops, and several times longer on a more crowded
+    machine, while on an idle one spinning is faster (0.37 s against 0.47 s; benchmarks/RESULTS.md),
+    so the choice follows the load when `ceds` starts. The arithmetic is the same either way. Only the
     command-line process does this, before torch loads its OpenMP runtime; library code never
     touches the environment."""
     if "OMP_WAIT_POLICY" in os.environ:

@@ -30,8 +30,8 @@ STAGE_OUTPUTS = {
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's recipe: cohort and training knobs. The defaults are the tested recipe: 800 steps
-    gave a held-out mean teacher Dice of 0.82 (600 steps: 0.76; 250 steps: 0.55), about 6 minutes of
-    training on an idle 2-core CPU (benchmarks/RESULTS.md, the demo section)."""
+    gave a held-out mean teacher Dice of 0.82 (600 steps: 0.76), about 6 minutes of training on an
+    idle 2-core CPU (benchmarks/RESULTS.md, the demo section)."""
 
     iterations: int = 800  # training steps, whatever the machine's speed
     cases: int = 24  # training images
