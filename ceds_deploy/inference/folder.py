@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -346,7 +347,8 @@ def segment_folder(
         if todo:
             check_backend_outputs(backend)
         started = datetime.now(timezone.utc)
-        run = FolderRun(rows=rows, run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}")
+        # Unique even for two runs of one process in the same second (shards run back to back).
+        run = FolderRun(rows=rows, run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         for row in rows + [case.row for case in todo]:
             row.run_id, row.model = run.run_id, model
         progress(ProgressEvent("todo", len(todo)))
