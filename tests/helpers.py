@@ -82,3 +82,26 @@ def write_dicom_series(folder: Path, volume: Volume) -> Path:
         writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
         writer.Execute(slice_)
     return folder
+
+
+def random_network(seed: int = 1, width: int = 4, batchnorm_affine: bool = True):
+    """A CEDS network (eval mode) with seeded random weights and non-trivial BatchNorm statistics
+    (and, with `batchnorm_affine`, scales and shifts), so folding BatchNorm and casting to fp16
+    are really tested."""
+    import torch
+
+    from ceds_deploy.network import CedsNet, CedsNetConfig
+
+    torch.manual_seed(seed)
+    net = CedsNet(CedsNetConfig(width=width)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 0.6)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+                if batchnorm_affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
+    return net

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import GEOMETRIES, sphere_scan
+from helpers import GEOMETRIES, random_network, sphere_scan
 
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 
@@ -35,26 +35,8 @@ needs_tensorrt = pytest.mark.skipif(
 )
 
 
-def _randomise_batchnorm(net, seed: int) -> None:
-    """Non-trivial BatchNorm statistics, so folding them into the convolutions is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 0.6)
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
-
-
 def _net(seed: int = 1):
-    from ceds_deploy.network import CedsNet, CedsNetConfig
-
-    torch.manual_seed(seed)
-    net = CedsNet(CedsNetConfig(width=4)).eval()
-    _randomise_batchnorm(net, seed)
-    return net
+    return random_network(seed)
 
 
 @pytest.fixture(scope="module")

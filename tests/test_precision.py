@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import GEOMETRIES, sphere_scan
+from helpers import GEOMETRIES, random_network, sphere_scan
 
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 
@@ -38,19 +38,7 @@ needs_tensorrt = pytest.mark.skipif(
 
 
 def _net(seed: int = 1, width: int = 4):
-    """A CEDS network with random weights and non-trivial BatchNorm statistics."""
-    from ceds_deploy.network import CedsNet, CedsNetConfig
-
-    torch.manual_seed(seed)
-    net = CedsNet(CedsNetConfig(width=width)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 0.6)
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-    return net
+    return random_network(seed, width, batchnorm_affine=False)
 
 
 @pytest.fixture(scope="module")
