@@ -1,77 +1,79 @@
-"""Train `supervised`, `mean-teacher` and `ceds` on one phantom cohort with the same seed and budget,
-then segment the held-out test cases with each network through `segment_volume` (the code path of
-`ceds segment`, torch backend) and compare.
+"""Supervised, mean teacher and CEDS over several seeds, on few labels and many unlabeled scans.
 
-    .venv/bin/python benchmarks/train_methods.py --out bench_train [--iterations 200] [--threads 2]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_methods.py --out bench_methods \
+        [--seeds 0 1 2] [--iterations 800]
 
-Budget (default): 200 steps per method at width 4, 32^3 patches, 3 mm, SGD lr 0.05 for all three
-(the paper's 0.01 barely leaves the all-background solution in 200 steps: supervised test Dice 0.00
-at lr 0.01 vs 0.10 at lr 0.05). About 3 (supervised) to 10 (mean-teacher, ceds) minutes per method
-on one CPU thread.
+Per seed: a cohort of phantoms made with that seed (4 labeled training scans, 2 labeled validation
+scans, 24 unlabeled scans, 12 held-out test scans, size "small"), then the three methods trained on
+it with that training seed and the same budget. Every step draws the same labeled volume and
+patches in all three (supervised batches hold that labeled volume only, the others add one
+unlabeled volume).
 
-Cohort (default): 4 labeled + 2 labeled validation + 16 unlabeled training cases, 8 test cases,
-size "small". All three runs get the same iterations, seed, width, patch and spacing; every step
-draws the same labeled volume and patches in all three (supervised batches hold that labeled
-volume only, the others add one unlabeled volume). Reported per method, on the test cases, for the
-final (last.pt) teacher and student: mean Dice; AUROC of the confidence map for predicting the
-voxels the mask gets right (body voxels); the same AUROC for max(p, 1 - p) of the softmax, the
-baseline a confidence head has to beat; and the test Dice of the validation-selected teacher
-(best_teacher.pt). supervised and mean-teacher do not train the confidence head, so their
-confidence AUROC is that of an untrained head.
+Recipe: the demo's short-run recipe (`ceds_deploy.demo.recipe.DemoSettings`: width 4, 32^3 patches
+at 3 mm, batch 2, SGD lr 0.08 -> 1e-3 poly, EMA decay 0.95, dropout 0, 2 patches per volume),
+800 steps. The paper's recipe (lr 0.01, EMA 0.99, dropout 0.5, 8000 epochs) does not fit a CPU:
+at 200 steps it barely leaves the all-background solution.
 
-Writes OUT/train_methods.json; prints a table. A run stopped midway resumes where it stopped.
+Scored on the held-out scans through `segment_volume` (the code path of `ceds segment`, torch
+backend, largest component kept as the demo does), for the validation-selected teacher
+(best_teacher.pt, the checkpoint a user exports) and the final teacher (last.pt): Dice, HD95 (mm,
+on the scan's grid; inf when one mask is empty), the confidence map's AUROC for the voxels the mask
+gets right (body voxels) and that of max(p, 1 - p). Each test case carries what makes it hard: its
+tumour volume, whether it touches a vessel, contrast, and the mass's HU.
+
+Writes OUT/train_methods.json after every finished run (a stopped run resumes where it stopped),
+and a summary: per method the mean and spread over seeds, and a paired comparison per test case
+(CEDS minus mean teacher, CEDS minus supervised: mean difference, wins/losses, Wilcoxon p).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 METHODS = ("supervised", "mean-teacher", "ceds")
+PAIRS = (("ceds", "mean-teacher"), ("ceds", "supervised"), ("mean-teacher", "supervised"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from ceds_deploy.demo.recipe import DemoSettings
+
+    demo = DemoSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("bench_train"), help="work folder (cohort, runs, results)")
-    p.add_argument("--iterations", type=int, default=200, help="training steps per method (the budget)")
-    p.add_argument("--width", type=int, default=4)
-    p.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32), metavar=("X", "Y", "Z"))
-    p.add_argument("--spacing", type=float, default=3.0, help="isotropic model spacing, mm")
-    p.add_argument("--patches-per-volume", type=int, default=3)
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=0.05,
-        help="SGD learning rate of both optimizers (paper: 0.01, too slow for a CPU-sized budget)",
-    )
-    p.add_argument(
-        "--ema-decay", type=float, default=0.99, help="teacher EMA decay (paper 0.99; the demo's short runs 0.95)"
-    )
-    p.add_argument("--dropout", type=float, default=0.5, help="V-Net dropout (paper 0.5; the demo 0.0)")
-    p.add_argument("--labeled", type=int, default=4, help="labeled training cases")
-    p.add_argument("--val", type=int, default=2, help="extra labeled cases for validation (0: none)")
-    p.add_argument("--unlabeled", type=int, default=16)
-    p.add_argument("--test", type=int, default=8)
-    p.add_argument("--validations", type=int, default=4, help="validations per run")
-    p.add_argument("--seed", type=int, default=0, help="training seed (the cohort always uses seed 0)")
+    p.add_argument("--out", type=Path, default=Path("bench_methods"), help="work folder (cohorts, runs, results)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="cohort and training seeds")
+    p.add_argument("--iterations", type=int, default=demo.iterations, help="training steps per method (the budget)")
+    p.add_argument("--width", type=int, default=demo.width)
+    p.add_argument("--patch", type=int, nargs=3, default=demo.patch, metavar=("X", "Y", "Z"))
+    p.add_argument("--spacing", type=float, default=demo.spacing, help="isotropic model spacing, mm")
+    p.add_argument("--patches-per-volume", type=int, default=demo.patches_per_volume)
+    p.add_argument("--lr", type=float, default=demo.lr, help="SGD learning rate (paper 0.01: too slow here)")
+    p.add_argument("--ema-decay", type=float, default=demo.ema_decay, help="teacher EMA decay (paper 0.99)")
+    p.add_argument("--dropout", type=float, default=demo.dropout, help="V-Net dropout (paper 0.5)")
+    p.add_argument("--labeled", type=int, default=4, help="labeled training scans")
+    p.add_argument("--val", type=int, default=2, help="extra labeled scans for validation and model selection")
+    p.add_argument("--unlabeled", type=int, default=24)
+    p.add_argument("--test", type=int, default=12)
+    p.add_argument("--validations", type=int, default=8, help="validations per run")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p.parse_args(argv)
 
 
-def make_cohort_once(args: argparse.Namespace) -> Path:
+def make_cohort_once(args: argparse.Namespace, seed: int) -> Path:
     from ceds_deploy.synthetic import make_cohort
 
-    root = args.out / "cohort"
+    root = args.out / f"cohort_seed{seed}"
     wanted = {"cases": args.labeled + args.val + args.unlabeled, "labeled": args.labeled + args.val, "test": args.test}
     stamp = root / "benchmark_cohort.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted:
         return root
-    make_cohort(root, seed=0, size="small", **wanted)
+    make_cohort(root, seed=seed, size="small", **wanted)
     stamp.write_text(json.dumps(wanted))
     return root
 
@@ -90,13 +92,12 @@ def split_cases(root: Path, n_val: int):
     return val, tests
 
 
-def train_one(method: str, root: Path, val: list[str], args: argparse.Namespace) -> tuple[Path, float]:
+def train_one(method: str, root: Path, val: list[str], seed: int, args: argparse.Namespace) -> Path:
     from ceds_deploy.training.config import TrainConfig
     from ceds_deploy.training.loop import CHECKPOINT_DIR, resume_training, start_training
 
-    run = args.out / "runs" / method
-    steps_per_epoch = args.labeled  # one labeled volume per step
-    epochs = -(-args.iterations // steps_per_epoch)
+    run = args.out / "runs" / f"seed{seed}" / method
+    epochs = -(-args.iterations // args.labeled)  # one labeled volume per step
     config = TrainConfig(
         data_dir=str(root),
         method=method,
@@ -104,7 +105,7 @@ def train_one(method: str, root: Path, val: list[str], args: argparse.Namespace)
         patch=tuple(args.patch),
         spacing=(args.spacing,) * 3,
         iterations=args.iterations,
-        seed=args.seed,
+        seed=seed,
         lr=args.lr,
         min_lr=min(args.lr, 1e-3),
         ema_decay=args.ema_decay,
@@ -117,80 +118,146 @@ def train_one(method: str, root: Path, val: list[str], args: argparse.Namespace)
         rotate90_prob=0.1 if args.patch[0] == args.patch[1] else 0.0,
         device=args.device,
     )
-    start = time.perf_counter()
     last = run / CHECKPOINT_DIR / "last.pt"
     if last.is_file():
         resume_training(run)
     else:
         start_training(config, run)
-    return run, time.perf_counter() - start
+    return run
+
+
+def case_traits(case, seed: int) -> dict:
+    """What makes a test case hard: tumour volume (mL), touching a vessel, contrast, mass HU."""
+    import numpy as np
+
+    from ceds_deploy.io import read_scan
+    from ceds_deploy.synthetic.case import generate_case
+
+    label = read_scan(case.label)
+    voxel_ml = float(np.prod(label.geometry.spacing)) / 1000.0
+    index = int(case.name.rsplit("_", 1)[-1])
+    info = generate_case(index, seed, "small", tissue=False).info
+    return {
+        "tumour_ml": float(np.count_nonzero(label.array)) * voxel_ml,
+        "touches_vessel": bool(info["mass_touches_vessel"]),
+        "contrast": bool(info["contrast"]),
+        "mass_base_hu": float(info["mass_base_hu"]),
+    }
+
+
+def score_checkpoint(checkpoint: Path, tests, device: str) -> dict:
+    """Per test case: Dice, HD95 and AUROCs of one teacher through `segment_volume`."""
+    from ceds_deploy.backends.torch_backend import TorchBackend
+    from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.inference import SegmentOptions, segment_volume
+    from ceds_deploy.io import read_scan
+    from ceds_deploy.qa.metrics import hausdorff95
+    from ceds_deploy.training.cache import read_label
+    from ceds_deploy.training.validate import score_case
+
+    net, spec = load_network(checkpoint, "teacher")
+    options = SegmentOptions(batch_size=4, largest_component=True, save_probabilities=True)
+    cases = {}
+    with TorchBackend.from_module(net, spec, device=device, max_batch_size=4, precision="fp32") as backend:
+        for n, case in enumerate(tests):
+            image = read_scan(case.image)
+            label = read_label(case, image).array
+            seg = segment_volume(image, backend, options)
+            body = image.array > spec.crop_threshold_hu
+            d, a, m = score_case(seg.mask, seg.confidence, label, body, seed=n, probabilities=seg.probabilities)
+            hd = hausdorff95(seg.mask > 0, label > 0, image.geometry.spacing)
+            cases[case.name] = {"dice": d, "hd95": hd, "auroc_confidence": a, "auroc_maxprob": m}
+    return cases
 
 
 def evaluate_run(run: Path, tests, device: str) -> dict:
-    """Test-set scores of the final teacher and student, and of the validation-selected teacher."""
-    from ceds_deploy.checkpoint import load_checkpoint, load_network
-    from ceds_deploy.training.validate import validate
+    from ceds_deploy.checkpoint import load_checkpoint
 
-    out: dict = {}
     last = run / "checkpoints" / "last.pt"
-    payload = load_checkpoint(last)
-    nets = {}
-    for weights in ("teacher", "student"):
-        nets[weights], spec = load_network(last, weights)
-    result = validate(nets, tests, spec, device=device, maxprob=True)
-    for name in nets:
-        out[name] = {
-            "dice": result.mean(name, "dice"),
-            "auroc_confidence": result.mean(name, "auroc"),
-            "auroc_maxprob": result.mean(name, "auroc_maxprob"),
-            "dice_per_case": {c.case: c.dice for c in result.cases if c.network == name},
-        }
     best = run / "checkpoints" / "best_teacher.pt"
+    payload = load_checkpoint(last)
+    out = {
+        "steps": payload["global_step"],
+        "train_seconds": sum(row["seconds"] for row in payload["history"]),  # steps only, over resumes
+        "final_teacher": score_checkpoint(last, tests, device),
+    }
     if best.is_file():
-        net, spec = load_network(best, "teacher")
-        picked = validate({"teacher": net}, tests, spec, device=device)
-        out["best_teacher"] = {
-            "dice": picked.mean("teacher", "dice"),
-            "epoch": load_checkpoint(best)["best"].get("teacher_epoch"),
-        }
-    out["steps"] = payload["global_step"]
-    out["train_seconds"] = sum(row["seconds"] for row in payload["history"])  # steps only, over resumes
+        out["best_teacher"] = score_checkpoint(best, tests, device)
+        out["best_teacher_epoch"] = load_checkpoint(best)["best"].get("teacher_epoch")
     return out
 
 
-def print_table(results: dict) -> None:
+def _finite_mean(values) -> float:
+    """Mean of the finite values (HD95 is inf when a mask is empty; those are counted separately)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _spread(values: list[float]) -> dict:
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0, "per_seed": a.tolist()}
+
+
+def summarize(results: dict, weights: str = "best_teacher") -> dict:
+    """Per method: mean and spread over seeds of the per-seed means; paired per-case differences."""
+    from scipy.stats import wilcoxon
+
+    methods = sorted({m for seed in results.values() for m in seed}, key=METHODS.index)
+    table = {}
+    for m in methods:
+        runs = [seed[m][weights] for seed in results.values() if m in seed]
+        per_seed = {
+            metric: [_finite_mean([c[metric] for c in run.values()]) for run in runs]
+            for metric in ("dice", "hd95", "auroc_confidence", "auroc_maxprob")
+        }
+        table[m] = {metric: _spread(v) for metric, v in per_seed.items()}
+        table[m]["empty_masks"] = sum(1 for run in runs for c in run.values() if not math.isfinite(c["hd95"]))
+    paired = {}
+    for a, b in PAIRS:
+        diffs = [
+            seed[a][weights][case]["dice"] - seed[b][weights][case]["dice"]
+            for seed in results.values()
+            if a in seed and b in seed
+            for case in seed[a][weights]
+        ]
+        if not diffs:
+            continue
+        nonzero = [d for d in diffs if d != 0]
+        paired[f"{a} - {b}"] = {
+            "cases": len(diffs),
+            "mean_dice_difference": sum(diffs) / len(diffs),
+            "wins": sum(d > 0 for d in diffs),
+            "losses": sum(d < 0 for d in diffs),
+            "wilcoxon_p": float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else float("nan"),
+        }
+    return {"weights": weights, "methods": table, "paired_dice": paired}
+
+
+def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="supervised vs mean-teacher vs CEDS on the phantom test cases (final weights)")
-    for col in (
-        "method",
-        "steps",
-        "train min",
-        "Dice teacher",
-        "Dice student",
-        "AUROC conf (teacher)",
-        "AUROC max-prob (teacher)",
-        "Dice val-best teacher",
-    ):
-        table.add_column(col, justify="right" if col != "method" else "left")
-    fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - nan -> '-'
-    for method, r in results.items():
-        table.add_row(
-            method,
-            str(r["steps"]),
-            f"{r['train_seconds'] / 60:.1f}",
-            fmt(r["teacher"]["dice"]),
-            fmt(r["student"]["dice"]),
-            fmt(r["teacher"]["auroc_confidence"]),
-            fmt(r["teacher"]["auroc_maxprob"]),
-            fmt(r.get("best_teacher", {}).get("dice")),
+    table = Table(title=f"held-out test scans, {summary['weights']} (mean ± sd over seeds)")
+    for col in ("method", "Dice", "HD95 mm", "AUROC confidence", "AUROC max-prob", "empty masks"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for method, r in summary["methods"].items():
+        cells = [f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" for k in ("dice", "hd95", "auroc_confidence", "auroc_maxprob")]
+        table.add_row(method, *cells, str(r["empty_masks"]))
+    console = Console(width=150)
+    console.print(table)
+    for pair, p in summary["paired_dice"].items():
+        console.print(
+            f"{pair}: mean Dice difference {p['mean_dice_difference']:+.3f} over {p['cases']} cases,"
+            f" {p['wins']} wins / {p['losses']} losses, Wilcoxon p = {p['wilcoxon_p']:.3g}"
         )
-    Console(width=150).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import platform
+
     import torch
 
     from ceds_deploy.io import write_atomic_text
@@ -198,22 +265,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    root = make_cohort_once(args)
-    val, tests = split_cases(root, args.val)
-    results = {}
-    for method in args.methods:
-        run, seconds = train_one(method, root, val, args)
-        results[method] = {"wall_seconds": seconds, **evaluate_run(run, tests, args.device)}
-    report = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "threads": torch.get_num_threads(),
-        "test_cases": [c.name for c in tests],
-        "validation_cases": val,
-        "results": results,
-    }
-    write_atomic_text(args.out / "train_methods.json", json.dumps(report, indent=2) + "\n")
-    print_table(results)
-    print(f"wrote {args.out / 'train_methods.json'}")
+    result_path = args.out / "train_methods.json"
+    saved = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else {}
+    results: dict = saved.get("results", {})
+    traits: dict = saved.get("test_cases", {})
+    started = time.perf_counter()
+    for seed in args.seeds:
+        root = make_cohort_once(args, seed)
+        val, tests = split_cases(root, args.val)
+        key = f"seed{seed}"
+        traits[key] = traits.get(key) or {c.name: case_traits(c, seed) for c in tests}
+        for method in args.methods:
+            if method in results.get(key, {}):
+                continue
+            run = train_one(method, root, val, seed, args)
+            results.setdefault(key, {})[method] = {"validation_cases": val, **evaluate_run(run, tests, args.device)}
+            report = {
+                "command": "benchmarks/train_methods.py " + " ".join(sys.argv[1:]),
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+                "test_cases": traits,
+                "results": results,
+                "summary": {w: summarize(results, w) for w in ("best_teacher", "final_teacher")},
+            }
+            write_atomic_text(result_path, json.dumps(report, indent=2) + "\n")
+            print(f"{key} {method}: done ({time.perf_counter() - started:.0f} s so far)", flush=True)
+    saved = json.loads(result_path.read_text(encoding="utf-8"))
+    for weights in ("best_teacher", "final_teacher"):
+        print_summary(saved["summary"][weights])
+    print(f"wrote {result_path}")
     return 0
 
 
