@@ -64,11 +64,10 @@ class Calibration:
         implementation every backend's output goes through (`transforms.restore`)."""
         import numpy as np
 
-        flat, labels = confidence.reshape(-1), predicted.reshape(-1)
         for k, table in enumerate(self.tables):
-            chosen = labels == k
+            chosen = predicted == k  # boolean indexing writes through any memory layout (restored maps are views)
             xs, ys = np.array(table).T
-            flat[chosen] = np.interp(flat[chosen], xs, ys)
+            confidence[chosen] = np.interp(confidence[chosen], xs, ys)
         return confidence
 
 
