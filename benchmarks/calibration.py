@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, required=True, help="where the results go (the PNGs beside it)")
     p.add_argument("--val-cases", default=None, help="comma-separated validation case ids to fit on")
     p.add_argument("--extra-phantoms", type=int, default=0, help="new held-out phantoms to add (cached beside --json)")
+    p.add_argument("--phantom-dir", type=Path, default=None, help="cache of the extra phantoms (default: beside --json)")
     p.add_argument("--phantom-seed", type=int, default=0, help="cohort seed of the extra phantoms")
     p.add_argument("--weights", default="teacher", choices=("teacher", "student"))
     p.add_argument("--margin", type=float, default=10.0, help="mm around the predicted tumour that counts")
@@ -54,8 +55,8 @@ def extra_phantoms(folder: Path, count: int, seed: int):
         name = f"phantom_{i:04d}_s{seed}.nii.gz"
         if not (folder / "labelsTs" / name).is_file():
             image, label = make_case(i, seed, "small")
-            write_volume(folder / "imagesTs" / name, image)
-            write_volume(folder / "labelsTs" / name, label)
+            write_volume(folder / "imagesTs" / name, image.array, image.geometry)
+            write_volume(folder / "labelsTs" / name, label.array, label.geometry)
     return pick_cases(folder, held_out=True)[:count] if count else []
 
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.training.calibrate import pick_cases
 
     held_out = pick_cases(args.data, held_out=True)
-    held_out += extra_phantoms(args.json.parent / "calibration_phantoms", args.extra_phantoms, args.phantom_seed)
+    held_out += extra_phantoms(args.phantom_dir or args.json.parent / "calibration_phantoms", args.extra_phantoms, args.phantom_seed)
     results = []
     for n, checkpoint in enumerate(args.checkpoints):
         fit_cases = pick_cases(args.data, validation_ids(checkpoint, args.val_cases))
