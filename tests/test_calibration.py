@@ -178,3 +178,41 @@ def test_every_backend_applies_the_calibration_in_one_place(calibrated_checkpoin
     assert np.abs(maps["onnxruntime"].confidence - maps["torch"].confidence).max() <= 2 / 1024
     background = maps["torch"].confidence[maps["torch"].mask == 0]
     assert background.min() >= 0.1 - 1e-3 and background.max() <= 0.3 + 1e-3  # the tables' range
+
+
+def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) -> None:
+    """`ceds calibrate` on a real (random, width-4) network and phantom cases stores a calibration that
+    lowers the ECE on its cases and writes the diagram; benchmarks/calibration.py scores held-out phantoms."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.cli.app import app
+    from ceds_deploy.synthetic import make_cohort
+
+    cohort = make_cohort(tmp_path / "cohort", cases=2, labeled=2, test=1, seed=0, size="small")
+    out = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(app, ["calibrate", str(tiny_checkpoint), str(cohort), "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    record = json.loads((tmp_path / "calibration.json").read_text(encoding="utf-8"))
+    assert record["ece_after_on_fit_cases"] < record["ece_before_on_fit_cases"]
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    spec = load_network(out)[1]
+    assert spec.calibration is not None and spec.calibration.cases == 2
+    assert load_network(tiny_checkpoint)[1].calibration is None  # --out: the original is untouched
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+    module_spec = importlib.util.spec_from_file_location("calibration_benchmark", path)
+    bench = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    module_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    report = tmp_path / "bench" / "calibration.json"
+    args = [str(out), "--data", str(cohort), "--json", str(report), "--val-cases", "phantom_000,phantom_001"]
+    assert bench.main([*args, "--extra-phantoms", "2", "--phantom-dir", str(tmp_path / "held")]) == 0
+    checkpoint = json.loads(report.read_text(encoding="utf-8"))["checkpoints"][0]
+    assert checkpoint["cases_n"] == 3 and checkpoint["fit_cases"] == ["phantom_000", "phantom_001"]
+    assert 0 <= checkpoint["ece_held_out_after"] <= 1 and 0 <= checkpoint["ece_held_out_before"] <= 1
+    assert all(0 <= c["expected_dice"] <= 1 and 0 <= c["dice"] <= 1 for c in checkpoint["cases"])
+    assert (report.parent / checkpoint["reliability_png"]).read_bytes()[:4] == b"\x89PNG"

@@ -148,6 +148,14 @@ def calibrate_checkpoint(
     net, spec = load_network(checkpoint, weights)
     predictions = raw_predictions(net, spec, cases, options, device)
     samples = collect(_announce(predictions, on_case), margin_mm)
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if samples.voxels.sum() == 0:
+        note = f"no tumour predicted on any of the {len(cases)} cases: nothing to calibrate on; the raw map stays"
+        log.warning("%s: %s", checkpoint, note)
+        record = {"checkpoint": str(checkpoint), "weights": weights, "cases": [c.name for c in cases], "note": note}
+        write_atomic_text(report_dir / CALIBRATION_JSON, json.dumps({**record, "calibration": None}, indent=2))
+        return record
     calibration = fit_isotonic(samples, margin_mm)
     payload = load_checkpoint(checkpoint)
     payload["spec"] = spec.replace(calibration=calibration).to_dict()
@@ -156,8 +164,6 @@ def calibrate_checkpoint(
     record = calibration_record(
         calibration, samples, checkpoint=str(target), weights=weights, cases=[c.name for c in cases]
     )
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
     write_atomic_text(report_dir / CALIBRATION_JSON, json.dumps(record, indent=2))
     curves = {"raw": samples.histogram(), "calibrated": samples.histogram(calibration)}
     title = f"{target.name} ({weights}) on its {len(cases)} fitting cases\nvoxels within {margin_mm:g} mm of the predicted tumour"

@@ -64,6 +64,9 @@ def calibrate(
         margin_mm=margin,
         on_case=lambda name: typer.echo(f"segmented {name}", err=True),
     )
+    if "note" in record:
+        typer.echo(f"{checkpoint}: {record['note']}")
+        raise typer.Exit(1)
     typer.echo(
         f"calibrated {target} ({weights}) on {len(chosen)} cases: ECE {record['ece_before_on_fit_cases']:.3f} -> "
         f"{record['ece_after_on_fit_cases']:.3f} on those cases; diagram: "
