@@ -31,11 +31,15 @@ BAD_DICE = 0.7
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) of trained runs")
-    p.add_argument("--data", type=Path, required=True, help="cohort folder: dataset.json/imagesTr/labelsTr/imagesTs/labelsTs")
+    p.add_argument(
+        "--data", type=Path, required=True, help="cohort folder: dataset.json/imagesTr/labelsTr/imagesTs/labelsTs"
+    )
     p.add_argument("--json", type=Path, required=True, help="where the results go (the PNGs beside it)")
     p.add_argument("--val-cases", default=None, help="comma-separated validation case ids to fit on")
     p.add_argument("--extra-phantoms", type=int, default=0, help="new held-out phantoms to add (cached beside --json)")
-    p.add_argument("--phantom-dir", type=Path, default=None, help="cache of the extra phantoms (default: beside --json)")
+    p.add_argument(
+        "--phantom-dir", type=Path, default=None, help="cache of the extra phantoms (default: beside --json)"
+    )
     p.add_argument("--phantom-seed", type=int, default=0, help="cohort seed of the extra phantoms")
     p.add_argument("--weights", default="teacher", choices=("teacher", "student"))
     p.add_argument("--margin", type=float, default=10.0, help="mm around the predicted tumour that counts")
@@ -157,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.training.calibrate import pick_cases
 
     held_out = pick_cases(args.data, held_out=True)
-    held_out += extra_phantoms(args.phantom_dir or args.json.parent / "calibration_phantoms", args.extra_phantoms, args.phantom_seed)
+    held_out += extra_phantoms(
+        args.phantom_dir or args.json.parent / "calibration_phantoms", args.extra_phantoms, args.phantom_seed
+    )
     results = []
     for n, checkpoint in enumerate(args.checkpoints):
         fit_cases = pick_cases(args.data, validation_ids(checkpoint, args.val_cases))
@@ -180,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_atomic_text(args.json, json.dumps(report, indent=2, allow_nan=True) + "\n")
-    print(f"pooled over {pooled['cases_n']} cases: AUROC {pooled['auroc_dice_below_0_7_expected_dice']:.3f}; wrote {args.json}")
+    print(
+        f"pooled over {pooled['cases_n']} cases: AUROC {pooled['auroc_dice_below_0_7_expected_dice']:.3f}; "
+        f"wrote {args.json}"
+    )
     return 0
 
 

@@ -104,9 +104,9 @@ def test_region_is_the_mask_and_its_margin_in_mm() -> None:
     region = calibration_region(mask, spacing, 6.0)
     idx = np.argwhere(mask > 0)
     grid = np.indices(mask.shape).reshape(3, -1).T
-    dist = np.min(
-        np.sqrt((((grid[:, None, :] - idx[None, :, :]) * np.array(spacing)) ** 2).sum(-1)), axis=1
-    ).reshape(mask.shape)
+    dist = np.min(np.sqrt((((grid[:, None, :] - idx[None, :, :]) * np.array(spacing)) ** 2).sum(-1)), axis=1).reshape(
+        mask.shape
+    )
     assert np.array_equal(region, dist <= 6.0)
     assert not calibration_region(np.zeros_like(mask), spacing, 6.0).any()
 

@@ -54,7 +54,9 @@ def pick_cases(data_dir: Path, names: Sequence[str] | None = None, held_out: boo
 
     data_dir = Path(data_dir)
     if held_out:
-        labels = {case_id(p): p for p in find_scans(data_dir / "labelsTs").scans} if (data_dir / "labelsTs").is_dir() else {}
+        labels = (
+            {case_id(p): p for p in find_scans(data_dir / "labelsTs").scans} if (data_dir / "labelsTs").is_dir() else {}
+        )
         images = find_scans(data_dir / "imagesTs").scans if (data_dir / "imagesTs").is_dir() else []
         pairs = [LabeledCase(case_id(p), p, labels[case_id(p)]) for p in images if case_id(p) in labels]
     else:
@@ -166,7 +168,8 @@ def calibrate_checkpoint(
     )
     write_atomic_text(report_dir / CALIBRATION_JSON, json.dumps(record, indent=2))
     curves = {"raw": samples.histogram(), "calibrated": samples.histogram(calibration)}
-    title = f"{target.name} ({weights}) on its {len(cases)} fitting cases\nvoxels within {margin_mm:g} mm of the predicted tumour"
+    title = f"{target.name} ({weights}) on its {len(cases)} fitting cases"
+    title += f"\nvoxels within {margin_mm:g} mm of the predicted tumour"
     write_reliability_png(report_dir / RELIABILITY_PNG, curves, title)
     log.info(
         "calibrated %s on %d cases: ECE %.3f -> %.3f (fitting cases)",

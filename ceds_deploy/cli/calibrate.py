@@ -19,7 +19,9 @@ def calibrate(
     ],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write the calibrated checkpoint here instead of in place.", show_default=False),
+        typer.Option(
+            "--out", "-o", help="Write the calibrated checkpoint here instead of in place.", show_default=False
+        ),
     ] = None,
     cases: Annotated[
         str | None,

@@ -128,13 +128,15 @@ def _table(steps: np.ndarray, fitted: np.ndarray) -> tuple[tuple[float, float], 
 def fit_isotonic(samples: CalibrationSamples, margin_mm: float = DEFAULT_MARGIN_MM) -> Calibration:
     """One isotonic table per predicted class; a class without voxels keeps the identity."""
     steps = np.arange(LEVELS + 1) / LEVELS
-    tables = []
+    tables: list[tuple[tuple[float, float], ...]] = []
     for k in range(samples.num_classes):
         filled = samples.voxels[k] > 0
         if not filled.any():
             tables.append(((0.0, 0.0), (1.0, 1.0)))
             continue
-        fitted = pool_adjacent_violators(samples.right[k, filled] / samples.voxels[k, filled], samples.voxels[k, filled])
+        fitted = pool_adjacent_violators(
+            samples.right[k, filled] / samples.voxels[k, filled], samples.voxels[k, filled]
+        )
         tables.append(_table(steps[filled], fitted))
     return Calibration(tuple(tables), "isotonic", margin_mm, samples.cases)
 
