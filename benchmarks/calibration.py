@@ -111,8 +111,15 @@ def evaluate_checkpoint(checkpoint: Path, fit_cases, held_out, args: argparse.Na
         "ece_fit_after": fit_samples.ece(calibration),
         "ece_held_out_before": held.ece(),
         "ece_held_out_after": held.ece(calibration),
+        "ece_held_out_by_class_before": {
+            name: _class_ece(held, None, k) for k, name in enumerate(("background", "tumour"))
+        },
         "ece_held_out_by_class_after": {
             name: _class_ece(held, calibration, k) for k, name in enumerate(("background", "tumour"))
+        },
+        "held_out_fraction_right_by_class": {
+            name: float(held.right[k].sum() / max(held.voxels[k].sum(), 1))
+            for k, name in enumerate(("background", "tumour"))
         },
         "held_out_voxels": int(held.voxels.sum()),
         "knots": [len(t) for t in calibration.tables],
