@@ -93,7 +93,7 @@ def print_final_summary(
         table.add_row(
             r["case"],
             _fmt(r["dice"]),
-            _fmt(r["expected_dice"]),
+            _fmt(r.get("expected_dice")),
             _fmt(r["tumour_ml"], 1),
             _fmt(r["mean_confidence"]),
             review,
@@ -192,7 +192,7 @@ def write_index(out: Path, rows: list[dict], stages: list[tuple[str, float, str]
             "<tr>"
             + _cell(f"<a href='#{esc(r['case'])}'>{esc(r['case'])}</a>")
             + _cell(_fmt(r["dice"]), True)
-            + _cell(_fmt(r["expected_dice"]), True)
+            + _cell(_fmt(r.get("expected_dice")), True)
             + _cell(_fmt(r["tumour_ml"], 1), True)
             + _cell(_fmt(r["mean_confidence"]), True)
             + _cell(review)
