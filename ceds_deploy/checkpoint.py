@@ -102,6 +102,14 @@ def checkpoint_spec(payload: dict[str, Any], path: Path | str = "checkpoint") ->
         raise ArtifactError(f"{path}: {err}") from None
 
 
+def spec_for_weights(spec: ModelSpec, weights: str) -> ModelSpec:
+    """The spec of the `weights` network of a checkpoint: a calibration fitted for the other network
+    does not hold for this one, so it is dropped (the raw confidence map)."""
+    if spec.calibration is not None and weights != spec.weights:
+        return spec.replace(weights=weights, calibration=None)
+    return spec.replace(weights=weights)
+
+
 def load_network(path: str | os.PathLike, weights: str = "teacher", map_location: str = "cpu"):
     """(CedsNet in eval mode, ModelSpec) from a checkpoint's teacher or student weights."""
     from ceds_deploy.network import CedsNet, CedsNetConfig
@@ -121,7 +129,7 @@ def load_network(path: str | os.PathLike, weights: str = "teacher", map_location
         raise ArtifactError(
             f"{path}: weights do not fit the CEDS network (another architecture or width?): {str(err).splitlines()[0]}"
         ) from None
-    return net.eval(), spec.replace(weights=weights)
+    return net.eval(), spec_for_weights(spec, weights)
 
 
 def save_inference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, weights: str = "teacher") -> Path:
@@ -142,7 +150,7 @@ def save_inference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, we
     slim = {
         "format": CHECKPOINT_FORMAT,
         "kind": CHECKPOINT_KIND,
-        "spec": spec.replace(weights=weights).to_dict(),
+        "spec": spec_for_weights(spec, weights).to_dict(),
         "net_config": dict(payload["net_config"]),
         weights: {k: v.clone() for k, v in payload[weights].items()},
     }  # own storage: no shared bytes saved

@@ -24,6 +24,53 @@ def _finite_within(value: float, low: float, high: float) -> bool:
     return math.isfinite(value) and low <= value <= high
 
 
+MAX_CALIBRATION_KNOTS = 1025  # one per step of the stored confidence map (1/1024)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted map from the network's confidence to P(the voxel's predicted label is right), one
+    monotone piecewise-linear table per predicted class (`tables[k]`: knots (raw, calibrated) for the
+    voxels predicted class k). The confidence head means different things inside and outside the mask
+    (its loss is class-weighted), so one table for both leaves the tumour's voxels miscalibrated.
+
+    `method` says how it was fitted (`qa.calibration`), `margin_mm` which voxels it was fitted on
+    (predicted tumour and body within that distance of it), `cases` on how many cases."""
+
+    tables: tuple[tuple[tuple[float, float], ...], ...]
+    method: str = "isotonic"
+    margin_mm: float = 10.0
+    cases: int = 0
+
+    def __post_init__(self) -> None:
+        tables = tuple(tuple((float(x), float(y)) for x, y in table) for table in self.tables)
+        object.__setattr__(self, "tables", tables)
+        object.__setattr__(self, "margin_mm", float(self.margin_mm))
+        object.__setattr__(self, "cases", int(self.cases))
+        for k, table in enumerate(tables):
+            xs, ys = [x for x, _ in table], [y for _, y in table]
+            if not 2 <= len(table) <= MAX_CALIBRATION_KNOTS:
+                raise ConfigError(f"calibration table {k} needs 2..{MAX_CALIBRATION_KNOTS} knots, got {len(table)}")
+            if not all(_finite_within(v, 0.0, 1.0) for v in xs + ys):
+                raise ConfigError(f"calibration table {k}: knots must be finite within 0..1")
+            if xs[0] != 0.0 or xs[-1] != 1.0 or any(b <= a for a, b in zip(xs, xs[1:])):
+                raise ConfigError(f"calibration table {k}: raw values must rise strictly from 0 to 1")
+            if any(b < a for a, b in zip(ys, ys[1:])):
+                raise ConfigError(f"calibration table {k}: calibrated values must not fall")
+
+    def apply(self, confidence, predicted):
+        """Calibrate `confidence` (float array in [0, 1]) in place, each voxel by the table of its
+        `predicted` class (integer array of the same shape); returns `confidence`. The one
+        implementation every backend's output goes through (`transforms.restore`)."""
+        import numpy as np
+
+        for k, table in enumerate(self.tables):
+            chosen = predicted == k  # boolean indexing writes through any memory layout (restored maps are views)
+            xs, ys = np.array(table).T
+            confidence[chosen] = np.interp(confidence[chosen], xs, ys)
+        return confidence
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     class_names: tuple[str, ...] = ("background", "tumour")
@@ -38,6 +85,8 @@ class ModelSpec:
     opset: int = 17
     precision: str = "fp32"
     weights: str = "teacher"  # which of the two networks of a checkpoint this artifact holds
+    # The confidence map's calibration, fitted for the `weights` network; None: the raw map.
+    calibration: Calibration | None = None
     source_sha256: str = ""
     package_version: str = __version__
     format: int = SPEC_FORMAT
@@ -47,6 +96,8 @@ class ModelSpec:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
         object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
         object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
+        if isinstance(self.calibration, dict):
+            object.__setattr__(self, "calibration", Calibration(**self.calibration))
         self._check()
 
     def _check(self) -> None:
@@ -85,6 +136,10 @@ class ModelSpec:
             raise ConfigError(f"weights must be teacher or student, got {self.weights!r}")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 7 <= self.opset <= 30:
             raise ConfigError(f"opset must be a whole number within 7..30, got {self.opset!r}")
+        if self.calibration is not None and len(self.calibration.tables) != self.num_classes:
+            raise ConfigError(
+                f"calibration must have one table per class ({self.num_classes}), got {len(self.calibration.tables)}"
+            )
 
     @property
     def crop_threshold_hu(self) -> float:

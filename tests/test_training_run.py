@@ -189,6 +189,21 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(cohort, straight_r
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
 
 
+def test_a_finished_run_fits_its_calibration_on_its_validation_cases(straight_run) -> None:
+    """The end of a run fits best_teacher.pt's calibration on the validation cases; this 5-step network
+    predicts no tumour on them, so there is nothing to fit: calibration.json says so and the raw map stays
+    (the fit itself: tests/test_calibration.py)."""
+    import json
+
+    from ceds_deploy.checkpoint import load_network
+
+    record = json.loads((straight_run / "calibration.json").read_text(encoding="utf-8"))
+    split = json.loads((straight_run / "split.json").read_text(encoding="utf-8"))
+    assert record["cases"] == split["validation"] and record["weights"] == "teacher"
+    assert record["calibration"] is None and "no tumour predicted" in record["note"]
+    assert load_network(straight_run / "checkpoints" / "best_teacher.pt")[1].calibration is None
+
+
 KILLED = """
 import json, sys
 import torch

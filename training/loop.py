@@ -187,6 +187,8 @@ class Trainer:
         while self.epoch < stop_at and not self.stopped_early:
             row = self._train_epoch()
             self._end_epoch(row)
+        if self.dist.is_main and (self.epoch == self.total_epochs or self.stopped_early):
+            self._calibrate()
         return TrainSummary(self.run_dir, self.epoch, self.global_step, dict(self.best), list(self.history))
 
     def _train_epoch(self) -> dict:
@@ -293,6 +295,19 @@ class Trainer:
             f" -> saved {', '.join(saved)}" if saved else "",
         )
         self.progress(ProgressEvent("validated", 0, {"epoch": self.epoch, **scores, "saved": saved}))
+
+    def _calibrate(self) -> None:
+        """When the run ends: fit best_teacher.pt's confidence calibration on the validation cases
+        (training.calibrate), writing calibration.json and reliability.png into the run folder."""
+        from ceds_deploy.inference import SegmentOptions
+        from ceds_deploy.training.calibrate import calibrate_checkpoint
+
+        best = self.checkpoint_dir / "best_teacher.pt"
+        if not self.split.validation or not best.is_file():
+            return
+        options = SegmentOptions(overlap=self.config.val_overlap, batch_size=self.config.val_batch_size)
+        calibrate_checkpoint(best, self.split.validation, self.run_dir, options=options, device=self.dist.device)
+        self.written.extend([self.run_dir / "calibration.json", self.run_dir / "reliability.png"])
 
     def _write(self, name: str, payload: dict) -> None:
         path = state.save(self.checkpoint_dir / name, payload)

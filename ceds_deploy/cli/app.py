@@ -10,6 +10,7 @@ import sys
 import typer
 
 from ceds_deploy import __version__
+from ceds_deploy.cli import calibrate as calibrate_cmd
 from ceds_deploy.cli import demo as demo_cmd
 from ceds_deploy.cli import evaluate as evaluate_cmd
 from ceds_deploy.cli import export as export_cmd
@@ -49,6 +50,7 @@ def _root(
 
 app.command("phantoms")(phantoms_cmd.phantoms)
 app.command("train")(train_cmd.train)
+app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("export")(export_cmd.export)
 app.command("info")(info_cmd.info)
 app.command("segment")(segment_cmd.segment)

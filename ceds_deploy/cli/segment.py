@@ -98,6 +98,13 @@ def segment(
     confidence_threshold: Annotated[
         float, typer.Option(help="Tumour voxels below this confidence count as uncertain in the report.")
     ] = 0.5,
+    review_below: Annotated[
+        float,
+        typer.Option(
+            help="With a calibrated model (ceds calibrate): flag cases whose expected Dice, from the "
+            "calibrated confidence map, is below this.",
+        ),
+    ] = 0.7,
     preview: Annotated[
         bool,
         typer.Option(
@@ -150,6 +157,7 @@ def segment(
             force=force,
             shard=shard_pair,
             confidence_threshold=confidence_threshold,
+            review_below=review_below,
             preview=preview,
             skip_air=skip_air,
             preview_labels=labels,

@@ -28,6 +28,7 @@ def final_rows(out: Path, evaluation) -> list[dict]:
                 "dice": dice.get(case, math.nan),
                 "tumour_ml": r["tumour_ml"],
                 "mean_confidence": r["mean_confidence"],
+                "expected_dice": r.get("expected_dice"),
                 "needs_review": r["needs_review"],
                 "review_reason": r["review_reason"],
                 "preview": f"segment/{case}_preview.png",
@@ -84,13 +85,20 @@ def print_final_summary(
         console.print(f"[yellow]{verdict.capped}[/]")
     table = Table(title="CEDS demo: held-out phantoms (teacher, ONNX Runtime)")
     table.add_column("case")
-    for column in ("Dice", "tumour mL", "mean confidence"):
+    for column in ("Dice", "expected Dice", "tumour mL", "mean confidence"):
         table.add_column(column, justify="right")
     table.add_column("needs review")
     for r in rows:
         review = ("[yellow]yes[/] " + r["review_reason"]) if r["needs_review"] else "no"
-        table.add_row(r["case"], _fmt(r["dice"]), _fmt(r["tumour_ml"], 1), _fmt(r["mean_confidence"]), review)
-    table.add_row("[bold]mean[/]", f"[bold]{_fmt(mean_dice(rows))}[/]", "", "", "")
+        table.add_row(
+            r["case"],
+            _fmt(r["dice"]),
+            _fmt(r.get("expected_dice")),
+            _fmt(r["tumour_ml"], 1),
+            _fmt(r["mean_confidence"]),
+            review,
+        )
+    table.add_row("[bold]mean[/]", f"[bold]{_fmt(mean_dice(rows))}[/]", "", "", "", "")
     console.print(table)
     timing = Table(title="stages")
     timing.add_column("stage")
@@ -175,14 +183,16 @@ def write_index(out: Path, rows: list[dict], stages: list[tuple[str, float, str]
         )
     else:
         body.append(f"<p>Mean Dice on the held-out phantoms: <b>{_fmt(mean_dice(rows))}</b></p>")
-    numeric = {"Dice", "tumour mL", "mean confidence"}
-    body.append("<table>" + _header(["case", "Dice", "tumour mL", "mean confidence", "needs review"], numeric))
+    numeric = {"Dice", "expected Dice", "tumour mL", "mean confidence"}
+    columns = ["case", "Dice", "expected Dice", "tumour mL", "mean confidence", "needs review"]
+    body.append("<table>" + _header(columns, numeric))
     for r in rows:
         review = f"yes: {esc(r['review_reason'])}" if r["needs_review"] else "no"
         body.append(
             "<tr>"
             + _cell(f"<a href='#{esc(r['case'])}'>{esc(r['case'])}</a>")
             + _cell(_fmt(r["dice"]), True)
+            + _cell(_fmt(r.get("expected_dice")), True)
             + _cell(_fmt(r["tumour_ml"], 1), True)
             + _cell(_fmt(r["mean_confidence"]), True)
             + _cell(review)

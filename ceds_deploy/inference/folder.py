@@ -273,7 +273,9 @@ class _Pipeline:
     def _write_one(self, case: _Case, seg: Any, conf: Any) -> None:
         try:
             assert case.mapping is not None
-            finish_case(case.row, seg, conf, case.mapping, self.output, self.options, case.source)
+            finish_case(
+                case.row, seg, conf, case.mapping, self.output, self.options, case.source, self.spec.calibration
+            )
         except Exception as err:  # noqa: BLE001 - recorded in the report, the run goes on
             case.row.status, case.row.error = "failed", error_text(err)
             log.warning("%s: %s", case.row.case, case.row.error)

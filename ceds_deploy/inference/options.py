@@ -22,6 +22,7 @@ class SegmentOptions:
     largest_component: bool = False  # keep only the largest tumour component (one lesion per scan)
     save_probabilities: bool = False
     confidence_threshold: float = 0.5
+    review_below: float = 0.7  # a calibrated model's case is flagged below this expected Dice (qa.review)
     # folder runs
     overwrite: bool = False  # redo cases whose outputs exist (also those of another model)
     force: bool = False  # take over the output folder's lock from another run
@@ -47,3 +48,5 @@ class SegmentOptions:
             raise ConfigError(f"io workers must be >= 1, got {self.io_workers}")
         if not 0 < self.confidence_threshold < 1:
             raise ConfigError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
+        if not 0 <= self.review_below <= 1:
+            raise ConfigError(f"review-below must be an expected Dice within 0..1, got {self.review_below}")

@@ -14,6 +14,7 @@ from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
 from ceds_deploy.qa.review import assess
+from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.restore import RestoredPrediction, restore_prediction
 from ceds_deploy.volume import Geometry, Volume
@@ -48,17 +49,29 @@ def finish_case(
     output: Path,
     options: SegmentOptions,
     source: Volume | None = None,
+    calibration: Calibration | None = None,
 ) -> CaseRow:
-    """Restore a stitched prediction to the scan's grid, write its files and fill `row`.
-    `source` (the scan in HU) is needed only for a preview."""
+    """Restore a stitched prediction to the scan's grid (calibrating its confidence with the model's
+    `calibration`), write its files and fill `row`. `source` (the scan in HU) is needed only for a preview."""
     started = time.perf_counter()
-    restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
+    restored = restore_prediction(
+        seg, conf, mapping, options.save_probabilities, options.largest_component, calibration
+    )
     del seg, conf
     restored_at = time.perf_counter()
     write_case_files(output, row, restored, mapping.source, options, source)
     row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
-    findings = assess(restored.mask, restored.confidence, mapping.source.voxel_volume_ml, options.confidence_threshold)
+    findings = assess(
+        restored.mask,
+        restored.confidence,
+        mapping.source.voxel_volume_ml,
+        options.confidence_threshold,
+        spacing=mapping.source.spacing,
+        calibration_margin_mm=None if calibration is None else calibration.margin_mm,
+        review_below=options.review_below,
+    )
     row.tumour_ml = round(findings.tumour_ml, 3)
+    row.expected_dice = round(findings.expected_dice, 4)
     row.mean_confidence = findings.mean_confidence
     row.low_confidence_fraction = findings.low_confidence_fraction
     row.needs_review, row.review_reason = findings.needs_review, findings.review_reason

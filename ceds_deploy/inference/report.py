@@ -39,6 +39,7 @@ class CaseRow:
     tumour_ml: float = math.nan
     mean_confidence: float = math.nan
     low_confidence_fraction: float = math.nan
+    expected_dice: float = math.nan  # from the calibrated confidence map (qa.review); nan: model not calibrated
     needs_review: bool = False
     review_reason: str = ""
     seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})

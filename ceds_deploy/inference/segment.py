@@ -89,5 +89,7 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
         blend=options.blend,
         accumulate_on=device,
     )
-    restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
+    restored = restore_prediction(
+        seg, conf, mapping, options.save_probabilities, options.largest_component, spec.calibration
+    )
     return Segmentation(restored.mask, restored.confidence, restored.probabilities, len(windows))

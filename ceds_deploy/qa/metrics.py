@@ -1,4 +1,5 @@
-"""The project's metrics, defined once: Dice and HD95 of masks, the AUROC of a confidence map.
+"""The project's metrics, defined once: Dice and HD95 of masks, the AUROC of a confidence map, the
+expected calibration error (ECE) of a probability map.
 
 Dice of two masks that are both empty is 1.0 (a correct "no tumour"); HD95 is in millimetres,
 0.0 when both are empty and inf when exactly one is (see `qa.evaluate`).
@@ -66,6 +67,39 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
         return math.nan
     ranks = rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+ECE_BINS = 15
+
+
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, weight: np.ndarray | None = None, bins: int = ECE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of `confidence` over [0, 1] (bin b holds [b/bins, (b+1)/bins), the last
+    one 1.0 too): (weight, mean confidence, mean correctness), the means nan in empty bins.
+    `correct` may be fractional and `weight` a count: a voxel histogram gives the voxels' values."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    weight = np.ones_like(confidence) if weight is None else np.asarray(weight, dtype=np.float64).ravel()
+    index = np.clip((confidence * bins).astype(np.int64), 0, bins - 1)
+    total = np.bincount(index, weight, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weight * confidence, bins) / total
+        mean_correct = np.bincount(index, weight * correct, bins) / total
+    return total, mean_conf, mean_correct
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, weight: np.ndarray | None = None, bins: int = ECE_BINS
+) -> float:
+    """ECE = sum over the `bins` equal-width confidence bins of (bin's share of the voxels) x |mean
+    correctness - mean confidence| (Guo et al. 2017); nan when there is no voxel. See
+    `reliability_bins` for the arguments."""
+    total, mean_conf, mean_correct = reliability_bins(confidence, correct, weight, bins)
+    if total.sum() <= 0:
+        return math.nan
+    filled = total > 0
+    return float(np.sum(total[filled] * np.abs(mean_correct[filled] - mean_conf[filled])) / total.sum())
 
 
 def sample_indices(mask: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.orientation import reorient_array
 from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.resample import resample_into
@@ -89,10 +90,12 @@ def restore_prediction(
     mapping: GridMapping,
     keep_probabilities: bool = False,
     largest_component: bool = False,
+    calibration: Calibration | None = None,
 ) -> RestoredPrediction:
     """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
-    optionally keeping only the largest tumour region. Tensors on a GPU are resampled there; the
-    results are numpy arrays on the host."""
+    optionally keeping only the largest tumour region. The model spec's `calibration` turns the
+    confidence into P(the final mask is right) here, after the network, for every backend alike.
+    Tensors on a GPU are resampled there; the results are numpy arrays on the host."""
     seg = seg_logits.detach()
     if seg.shape[0] == 2:
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
@@ -111,9 +114,11 @@ def restore_prediction(
         probabilities = torch.softmax(torch.from_numpy(restored), 0).numpy() if keep_probabilities else None
     conf = restore_to_source(confidence.detach(), mapping, fill=UNCOVERED_CONFIDENCE)[0]
     np.clip(conf, 0.0, 1.0, out=conf)
-    quantize_confidence(conf)
     if largest_component:
         mask = keep_largest_component(mask)
+    if calibration is not None:
+        calibration.apply(conf, mask)
+    quantize_confidence(conf)
     return RestoredPrediction(mask, conf, probabilities)
 
 

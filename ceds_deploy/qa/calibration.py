@@ -1,0 +1,172 @@
+"""Fitting the confidence map's calibration (`spec.Calibration`) and drawing its reliability diagram.
+
+Which voxels count: the predicted tumour and the voxels within `margin_mm` of it (`calibration_region`).
+The review score (`qa.review.expected_dice`) sums the calibrated map over exactly these voxels: inside
+the mask for the tumour that is right, around it for tumour the mask missed. Far from the mask almost
+every voxel is right and would drown the few that matter (over the whole body the raw map's ECE is
+already small while the tumour's voxels are off by 0.8).
+
+Fitting: isotonic regression (pool adjacent violators) per predicted class, on a histogram of the
+stored map's 1/1024 steps, so any number of cases fits in a few kB. Temperature and Platt scaling were
+measured first and rejected: the raw map's meaning differs inside and outside the mask (inside, its
+ranking is inverted on the demo model), so no monotone map of the logit with one or two parameters
+brings the tumour's voxels near their accuracy (benchmarks/RESULTS.md, calibration).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ceds_deploy.qa.metrics import expected_calibration_error, reliability_bins
+from ceds_deploy.spec import Calibration
+
+LEVELS = 1024  # the stored confidence map's steps (transforms.restore.CONFIDENCE_STEPS)
+DEFAULT_MARGIN_MM = 10.0
+
+
+def calibration_region(mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM):
+    """The voxels the calibration and the review score look at: the predicted tumour (mask > 0) and every
+    voxel within `margin_mm` (Euclidean, in mm) of it; all False when nothing is predicted."""
+    from scipy import ndimage
+
+    tumour = mask > 0
+    region = np.zeros(mask.shape, dtype=bool)
+    if not tumour.any():
+        return region
+    reach = [int(np.ceil(margin_mm / s)) for s in spacing]
+    box = []
+    for axis in range(3):  # the distance transform runs in the mask's bounding box plus the margin only
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(tumour.any(axis=other))
+        box.append(slice(max(0, int(hits[0]) - reach[axis]), min(mask.shape[axis], int(hits[-1]) + reach[axis] + 1)))
+    inside = tuple(box)
+    distance = ndimage.distance_transform_edt(~tumour[inside], sampling=[float(s) for s in spacing])
+    region[inside] = distance <= margin_mm
+    return region
+
+
+@dataclass
+class CalibrationSamples:
+    """Per predicted class and confidence step: how many voxels, and how many of them were right."""
+
+    num_classes: int = 2
+    voxels: np.ndarray = field(init=False)
+    right: np.ndarray = field(init=False)
+    cases: int = 0
+
+    def __post_init__(self) -> None:
+        self.voxels = np.zeros((self.num_classes, LEVELS + 1), dtype=np.float64)
+        self.right = np.zeros_like(self.voxels)
+
+    def add(self, mask: np.ndarray, confidence: np.ndarray, label: np.ndarray, region: np.ndarray) -> None:
+        """One case: its mask, raw confidence map and true label, counted over `region`."""
+        predicted = mask[region].astype(np.int64)
+        step = np.clip(np.rint(confidence[region] * LEVELS), 0, LEVELS).astype(np.int64)
+        right = predicted == label[region].astype(np.int64)
+        index = predicted * (LEVELS + 1) + step
+        size = self.voxels.size
+        self.voxels += np.bincount(index, minlength=size).reshape(self.voxels.shape)
+        self.right += np.bincount(index, right, minlength=size).reshape(self.voxels.shape)
+        self.cases += 1
+
+    def histogram(self, calibration: Calibration | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(confidence, fraction right, voxels) per filled step and class, the confidence calibrated
+        when a calibration is given: the input of `expected_calibration_error` and the diagram."""
+        steps = np.arange(LEVELS + 1) / LEVELS
+        conf, frac, weight = [], [], []
+        for k in range(self.num_classes):
+            filled = self.voxels[k] > 0
+            values = steps[filled].copy()
+            if calibration is not None:
+                calibration.apply(values, np.full(values.shape, k))
+            conf.append(values)
+            frac.append(self.right[k, filled] / self.voxels[k, filled])
+            weight.append(self.voxels[k, filled])
+        return np.concatenate(conf), np.concatenate(frac), np.concatenate(weight)
+
+    def ece(self, calibration: Calibration | None = None) -> float:
+        return expected_calibration_error(*self.histogram(calibration))
+
+
+def pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit to `values` (in their order)."""
+    means: list[float] = []
+    totals: list[float] = []
+    counts: list[int] = []
+    for v, w in zip(values.tolist(), weights.tolist()):
+        means.append(v)
+        totals.append(w)
+        counts.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            v2, w2, c2 = means.pop(), totals.pop(), counts.pop()
+            merged = totals[-1] + w2
+            means[-1] = (means[-1] * totals[-1] + v2 * w2) / merged
+            totals[-1] = merged
+            counts[-1] += c2
+    return np.repeat(means, counts)
+
+
+def _table(steps: np.ndarray, fitted: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """Knots of the piecewise-linear table: the ends of each flat run of the isotonic fit (between runs
+    the table interpolates), extended flat to raw 0 and 1."""
+    keep = np.ones(steps.size, dtype=bool)
+    keep[1:-1] = (fitted[1:-1] != fitted[:-2]) | (fitted[1:-1] != fitted[2:])
+    xs, ys = list(steps[keep]), list(fitted[keep])
+    if xs[0] > 0.0:
+        xs.insert(0, 0.0)
+        ys.insert(0, ys[0])
+    if xs[-1] < 1.0:
+        xs.append(1.0)
+        ys.append(ys[-1])
+    return tuple((float(x), float(min(max(y, 0.0), 1.0))) for x, y in zip(xs, ys))
+
+
+def fit_isotonic(samples: CalibrationSamples, margin_mm: float = DEFAULT_MARGIN_MM) -> Calibration:
+    """One isotonic table per predicted class; a class without voxels keeps the identity."""
+    steps = np.arange(LEVELS + 1) / LEVELS
+    tables: list[tuple[tuple[float, float], ...]] = []
+    for k in range(samples.num_classes):
+        filled = samples.voxels[k] > 0
+        if not filled.any():
+            tables.append(((0.0, 0.0), (1.0, 1.0)))
+            continue
+        fitted = pool_adjacent_violators(
+            samples.right[k, filled] / samples.voxels[k, filled], samples.voxels[k, filled]
+        )
+        tables.append(_table(steps[filled], fitted))
+    return Calibration(tuple(tables), "isotonic", margin_mm, samples.cases)
+
+
+def reliability_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str = "") -> bytes:
+    """A reliability diagram as PNG bytes: per curve (label -> `CalibrationSamples.histogram()`) the
+    fraction right against the mean confidence in each of the 15 ECE bins, and the diagonal."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for label, (conf, frac, weight) in curves.items():
+        total, mean_conf, mean_right = reliability_bins(conf, frac, weight)
+        filled = total > 0
+        ece = expected_calibration_error(conf, frac, weight)
+        ax.plot(mean_conf[filled], mean_right[filled], marker="o", label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean in bin)", ylabel="fraction of voxels right")
+    ax.set_title(title or "reliability (15 bins)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_reliability_png(path: Path, curves: dict, title: str = "") -> Path:
+    from ceds_deploy.io import write_atomic_bytes
+
+    write_atomic_bytes(Path(path), reliability_png(curves, title))
+    return Path(path)

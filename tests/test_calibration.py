@@ -1,0 +1,218 @@
+"""The confidence calibration: ECE, the isotonic fit, the spec field, the one place it is applied (every
+backend), the region it looks at, and the review score from it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ceds_deploy.errors import ArtifactError, ConfigError
+from ceds_deploy.qa.calibration import CalibrationSamples, calibration_region, fit_isotonic, reliability_png
+from ceds_deploy.qa.metrics import expected_calibration_error
+from ceds_deploy.qa.review import assess, expected_dice
+from ceds_deploy.spec import Calibration, ModelSpec
+
+IDENTITY = ((0.0, 0.0), (1.0, 1.0))
+
+
+def test_ece_of_known_maps() -> None:
+    rng = np.random.default_rng(0)
+    conf = np.full(10_000, 0.8)
+    right = rng.random(conf.size) < 0.8
+    assert expected_calibration_error(conf, right) == pytest.approx(abs(right.mean() - 0.8))
+    # Confidence 1.0 falls in the last bin; all wrong: ECE 1.
+    assert expected_calibration_error(np.ones(5), np.zeros(5, bool)) == 1.0
+    # Two bins, each off by 0.3 and 0.1, weighted by their voxels.
+    conf = np.array([0.1] * 3 + [0.9] * 1)
+    right = np.array([1, 0, 0, 1])  # bin 0.1: 1/3 right (off 0.233); bin 0.9: 1 right (off 0.1)
+    assert expected_calibration_error(conf, right) == pytest.approx((3 * (1 / 3 - 0.1) + 0.1) / 4)
+    # A histogram (fractional correctness, counts as weights) gives the per-voxel value.
+    assert expected_calibration_error([0.1, 0.9], [1 / 3, 1.0], [3, 1]) == pytest.approx(
+        expected_calibration_error(conf, right)
+    )
+    assert math.isnan(expected_calibration_error(np.array([]), np.array([])))
+
+
+def _samples(rng, n: int, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n voxels: mask (half predicted tumour), confidence on the 1/1024 grid, and labels drawn so that
+    P(right | c, class) = truth(c, class)."""
+    mask = (rng.random(n) < 0.5).astype(np.uint8)
+    conf = np.round(rng.random(n) * 1024) / 1024
+    right = rng.random(n) < truth(conf, mask)
+    label = np.where(right, mask, 1 - mask).astype(np.uint8)
+    return mask, conf, label, np.ones(n, bool)
+
+
+def test_isotonic_fit_calibrates_held_out_voxels_per_predicted_class() -> None:
+    rng = np.random.default_rng(1)
+
+    def truth(conf, mask):  # inside the mask the raw value is inverted and low: no one map fits both
+        return np.where(mask == 1, 0.95 - 0.3 * conf, conf**2)
+
+    fit, held = CalibrationSamples(), CalibrationSamples()
+    fit.add(*_samples(rng, 400_000, truth))
+    held.add(*_samples(rng, 400_000, truth))
+    calibration = fit_isotonic(fit)
+    assert held.ece() > 0.15
+    assert held.ece(calibration) < 0.02
+    for table in calibration.tables:
+        ys = [y for _, y in table]
+        assert ys == sorted(ys) and len(table) <= 1025
+    # The inverted class gets a flat table near its mean accuracy (0.8): the best a monotone map can do.
+    inside = np.interp([0.1, 0.9], *np.array(calibration.tables[1]).T)
+    assert abs(inside[0] - inside[1]) < 0.02 and abs(inside.mean() - 0.8) < 0.03
+    assert reliability_png({"raw": held.histogram(), "calibrated": held.histogram(calibration)})[:4] == b"\x89PNG"
+
+
+def test_spec_carries_a_validated_calibration() -> None:
+    calibration = Calibration((IDENTITY, ((0.0, 0.2), (0.5, 0.9), (1.0, 0.95))), cases=3)
+    spec = ModelSpec(calibration=calibration)
+    again = ModelSpec.from_json(spec.to_json())
+    assert again == spec and again.calibration is not None and again.calibration.tables[1][1] == (0.5, 0.9)
+    assert ModelSpec.from_json(ModelSpec().to_json()).calibration is None  # old specs: the raw map
+    bad_tables = [
+        (IDENTITY,),  # one table for two classes
+        (IDENTITY, ((0.0, 0.5), (1.0, 0.4))),  # falling
+        (IDENTITY, ((0.1, 0.5), (1.0, 0.6))),  # not from 0
+        (IDENTITY, ((0.0, 0.5), (1.0, 1.5))),  # beyond 1
+        (IDENTITY, ((0.0, float("nan")), (1.0, 1.0))),
+    ]
+    for tables in bad_tables:
+        with pytest.raises(ConfigError):
+            ModelSpec(calibration=Calibration(tables))  # type: ignore[arg-type]
+        with pytest.raises(ArtifactError):
+            ModelSpec.from_dict({**ModelSpec().to_dict(), "calibration": {"tables": tables}})
+    with pytest.raises(ArtifactError):
+        ModelSpec.from_dict({**ModelSpec().to_dict(), "calibration": {"tables": [IDENTITY, IDENTITY], "x": 1}})
+
+
+def test_apply_uses_the_table_of_each_voxels_predicted_class_on_any_layout() -> None:
+    calibration = Calibration((((0.0, 0.5), (1.0, 1.0)), ((0.0, 0.0), (0.5, 0.8), (1.0, 0.9))))
+    conf = np.full((3, 4, 5), 0.5, dtype=np.float32).transpose(2, 1, 0)  # a non-contiguous view
+    mask = np.zeros(conf.shape, np.uint8)
+    mask[0] = 1
+    calibration.apply(conf, mask)
+    assert np.allclose(conf[0], 0.8) and np.allclose(conf[1:], 0.75)
+
+
+def test_region_is_the_mask_and_its_margin_in_mm() -> None:
+    mask = np.zeros((40, 30, 20), np.uint8)
+    mask[18:22, 14:16, 9:11] = 1
+    spacing = (1.0, 2.0, 3.0)
+    region = calibration_region(mask, spacing, 6.0)
+    idx = np.argwhere(mask > 0)
+    grid = np.indices(mask.shape).reshape(3, -1).T
+    dist = np.min(np.sqrt((((grid[:, None, :] - idx[None, :, :]) * np.array(spacing)) ** 2).sum(-1)), axis=1).reshape(
+        mask.shape
+    )
+    assert np.array_equal(region, dist <= 6.0)
+    assert not calibration_region(np.zeros_like(mask), spacing, 6.0).any()
+
+
+def test_expected_dice_and_the_review_flag() -> None:
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[5:10, 5:10, 5:10] = 1  # 125 voxels
+    calibrated = np.ones(mask.shape, np.float32)
+    calibrated[mask > 0] = 0.8  # expected 100 right inside
+    around = calibration_region(mask, (1.0, 1.0, 1.0), 2.0) & (mask == 0)
+    calibrated[around] = 0.9  # expected 0.1 missed per voxel around it
+    missed = 0.1 * around.sum()
+    assert expected_dice(mask, calibrated, (1.0, 1.0, 1.0), 2.0) == pytest.approx(200 / (125 + 100 + missed), rel=1e-5)
+    assert expected_dice(np.zeros_like(mask), calibrated, (1.0,) * 3, 2.0) == 0.0
+
+    kwargs = dict(voxel_ml=0.1, threshold=0.5, spacing=(1.0, 1.0, 1.0), calibration_margin_mm=2.0)
+    score = expected_dice(mask, calibrated, (1.0, 1.0, 1.0), 2.0)
+    low = assess(mask, calibrated, review_below=score + 0.01, **kwargs)  # type: ignore[arg-type]
+    high = assess(mask, calibrated, review_below=score - 0.01, **kwargs)  # type: ignore[arg-type]
+    assert low.needs_review and "expected Dice" in low.review_reason and low.expected_dice == pytest.approx(score)
+    assert not high.needs_review
+    raw = assess(mask, calibrated * 0.5, 0.1, 0.5)  # no calibration: the old rule, no score
+    assert raw.needs_review and "below confidence" in raw.review_reason and math.isnan(raw.expected_dice)
+    empty = assess(np.zeros_like(mask), calibrated, **kwargs)  # type: ignore[arg-type]
+    assert empty.needs_review and empty.review_reason == "no tumour found"
+
+
+@pytest.fixture(scope="module")
+def calibrated_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny random network with a (made-up, steep) calibration in its teacher spec."""
+    from ceds_deploy.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(tiny_checkpoint)
+    calibration = Calibration((((0.0, 0.1), (0.5, 0.2), (1.0, 0.3)), ((0.0, 0.6), (1.0, 0.9))), cases=1)
+    payload["spec"] = checkpoint_spec(payload).replace(calibration=calibration).to_dict()
+    path = tmp_path_factory.mktemp("calibrated") / "calibrated.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
+def test_every_backend_applies_the_calibration_in_one_place(calibrated_checkpoint, tmp_path) -> None:
+    """torch from the checkpoint and ONNX Runtime from its export give the same calibrated map, equal
+    to the spec's tables applied to the raw map; the student's spec drops the teacher's calibration."""
+    from ceds_deploy.artifacts import read_spec
+    from ceds_deploy.backends import create_backend
+    from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.export.onnx_export import export_checkpoint
+    from ceds_deploy.inference import segment_volume
+    from ceds_deploy.synthetic import make_case
+
+    net, spec = load_network(calibrated_checkpoint)
+    assert spec.calibration is not None
+    assert load_network(calibrated_checkpoint, "student")[1].calibration is None
+    onnx = tmp_path / "model.onnx"
+    export_checkpoint(calibrated_checkpoint, onnx, validate=False)
+    assert read_spec(onnx).calibration == spec.calibration
+    image, _ = make_case(3, 0, "small")
+    maps = {}
+    for name, artifact, model_spec in (
+        ("torch", calibrated_checkpoint, spec),
+        ("onnxruntime", onnx, read_spec(onnx)),
+        ("raw", calibrated_checkpoint, spec.replace(calibration=None)),
+    ):
+        with create_backend("onnxruntime" if name == "onnxruntime" else "torch", artifact, model_spec) as backend:
+            maps[name] = segment_volume(image, backend)
+    assert np.array_equal(maps["torch"].mask, maps["raw"].mask)
+    expected = spec.calibration.apply(maps["raw"].confidence.copy(), maps["raw"].mask)
+    assert np.abs(maps["torch"].confidence - expected).max() <= 1.5 / 1024  # the stored 1/1024 steps
+    assert np.abs(maps["onnxruntime"].confidence - maps["torch"].confidence).max() <= 2 / 1024
+    background = maps["torch"].confidence[maps["torch"].mask == 0]
+    assert background.min() >= 0.1 - 1e-3 and background.max() <= 0.3 + 1e-3  # the tables' range
+
+
+def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) -> None:
+    """`ceds calibrate` on a real (random, width-4) network and phantom cases stores a calibration that
+    lowers the ECE on its cases and writes the diagram; benchmarks/calibration.py scores held-out phantoms."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from ceds_deploy.checkpoint import load_network
+    from ceds_deploy.cli.app import app
+    from ceds_deploy.synthetic import make_cohort
+
+    cohort = make_cohort(tmp_path / "cohort", cases=2, labeled=2, test=1, seed=0, size="small")
+    out = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(app, ["calibrate", str(tiny_checkpoint), str(cohort), "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    record = json.loads((tmp_path / "calibration.json").read_text(encoding="utf-8"))
+    assert record["ece_after_on_fit_cases"] < record["ece_before_on_fit_cases"]
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    spec = load_network(out)[1]
+    assert spec.calibration is not None and spec.calibration.cases == 2
+    assert load_network(tiny_checkpoint)[1].calibration is None  # --out: the original is untouched
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+    module_spec = importlib.util.spec_from_file_location("calibration_benchmark", path)
+    bench = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    module_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    report = tmp_path / "bench" / "calibration.json"
+    args = [str(out), "--data", str(cohort), "--json", str(report), "--val-cases", "phantom_000,phantom_001"]
+    assert bench.main([*args, "--extra-phantoms", "2", "--phantom-dir", str(tmp_path / "held")]) == 0
+    checkpoint = json.loads(report.read_text(encoding="utf-8"))["checkpoints"][0]
+    assert checkpoint["cases_n"] == 3 and checkpoint["fit_cases"] == ["phantom_000", "phantom_001"]
+    assert 0 <= checkpoint["ece_held_out_after"] <= 1 and 0 <= checkpoint["ece_held_out_before"] <= 1
+    assert all(0 <= c["expected_dice"] <= 1 and 0 <= c["dice"] <= 1 for c in checkpoint["cases"])
+    assert (report.parent / checkpoint["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
