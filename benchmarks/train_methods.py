@@ -29,6 +29,7 @@ and a summary: per method the mean and spread over seeds, and a paired compariso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -62,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="only merge the train_methods.json of these work folders (seeds run as separate processes) into OUT",
+    )
     return p.parse_args(argv)
 
 
@@ -156,6 +164,9 @@ def score_checkpoint(checkpoint: Path, tests, device: str) -> dict:
     from ceds_deploy.training.validate import score_case
 
     net, spec = load_network(checkpoint, "teacher")
+    # Scored on the raw confidence map: `ceds train` now stores a calibration fitted on the validation
+    # cases, and benchmarks/calibration.py measures that one on its own.
+    spec = dataclasses.replace(spec, calibration=None)
     options = SegmentOptions(batch_size=4, largest_component=True, save_probabilities=True)
     cases = {}
     with TorchBackend.from_module(net, spec, device=device, max_batch_size=4, precision="fp32") as backend:
@@ -243,7 +254,9 @@ def print_summary(summary: dict) -> None:
     for col in ("method", "Dice", "HD95 mm", "AUROC confidence", "AUROC max-prob", "empty masks"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for method, r in summary["methods"].items():
-        cells = [f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" for k in ("dice", "hd95", "auroc_confidence", "auroc_maxprob")]
+        cells = [
+            f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" for k in ("dice", "hd95", "auroc_confidence", "auroc_maxprob")
+        ]
         table.add_row(method, *cells, str(r["empty_masks"]))
     console = Console(width=150)
     console.print(table)
@@ -254,8 +267,35 @@ def print_summary(summary: dict) -> None:
         )
 
 
+def combine(folders: list[Path], out: Path) -> Path:
+    """One train_methods.json from the runs of several work folders, the summary computed anew."""
+    from ceds_deploy.io import write_atomic_text
+
+    parts = [json.loads((f / "train_methods.json").read_text(encoding="utf-8")) for f in folders]
+    results = {seed: runs for part in parts for seed, runs in part["results"].items()}
+    report = {
+        "combined_from": [
+            {"folder": str(f), "command": p["command"], "date": p["date"]} for f, p in zip(folders, parts)
+        ],
+        "settings": parts[0]["settings"],
+        "machine": parts[0]["machine"],
+        "test_cases": {seed: cases for part in parts for seed, cases in part["test_cases"].items()},
+        "results": results,
+        "summary": {w: summarize(results, w) for w in ("best_teacher", "final_teacher")},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic_text(out / "train_methods.json", json.dumps(report, indent=2) + "\n")
+    return out / "train_methods.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        path = combine(args.combine, args.out)
+        for weights in ("best_teacher", "final_teacher"):
+            print_summary(json.loads(path.read_text(encoding="utf-8"))["summary"][weights])
+        print(f"wrote {path}")
+        return 0
     import platform
 
     import torch
@@ -283,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             report = {
                 "command": "benchmarks/train_methods.py " + " ".join(sys.argv[1:]),
                 "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+                "machine": {
+                    "cpu_threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                },
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
                 "test_cases": traits,
