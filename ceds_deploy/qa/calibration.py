@@ -155,10 +155,13 @@ def reliability_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
         total, mean_conf, mean_right = reliability_bins(conf, frac, weight)
         filled = total > 0
         ece = expected_calibration_error(conf, frac, weight)
-        ax.plot(mean_conf[filled], mean_right[filled], marker="o", label=f"{label} (ECE {ece:.3f})")
+        (line,) = ax.plot(mean_conf[filled], mean_right[filled], linewidth=1.5, label=f"{label} (ECE {ece:.3f})")
+        # Marker area shows each bin's share of the voxels: the ECE weighs bins by it.
+        share = total[filled] / max(total.sum(), 1)
+        ax.scatter(mean_conf[filled], mean_right[filled], s=8 + 400 * share, color=line.get_color(), alpha=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean in bin)", ylabel="fraction of voxels right")
-    ax.set_title(title or "reliability (15 bins)", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title((title or "reliability (15 bins)") + "\nmarker area: the bin's share of the voxels", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
