@@ -290,6 +290,9 @@ def test_the_cli_watch_stops_cleanly(how, phantoms, model, tmp_path):
     assert_clean(out)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["run"]["stopped_by"] == "interrupt"
+    startup = report["run"]["startup_s"]
+    assert set(startup) == {"imports", "model_load", "backend_start", "warm_up"}
+    assert report["run"]["time_to_first_mask_s"] > sum(startup.values())  # counted from the process start
     rows = {r["case"]: r["status"] for r in report["cases"]}
     assert rows["first"] == "ok"
     assert (rows.get("new") == "ok") == (out / "new.nii.gz").exists()  # done and recorded, or neither
