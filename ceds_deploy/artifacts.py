@@ -57,7 +57,7 @@ def read_spec(path: Path) -> ModelSpec:
     if kind == "checkpoint":
         from ceds_deploy.checkpoint import checkpoint_spec, load_checkpoint
 
-        return checkpoint_spec(load_checkpoint(path), path)
+        return checkpoint_spec(load_checkpoint(path, mmap=True), path)  # mapped: tensors not read
     if kind == "onnx":
         meta = read_onnx_metadata(path)
         if ONNX_SPEC_KEY not in meta:

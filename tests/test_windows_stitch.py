@@ -162,6 +162,26 @@ def test_windows_of_the_next_case_fill_the_batch():
         np.testing.assert_allclose(seg[0].numpy(), image, atol=1e-6)
 
 
+def test_a_short_last_batch_is_padded_to_one_shape_and_its_padding_dropped():
+    """On CUDA the last batch is padded (one shape: cuDNN autotunes once); results are unchanged."""
+    sizes: list[int] = []
+
+    def record(batch):
+        sizes.append(batch.shape[0])
+        return WindowOutputs(torch.cat([batch, -batch], 1), torch.sigmoid(batch))
+
+    rng = np.random.default_rng(3)
+    image = rng.random((16, 16, 40), dtype=np.float32)
+    plan = plan_windows(image.shape, (16, 16, 16), 0.25)  # 3 windows: batches of 2 and 1
+    plain = sliding_window_predict(image, plan, record, batch_size=2)
+    assert sizes == [2, 1]
+    sizes.clear()
+    padded = sliding_window_predict(image, plan, record, batch_size=2, pad_batches=True)
+    assert sizes == [2, 2]
+    for a, b in zip(plain, padded):
+        assert torch.equal(a, b)
+
+
 def test_air_windows_are_skipped_and_left_as_background():
     image = np.zeros((64, 32, 32), np.float32)
     image[40:50, 10:20, 10:20] = 0.6  # body only in the far end

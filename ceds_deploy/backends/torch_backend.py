@@ -88,7 +88,7 @@ class TorchBackend(Backend):
         elif self.artifact is not None:
             from ceds_deploy.checkpoint import load_network
 
-            net, _ = load_network(self.artifact, self.weights)
+            net, _ = load_network(self.artifact, self.weights, map_location=self.device)  # straight to the device
         else:
             raise ConfigError("torch backend needs a checkpoint or a network (from_module)")
         self._was_training = net.training

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ceds_deploy.cli import STARTED_AT
 from ceds_deploy.cli.options import BackendOption, DeviceOption, ModelOption, check_device, parse_shard
 
 if TYPE_CHECKING:
@@ -136,6 +142,27 @@ def segment(
     io_workers: Annotated[
         int | None, typer.Option(min=1, help="Scans read and written at once (default: one per 4 CPU cores, 1 to 4).")
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep the model warm and segment each new scan (or DICOM series folder) that arrives in "
+            "INPUT, after those already there; Ctrl-C (or SIGTERM) stops.",
+        ),
+    ] = False,
+    watch_interval: Annotated[
+        float, typer.Option(min=0.01, help="With --watch: seconds between looks at INPUT.")
+    ] = 1.0,
+    watch_settle: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="With --watch: seconds a new file or series folder must stay unchanged before it is read."
+        ),
+    ] = 2.0,
+    watch_timeout: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="With --watch: stop after this many seconds without a new scan (default: never)."),
+    ] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -168,6 +195,7 @@ def segment(
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
+    watching = {"interval_s": watch_interval, "settle_s": watch_settle, "idle_timeout_s": watch_timeout}
     failed = run_segment(
         input,
         output,
@@ -178,6 +206,8 @@ def segment(
         precision=precision,
         cuda_graph=cuda_graph,
         console=Console(stderr=True),
+        watch=watching if watch else None,
+        started_at=STARTED_AT,
     )
     if failed:
         raise typer.Exit(1)
@@ -214,15 +244,22 @@ def run_segment(
     cuda_graph: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    watch: dict[str, Any] | None = None,
+    started_at: float | None = None,
 ) -> int:
-    """Open the model, segment a folder with rich progress, print the summary; returns the number of
-    failed cases. The demo calls this too."""
+    """Open the model, segment a folder (or with `watch`, `watch_folder`'s keywords, watch it) with
+    rich progress, print the summary; returns the number of failed cases. The startup stages
+    (imports since `started_at`, else since this call; model load; backend start) go to the report.
+    The demo calls this too."""
+    entered = time.perf_counter() if started_at is None else started_at
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions, segment_folder
     from ceds_deploy.inference.report import status_counts
+    from ceds_deploy.inference.watch import watch_folder
     from ceds_deploy.models import open_backend
 
+    imported = time.perf_counter()
     options = options or SegmentOptions()
     console = console or Console(stderr=True)
     engine, why = open_backend(
@@ -233,23 +270,40 @@ def run_segment(
         precision=precision,
         cuda_graph=cuda_graph,
     )
+    opened = time.perf_counter()
     spec = engine.spec
     from ceds_deploy.cli.display import SegmentDisplay
 
     progress = SegmentDisplay(console, enabled=show_progress)
-    with engine, progress:
-        console.print(
-            f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
-            f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm"
-        )
-        run = segment_folder(
-            input_path,
-            output,
-            engine,
-            options,
-            progress=progress,
-            run_info={"model": str(model), "backend_choice": why},
-        )
+    with progress:
+        engine.activate()
+        startup = {"imports": imported - entered, "model_load": opened - imported}
+        startup["backend_start"] = time.perf_counter() - opened
+        info = {"model": str(model), "backend_choice": why, "startup_s": {k: round(v, 4) for k, v in startup.items()}}
+        with engine:
+            console.print(
+                f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
+                f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm"
+            )
+            if watch is None:
+                run = segment_folder(
+                    input_path, output, engine, options, progress=progress, run_info=info, started_at=started_at
+                )
+            else:
+                console.print(f"watching {input_path} for new scans; Ctrl-C stops")
+                with _sigterm_as_interrupt():
+                    run = watch_folder(
+                        input_path,
+                        output,
+                        engine,
+                        options,
+                        interval_s=float(watch["interval_s"]),
+                        settle_s=float(watch["settle_s"]),
+                        idle_timeout_s=watch.get("idle_timeout_s"),
+                        progress=progress,
+                        run_info=info,
+                        started_at=started_at,
+                    )
     counts = status_counts(run.rows)
     review = [r.case for r in run.rows if r.status == "ok" and r.needs_review]
     report = run.report_paths[0] if run.report_paths else output
@@ -261,3 +315,21 @@ def run_segment(
         if row.status == "failed":
             console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
     return run.failed
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While watching, SIGTERM (a service manager's stop) ends the watch as Ctrl-C does: cleanly.
+    The command line's own process only; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,7 +4,8 @@ The report is a record of the output folder, not of the last run: each run merge
 the rows already there (under `lock.report_lock`, so shards of one folder each add theirs). A case
 a run skipped because its outputs exist keeps the row of the run that made them (status ok, its
 figures and review flag); every row names the run (`run_id`) and model (`model`, the artifact's
-SHA-256) that made it. `runs` in report.json lists every run's settings.
+SHA-256) that made it. `runs` in report.json lists every run's settings (a run that writes the
+report several times, as a watch does, keeps one entry).
 """
 
 from __future__ import annotations
@@ -128,7 +129,13 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any], ht
         with report_lock(output):
             before = read_report(output)
             flat = merge_rows(before.get("cases", []), rows)
-            runs = [r for r in before.get("runs", []) if isinstance(r, dict)] + [run_info]
+            this_run = run_info.get("run_id")  # a watch updates its own entry round after round
+            runs = [
+                r
+                for r in before.get("runs", [])
+                if isinstance(r, dict) and not (this_run and r.get("run_id") == this_run)
+            ]
+            runs.append(run_info)
             counts = {status: sum(r.get("status") == status for r in flat) for status in STATUSES}
             document = {
                 "run": run_info,

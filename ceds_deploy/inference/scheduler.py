@@ -120,6 +120,7 @@ def predict_cases(
     accumulate_on: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     fail_cases: bool = False,
+    pad_batches: bool = False,
 ) -> Iterator[tuple[CaseJob, torch.Tensor | None, torch.Tensor | None]]:
     """Run `predict` over the windows of every job, `batch_size` windows at a time across cases,
     yielding (job, seg_logits, confidence) for each case as soon as its last window is stitched.
@@ -127,7 +128,9 @@ def predict_cases(
     `blend` names the windows' blending weights (`windows.blend_weights`).
     `on_batch(n)` is called after each batch with the number of windows computed (for progress).
     With `fail_cases`, a case whose window fails even alone is yielded as (job, None, None) with
-    `job.error` set, and the run goes on; without it that error is raised.
+    `job.error` set, and the run goes on; without it that error is raised. With `pad_batches` a
+    short batch (the last one, or one cut at a change of window size) is padded with blank windows
+    to the batch size and their outputs dropped, so the backend sees one batch shape.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -153,7 +156,11 @@ def predict_cases(
 
     def run(batch: list[tuple[CaseJob, int]]) -> WindowOutputs:
         tensor = torch.from_numpy(np.stack([j.input()[j.windows.slices(i)] for j, i in batch])[:, None])
-        return predict_with_mirroring(predict, tensor) if tta else predict(tensor)
+        short = batches.batch_size - len(batch) if pad_batches else 0
+        if short > 0:
+            tensor = torch.cat([tensor, tensor.new_zeros((short, *tensor.shape[1:]))])
+        out = predict_with_mirroring(predict, tensor) if tta else predict(tensor)
+        return WindowOutputs(out.seg_logits[: len(batch)], out.confidence[: len(batch)]) if short > 0 else out
 
     while batch := batches.next_batch():
         started = time.perf_counter()
@@ -244,6 +251,7 @@ def sliding_window_predict(
     tta: bool = False,
     blend: str = "constant",
     accumulate_on: torch.device | str = "cpu",
+    pad_batches: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict one volume: (seg_logits (C, *shape), confidence (1, *shape)) on its grid."""
     job = CaseJob(key=None, image=image, windows=windows)
@@ -255,6 +263,7 @@ def sliding_window_predict(
         tta=tta,
         blend=blend,
         accumulate_on=accumulate_on,
+        pad_batches=pad_batches,
     ):
         assert seg is not None and conf is not None  # without fail_cases a failure raises
         return seg, conf

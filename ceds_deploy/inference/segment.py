@@ -40,6 +40,13 @@ def batch_size_for(backend: Backend, options: SegmentOptions) -> int:
     return backend.max_batch_size
 
 
+def pads_batches(backend: Backend) -> bool:
+    """Whether a short last batch is padded to the full batch: on CUDA, so every call has one shape
+    (cuDNN autotunes, and engines and graphs are built, once per shape); on the CPU padded windows
+    cost their full compute (benchmarks/results/pad_last_batch.json), so never there."""
+    return is_cuda(str(backend.device))
+
+
 def work_device(backend: Backend) -> str:
     """Where pre-processing, stitching and resampling run: the backend's GPU when it has one
     that PyTorch can use, else the CPU."""
@@ -88,6 +95,7 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
         tta=options.tta,
         blend=options.blend,
         accumulate_on=device,
+        pad_batches=pads_batches(backend),
     )
     restored = restore_prediction(
         seg, conf, mapping, options.save_probabilities, options.largest_component, spec.calibration

@@ -8,7 +8,7 @@ files, DICOM series folders and series), `paths` (suffixes and case names).
 
 from ceds_deploy.io.atomic import remove_leftovers, write_atomic_bytes, write_atomic_text
 from ceds_deploy.io.dicom import DicomSeries
-from ceds_deploy.io.listing import ScanListing, ScanSource, find_scans, is_dicom_folder
+from ceds_deploy.io.listing import ScanListing, ScanSource, add_entry, find_scans, is_dicom_folder
 from ceds_deploy.io.paths import IMAGE_SUFFIXES, case_id, image_suffix, is_nifti
 from ceds_deploy.io.read import read_scan
 from ceds_deploy.io.write import to_sitk, write_volume, write_volumes
@@ -18,6 +18,7 @@ __all__ = [
     "DicomSeries",
     "ScanListing",
     "ScanSource",
+    "add_entry",
     "case_id",
     "find_scans",
     "image_suffix",

@@ -75,15 +75,21 @@ def find_scans(folder: str | os.PathLike) -> ScanListing:
         listing.scans.append(folder)
         return listing
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_symlink() and not entry.exists():
-            listing.skipped.append((entry, BROKEN_LINK))
-        elif entry.is_file() and image_suffix(entry):
-            listing.scans.append(entry)
-        elif entry.is_dir() and is_dicom_folder(entry):
-            _add_dicom_folder(entry, listing)
-        else:
-            kind = "folder without a DICOM series" if entry.is_dir() else "not a recognised scan format"
-            listing.skipped.append((entry, kind))
+        add_entry(entry, listing)
     return listing
+
+
+def add_entry(entry: Path, listing: ScanListing) -> None:
+    """Add one entry of a folder of scans to `listing`: an image file, a DICOM series folder (or
+    its series), or a skipped entry with the reason; hidden entries are ignored."""
+    if entry.name.startswith("."):
+        return
+    if entry.is_symlink() and not entry.exists():
+        listing.skipped.append((entry, BROKEN_LINK))
+    elif entry.is_file() and image_suffix(entry):
+        listing.scans.append(entry)
+    elif entry.is_dir() and is_dicom_folder(entry):
+        _add_dicom_folder(entry, listing)
+    else:
+        kind = "folder without a DICOM series" if entry.is_dir() else "not a recognised scan format"
+        listing.skipped.append((entry, kind))
