@@ -50,7 +50,9 @@ def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry) -> Non
     if str(path).lower().endswith(".gz"):
         from isal import igzip
 
-        opener = igzip.open(path, "wb", compresslevel=GZIP_LEVEL)
+        # mtime 0 in the gzip header (as `gzip -n`): the same voxels make the same bytes, whenever
+        # and wherever written (a torchrun rank, a Ray worker, a rerun); the file's own mtime says when.
+        opener = igzip.IGzipFile(path, "wb", compresslevel=GZIP_LEVEL, mtime=0)
     else:
         opener = open(path, "wb")
     with opener as f:
