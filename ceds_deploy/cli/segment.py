@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions
+    from ceds_deploy.inference.report import CaseRow
 
 
 def segment(
@@ -129,6 +130,24 @@ def segment(
     io_workers: Annotated[
         int | None, typer.Option(min=1, help="Scans read and written at once (default: one per 4 CPU cores, 1 to 4).")
     ] = None,
+    # -- more than one GPU or machine (cli/segment_distributed.py) --
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run one Ray task per scan on a Ray cluster: auto (the cluster this machine "
+            "belongs to), local (start one here) or ray://HOST:PORT. Needs `pip install "
+            "ceds-deploy[ray]`; input and output on a file system the workers share.",
+        ),
+    ] = None,
+    ray_cpus: Annotated[float, typer.Option(min=0.01, help="With --ray: CPUs each task reserves.")] = 1.0,
+    rank_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Under torchrun: seconds without a sign of life after which rank 0 "
+            "reports a rank lost and writes the report without it.",
+        ),
+    ] = 300.0,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -160,17 +179,25 @@ def segment(
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
-    failed = run_segment(
-        input,
-        output,
-        model,
-        backend=backend,
-        device=device,
-        options=options,
-        precision=precision,
-        cuda_graph=cuda_graph,
-        console=Console(stderr=True),
-    )
+    engine: dict[str, Any] = {"backend": backend, "device": device, "precision": precision, "cuda_graph": cuda_graph}
+    from ceds_deploy.cli import segment_distributed as distributed
+
+    rank = distributed.torchrun_rank()
+    if ray is not None or rank is not None:
+        failed = distributed.run_distributed(
+            input,
+            output,
+            model,
+            engine,
+            options,
+            console=Console(stderr=True),
+            ray=ray,
+            ray_cpus=ray_cpus,
+            rank=rank,
+            rank_timeout=rank_timeout,
+        )
+    else:
+        failed = run_segment(input, output, model, options=options, console=Console(stderr=True), **engine)
     if failed:
         raise typer.Exit(1)
 
@@ -206,13 +233,13 @@ def run_segment(
     cuda_graph: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    run_info: dict | None = None,
 ) -> int:
     """Open the model, segment a folder with rich progress, print the summary; returns the number of
-    failed cases. The demo calls this too."""
+    failed cases. The demo calls this too; each rank under torchrun too (`run_info` names it)."""
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions, segment_folder
-    from ceds_deploy.inference.report import status_counts
     from ceds_deploy.models import open_backend
 
     options = options or SegmentOptions()
@@ -240,16 +267,22 @@ def run_segment(
             engine,
             options,
             progress=progress,
-            run_info={"model": str(model), "backend_choice": why},
+            run_info={"model": str(model), "backend_choice": why, **(run_info or {})},
         )
-    counts = status_counts(run.rows)
-    review = [r.case for r in run.rows if r.status == "ok" and r.needs_review]
-    report = run.report_paths[0] if run.report_paths else output
+    print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
+    return run.failed
+
+
+def print_summary(console: Console, rows: list[CaseRow], report: Path) -> None:
+    """The run's counts, where the report is, and one line per failed case."""
+    from ceds_deploy.inference.report import status_counts
+
+    counts = status_counts(rows)
+    review = [r.case for r in rows if r.status == "ok" and r.needs_review]
     console.print(
         f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
         f"{len(review)} need review; report: {report}"
     )
-    for row in run.rows:
+    for row in rows:
         if row.status == "failed":
             console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
-    return run.failed

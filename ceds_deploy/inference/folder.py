@@ -24,24 +24,25 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ceds_deploy.backends.base import Backend
-from ceds_deploy.checkpoint import sha256_of
 from ceds_deploy.errors import CedsError, OutputError
 from ceds_deploy.inference.guard import (
     PROBE_PATTERN,
     SPACE_FACTOR,
     check_backend_outputs,
     check_locations,
+    check_same_model,
     input_bytes,
+    model_digest,
     own_output_reason,
     probe_output,
 )
 from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import case_is_done, finish_case
-from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, read_report, status_counts, write_report
+from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, record_run, status_counts
 from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, window_plan_for, work_device
 from ceds_deploy.io import ScanSource, case_id, find_scans, read_scan, remove_leftovers
@@ -91,8 +92,17 @@ class _Case:
     source: Volume | None = None  # the scan in HU, kept only when a preview needs it
 
 
+class EngineLabel(Protocol):
+    """What a case row says about the engine: a `Backend`, or what a remote worker reported of one."""
+
+    @property
+    def description(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+
+
 def list_cases(
-    input_path: Path, output: Path, backend: Backend, options: SegmentOptions
+    input_path: Path, output: Path, backend: EngineLabel, options: SegmentOptions
 ) -> tuple[list[CaseRow], list[_Case]]:
     """(rows of entries not to run: skipped or failed up front, cases to run) for this shard."""
     listing = find_scans(input_path)
@@ -279,36 +289,48 @@ class _Pipeline:
             log.warning("%s: %s", case.row.case, case.row.error)
 
 
-def model_digest(backend: Backend) -> str:
-    """SHA-256 of the backend's model file (its spec's source digest for an in-memory network)."""
-    if backend.artifact is not None and backend.artifact.is_file():
-        return sha256_of(backend.artifact)
-    return backend.spec.source_sha256
+def segment_cases(
+    backend: Backend,
+    output: Path,
+    options: SegmentOptions,
+    cases: list[tuple[CaseRow, ScanSource]],
+    progress: ProgressCallback = no_progress,
+) -> list[CaseRow]:
+    """Listed cases through the folder run's per-case path (read, pre-process, backend, restore,
+    write, assess) with an active backend; no lock, listing or report. Returns the finished rows.
+    The Ray runner's tasks run their one case here."""
+    rows: list[CaseRow] = []
+    _Pipeline(backend, output, options, [_Case(row, path) for row, path in cases], progress, rows).run()
+    return rows
 
 
-def check_same_model(output: Path, model: str, overwrite: bool) -> None:
-    """Refuse (`OutputError`) a folder whose report holds ok rows of another model, unless `overwrite`."""
-    cases = read_report(output).get("cases", [])
-    others = sorted(
-        {
-            str(r.get("model"))
-            for r in cases
-            if isinstance(r, dict) and r.get("status") == "ok" and r.get("model") and r.get("model") != model
-        }
-    )
-    if others and not overwrite:
-        raise OutputError(
-            f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
-            f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
-            f"another output folder"
-        )
-
-
-def _prepare_output(output: Path) -> None:
+def prepare_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{output}: cannot create the output folder: {err.strerror or err}") from None
+
+
+def claim_cases(
+    input_path: Path, output: Path, engine: EngineLabel, model: str, options: SegmentOptions, others_running: bool
+) -> tuple[list[CaseRow], list[_Case]]:
+    """Inside the output folder's lock: remove leftovers of killed runs (only old ones while other
+    shards run), refuse a folder of another model, list this run's cases and check there is room."""
+    removed = remove_leftovers(
+        output, (*LEFTOVER_PATTERNS, PROBE_PATTERN), older_than_s=3600.0 if others_running else 0.0
+    )
+    if removed:
+        log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
+    check_same_model(output, model, options.overwrite)
+    rows, todo = list_cases(input_path, output, engine, options)
+    probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
+    return rows, todo
+
+
+def new_run_id(started: datetime) -> str:
+    """A run's id: its start time, unique even for two runs of one process in the same second
+    (shards run back to back)."""
+    return f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def segment_folder(
@@ -333,22 +355,14 @@ def segment_folder(
     options = options or SegmentOptions()
     input_path, output = Path(input_path), Path(output)
     check_locations(input_path, output)
-    _prepare_output(output)
+    prepare_output(output)
     model = model_digest(backend)
     with FolderLock(output, model, options.shard, force=options.force) as lock:
-        removed = remove_leftovers(
-            output, (*LEFTOVER_PATTERNS, PROBE_PATTERN), older_than_s=3600.0 if lock.others_running else 0.0
-        )
-        if removed:
-            log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
-        check_same_model(output, model, options.overwrite)
-        rows, todo = list_cases(input_path, output, backend, options)
-        probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
+        rows, todo = claim_cases(input_path, output, backend, model, options, lock.others_running)
         if todo:
             check_backend_outputs(backend)
         started = datetime.now(timezone.utc)
-        # Unique even for two runs of one process in the same second (shards run back to back).
-        run = FolderRun(rows=rows, run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        run = FolderRun(rows=rows, run_id=new_run_id(started))
         for row in rows + [case.row for case in todo]:
             row.run_id, row.model = run.run_id, model
         progress(ProgressEvent("todo", len(todo)))
@@ -368,15 +382,10 @@ def segment_folder(
             "batch_size": batch_size_for(backend, options),
             "io_workers": pipeline.workers,
         }
-        try:
+
+        def work() -> bool:
             pipeline.run()
-        except BaseException:
-            try:  # the cases finished so far are recorded; the original error goes on
-                run.report_paths = write_report(output, run.rows, {**info, "interrupted": True}, html=options.html)
-            except OutputError as err:
-                log.error("%s", err)
-            raise
-        run.report_paths = write_report(
-            output, run.rows, {**info, "interrupted": pipeline.stop.is_set()}, html=options.html
-        )
+            return pipeline.stop.is_set()
+
+        run.report_paths = record_run(output, run.rows, info, work, html=options.html)
     return run
