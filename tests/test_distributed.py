@@ -9,6 +9,7 @@ step, and the comparison is meant to be exact."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -105,14 +106,7 @@ def assert_same_as_single(out: Path, single: Path) -> dict:
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_match_a_single_process_run(scans, tiny_checkpoint, single, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "ceds_deploy.cli", "segment", str(scans), str(out), "--model", str(tiny_checkpoint), "--html"],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=300,
-        env=ENV,
-    )
+    done = torchrun("segment", scans, out, "--model", tiny_checkpoint, "--html")
     # Rank 0 decides the exit code: 1, because the corrupt scan failed (on whichever rank had it).
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "torchrun: 2 ranks, 2 done" in " ".join(done.stderr.split())
@@ -124,6 +118,44 @@ def test_torchrun_two_cpu_ranks_match_a_single_process_run(scans, tiny_checkpoin
     assert len(rank_runs) == 2 and {r["run_id"] for r in document["cases"]} == rank_runs  # both ranks worked
     assert {r["run_id"] for r in document["runs"]} >= rank_runs | {run["run_id"]}
     assert (out / "report.html").is_file()  # written once, by rank 0 after the merge
+
+
+def torchrun(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "ceds_deploy.cli", *map(str, args)],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_rank_that_fails_is_reported_and_rank_0_still_merges(scans, tiny_checkpoint, tmp_path):
+    """Rank 1 cannot take its shard (a run on another host holds that shard's lock): rank 1 records
+    its failure, rank 0 does its own shard, reports rank 1 and exits 1; nothing hangs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = {
+        "pid": 1,
+        "host": "another-host.example",
+        "model": hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest(),
+        "shard": "1/2",
+        "started": "2026-01-01T00:00:00+00:00",
+    }
+    (out / ".ceds-segment.shard-1-of-2.lock").write_text(json.dumps(holder), encoding="utf-8")
+    done = torchrun("segment", scans, out, "--model", tiny_checkpoint)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    said = " ".join(done.stderr.replace("│", " ").split())
+    assert "torchrun: 2 ranks, 1 done" in said and "rank 1 failed" in said and "in use by another" in said
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    ranks = document["run"]["ranks"]
+    assert [r["state"] for r in ranks] == ["done", "failed"] and ranks[1]["run_id"] == ""
+    assert document["run"]["interrupted"]
+    rank0 = {r["case"] for r in document["cases"] if r["run_id"] == ranks[0]["run_id"] and r["status"] != "skipped"}
+    assert rank0 and rank0 < set(CASES) | {"broken"}  # rank 0's shard only
+    assert not (out / ".ceds-ranks").exists()
 
 
 def ray_driver_script() -> str:
