@@ -26,6 +26,7 @@ from ceds_deploy.inference.ranks import (
     RankStatus,
     merge_rank_runs,
     read_rank,
+    remove_stale_launches,
     status_dir,
     wait_for_ranks,
 )
@@ -288,6 +289,15 @@ def test_merge_names_every_rank_and_keeps_their_rows(tmp_path):
     assert not status_dir(tmp_path, key).exists() and not (tmp_path / RANKS_DIR).exists()
 
 
+def test_status_files_of_a_stopped_launch_go_after_a_day(tmp_path):
+    for key, age_s in (("old", 2 * 86400), ("recent", 3600)):
+        with RankStatus(tmp_path, key, 0) as status:
+            status.finish("done")
+        os.utime(status.path, (time.time() - age_s, time.time() - age_s))
+    remove_stale_launches(tmp_path)
+    assert sorted(p.name for p in (tmp_path / RANKS_DIR).iterdir()) == ["recent"]
+
+
 def test_ray_is_imported_only_for_a_ray_run():
     """`ceds` and the library load without Ray: only `--ray` imports it (an optional extra)."""
     code = (
@@ -324,3 +334,20 @@ def test_torchrun_environment_gives_rank_shard_and_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert torchrun_rank() == TorchrunRank(rank=5, world_size=8, local_rank=1)
     assert (rank_device("cuda", 1), rank_device("cpu", 1), rank_device("cuda:3", 1)) == ("cuda:1", "cpu", "cuda:3")
+
+
+def test_the_same_mask_written_later_has_the_same_bytes(tmp_path):
+    """The gzip header carries no time (as `gzip -n`), so outputs of runs on other processes,
+    machines or days compare byte for byte."""
+    import numpy as np
+
+    from ceds_deploy.volume import Geometry
+
+    geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3), (8, 9, 5))
+    mask = (np.arange(8 * 9 * 5).reshape(8, 9, 5) % 3 == 0).astype(np.uint8)
+    write_volume(tmp_path / "a.nii.gz", mask, geometry)
+    time.sleep(1.1)  # the gzip header's time field counts seconds
+    (tmp_path / "b").mkdir()
+    write_volume(tmp_path / "b" / "a.nii.gz", mask, geometry)
+    first, second = (tmp_path / "a.nii.gz").read_bytes(), (tmp_path / "b" / "a.nii.gz").read_bytes()
+    assert first[4:8] == b"\0\0\0\0" and first == second

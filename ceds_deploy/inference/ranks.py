@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RANKS_DIR = ".ceds-ranks"
 HEARTBEAT_S = 5.0  # a running rank rewrites its status this often
 FINAL_STATES = ("done", "failed")
+STALE_LAUNCH_S = 86400.0  # status files of a launch that stopped without merging are removed after a day
 
 
 def status_dir(output: Path, key: str) -> Path:
@@ -186,8 +187,23 @@ def merge_rank_runs(
     }
     paths = write_report(output, [], info, html=options.html)
     shutil.rmtree(status_dir(output, key), ignore_errors=True)
+    remove_stale_launches(output)
+    return paths, info
+
+
+def remove_stale_launches(output: Path, older_than_s: float = STALE_LAUNCH_S) -> None:
+    """Remove status folders of launches torchrun stopped (a rank crashed, so no merge ran) once
+    nothing in them has changed for `older_than_s`; then `.ceds-ranks` itself when it is empty."""
+    ranks = Path(output) / RANKS_DIR
+    for launch in ranks.glob("*"):
+        try:
+            newest = max((p.stat().st_mtime for p in launch.iterdir()), default=launch.stat().st_mtime)
+        except OSError:
+            continue
+        if time.time() - newest > older_than_s:
+            log.info("%s: removing the status files of an earlier torchrun launch", launch)
+            shutil.rmtree(launch, ignore_errors=True)
     try:
-        (Path(output) / RANKS_DIR).rmdir()  # only when no other launch's files are left
+        ranks.rmdir()  # only when no other launch's files are left
     except OSError:
         pass
-    return paths, info

@@ -79,7 +79,9 @@ def _describe_engine(open_engine: EngineOpener, options: SegmentOptions) -> Engi
         return type(err).__name__, error_text(err)
 
 
-def _segment_one(open_engine: EngineOpener, output: Path, options: SegmentOptions, row: CaseRow, path: ScanSource):
+def _segment_one(
+    open_engine: EngineOpener, output: Path, options: SegmentOptions, row: CaseRow, path: ScanSource
+) -> CaseRow:
     """Task: one scan through the folder run's per-case path on this worker; the case's row."""
     try:
         engine, _ = open_engine()
@@ -170,8 +172,8 @@ def _collect(ray: Any, pending: dict[Any, CaseRow], rows: list[CaseRow], progres
     interruption the tasks not finished are cancelled and the error goes on. Returns False (not
     interrupted)."""
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+        while pending:  # what finished within a second: one wait per second, not one per task
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
             for ref in done:
                 row = pending.pop(ref)
                 try:

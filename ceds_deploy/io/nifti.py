@@ -12,6 +12,7 @@ through this (isal is a dependency); ITK writes the other formats.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -47,6 +48,7 @@ def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry) -> Non
     header = nifti_header(array, geometry)
     # NIfTI stores x fastest: array.T in C order; no copy when the array is laid out that way.
     voxels = np.ascontiguousarray(array.T.astype(array.dtype.newbyteorder("<"), copy=False)).data.cast("B")
+    opener: io.BufferedIOBase
     if str(path).lower().endswith(".gz"):
         from isal import igzip
 
