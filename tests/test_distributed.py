@@ -351,3 +351,34 @@ def test_the_same_mask_written_later_has_the_same_bytes(tmp_path):
     write_volume(tmp_path / "b" / "a.nii.gz", mask, geometry)
     first, second = (tmp_path / "a.nii.gz").read_bytes(), (tmp_path / "b" / "a.nii.gz").read_bytes()
     assert first[4:8] == b"\0\0\0\0" and first == second
+
+
+def test_a_rank_that_cannot_reach_the_others_says_so_in_one_line(scans, tiny_checkpoint, tmp_path):
+    """Rank 1 of 2 whose rank 0 never comes (nothing listens at MASTER_PORT): after --rank-timeout
+    (and torch's own retries and C++ log lines) a last line naming the address, exit 1, no Python
+    traceback and nothing written."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    env = {
+        **ENV,
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "ceds_deploy.cli", "segment", str(scans), str(out), "--model", str(tiny_checkpoint)]
+        + ["--rank-timeout", "3"],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
+        env=env,
+    )
+    last = " ".join(done.stderr.strip().split("error:")[-1].split())
+    assert done.returncode == 1 and "could not meet at start" in last and f"127.0.0.1:{port}" in last, done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

@@ -144,8 +144,8 @@ def segment(
         float,
         typer.Option(
             min=1.0,
-            help="Under torchrun: seconds without a sign of life after which rank 0 "
-            "reports a rank lost and writes the report without it.",
+            help="Under torchrun: seconds the ranks wait for each other at start, and "
+            "without a sign of life from a rank before rank 0 reports it lost and writes the report.",
         ),
     ] = 300.0,
 ) -> None:

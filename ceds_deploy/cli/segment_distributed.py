@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
     from ceds_deploy.inference import SegmentOptions
 
-START_TIMEOUT_S = 600.0  # how long the ranks wait for each other at start (torchrun started them together)
-
 
 @dataclass(frozen=True)
 class TorchrunRank:
@@ -88,14 +86,26 @@ def run_distributed(
     )
 
 
-def shared_key(rank: TorchrunRank) -> str:
+def shared_key(rank: TorchrunRank, timeout_s: float) -> str:
     """A key unique to this launch that every rank knows: rank 0's, broadcast over gloo (the
-    process group is joined and left here)."""
+    process group is joined and left here; a rank missing for `timeout_s` ends it with a `CedsError`)."""
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", rank=rank.rank, world_size=rank.world_size, timeout=timedelta(seconds=START_TIMEOUT_S)
-    )
+    from ceds_deploy.errors import CedsError
+
+    try:
+        return _broadcast_key(dist, rank, timeout_s)
+    except (RuntimeError, OSError, ValueError) as err:  # gloo or the store cannot reach rank 0
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CedsError(
+            f"rank {rank.rank}: the torchrun ranks could not meet at start ({type(err).__name__}: {first}); "
+            f"check that every node reaches MASTER_ADDR:MASTER_PORT ({os.environ.get('MASTER_ADDR')}:"
+            f"{os.environ.get('MASTER_PORT')})"
+        ) from None
+
+
+def _broadcast_key(dist: Any, rank: TorchrunRank, timeout_s: float) -> str:
+    dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world_size, timeout=timedelta(seconds=timeout_s))
     try:
         box = [uuid.uuid4().hex[:16] if rank.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
@@ -120,7 +130,7 @@ def run_torchrun_rank(
     from ceds_deploy.errors import CedsError
     from ceds_deploy.inference.ranks import RankStatus, merge_rank_runs, wait_for_ranks
 
-    key = shared_key(rank)
+    key = shared_key(rank, timeout)
     here = f"rank {rank.rank}/{rank.world_size}"
     mine = replace(options, shard=(rank.rank, rank.world_size), html=False)  # rank 0 writes the page at the end
     with RankStatus(output, key, rank.rank) as status:
@@ -136,9 +146,10 @@ def run_torchrun_rank(
                 **{**engine, "device": rank_device(engine["device"], rank.local_rank)},
             )
             status.finish("done", failed_cases=failed)
-        except CedsError as err:  # recorded for rank 0; this rank's other work is the other ranks'
-            console.print(f"[bold red]{here} failed:[/] {err}", highlight=False)
-            status.finish("failed", error=str(err))
+        except (CedsError, OSError) as err:  # recorded for rank 0: exiting 1 would make torchrun stop it
+            text = str(err) if isinstance(err, CedsError) else f"{err.filename or ''}: {err.strerror or err}"
+            console.print(f"[bold red]{here} failed:[/] {text}", highlight=False)
+            status.finish("failed", error=text)
     if rank.rank != 0:
         return 0
     console.print(f"{here}: waiting for the other ranks (lost after {timeout:.0f} s without a sign of life)")
