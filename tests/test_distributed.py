@@ -159,6 +159,16 @@ def test_torchrun_rank_that_fails_is_reported_and_rank_0_still_merges(scans, tin
     assert not (out / ".ceds-ranks").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not has_ray, reason="ray is not installed (pip install 'ceds-deploy[ray]')")
+def test_ray_gpu_run_on_a_cluster_without_gpus_is_refused_before_writing(scans, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    done = ceds("segment", scans, out, "--model", tiny_checkpoint, "--ray", "local", "--device", "cuda")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "the cluster has no GPU" in said and "Traceback" not in said, said
+    assert not out.exists()
+
+
 def ray_driver_script() -> str:
     """A driver that runs the Ray runner with a model opener that kills its worker process on its
     second call (the first scan task): Ray must retry it elsewhere. With max_retries 0 the case

@@ -100,9 +100,38 @@ def _raise_remote(kind: str, message: str) -> NoReturn:
     raise (cls if isinstance(cls, type) and issubclass(cls, simple) else BackendError)(message)
 
 
+def _first_line(err: Exception) -> str:
+    """Ray's errors carry the remote traceback below their first line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def task_resources(gpu: bool, cpus_per_task: float) -> dict[str, float]:
     """Ray resources of one task: a GPU (Ray sets CUDA_VISIBLE_DEVICES, so `cuda` is that GPU), or CPUs."""
     return {"num_gpus": 1, "num_cpus": cpus_per_task} if gpu else {"num_cpus": cpus_per_task}
+
+
+def _probe(
+    ray: Any, open_engine: EngineOpener, options: SegmentOptions, resources: dict[str, float], max_retries: int
+) -> EngineFacts:
+    """The probe task's facts; its error raised here. A GPU run on a cluster without a GPU is refused
+    (its tasks would wait forever for one)."""
+    available = ray.cluster_resources()
+    if resources.get("num_gpus") and available.get("GPU", 0) < 1:
+        raise errors.BackendUnavailableError(
+            f"--device cuda on Ray, but the cluster has no GPU (its resources: CPU {available.get('CPU', 0):g}, "
+            f"GPU 0); start GPU worker nodes, or run on CPUs with --device cpu"
+        )
+    probe = ray.remote(_describe_engine).options(max_retries=max_retries, **resources)
+    try:
+        facts = ray.get(probe.remote(open_engine, options))
+    except ray.exceptions.RayError as err:
+        raise BackendError(
+            f"the task that checks the model on a Ray worker failed ({type(err).__name__}): {_first_line(err)}"
+        ) from None
+    if isinstance(facts, tuple):
+        _raise_remote(*facts)
+    return facts
 
 
 def segment_folder_ray(
@@ -132,10 +161,7 @@ def segment_folder_ray(
     input_path, output = Path(input_path), Path(output)
     check_locations(input_path, output)
     resources = task_resources(gpu, cpus_per_task)
-    probe = ray.remote(_describe_engine).options(max_retries=max_retries, **resources)
-    facts = ray.get(probe.remote(open_engine, options))
-    if isinstance(facts, tuple):
-        _raise_remote(*facts)
+    facts = _probe(ray, open_engine, options, resources, max_retries)
     prepare_output(output)
     model = facts.model_sha256
     with FolderLock(output, model, options.shard, force=options.force) as lock:
@@ -179,8 +205,7 @@ def _collect(ray: Any, pending: dict[Any, CaseRow], rows: list[CaseRow], progres
                 try:
                     row = ray.get(ref)
                 except ray.exceptions.RayError as err:
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                    row.status, row.error = "failed", f"Ray task failed ({type(err).__name__}): {first}"
+                    row.status, row.error = "failed", f"Ray task failed ({type(err).__name__}): {_first_line(err)}"
                     log.warning("%s: %s", row.case, row.error)
                 rows.append(row)
                 progress(ProgressEvent("case", 1, {"case": row.case, "status": row.status}))
