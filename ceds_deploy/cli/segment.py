@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions
+    from ceds_deploy.inference.report import CaseRow
 
 
 def segment(
@@ -163,6 +164,24 @@ def segment(
         float | None,
         typer.Option(min=0.0, help="With --watch: stop after this many seconds without a new scan (default: never)."),
     ] = None,
+    # -- more than one GPU or machine (cli/segment_distributed.py) --
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run one Ray task per scan on a Ray cluster: auto (the cluster this machine "
+            "belongs to), local (start one here) or ray://HOST:PORT. Needs `pip install "
+            "ceds-deploy[ray]`; input and output on a file system the workers share.",
+        ),
+    ] = None,
+    ray_cpus: Annotated[float, typer.Option(min=0.01, help="With --ray: CPUs each task reserves.")] = 1.0,
+    rank_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Under torchrun: seconds the ranks wait for each other at start, and "
+            "without a sign of life from a rank before rank 0 reports it lost and writes the report.",
+        ),
+    ] = 300.0,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -195,20 +214,37 @@ def segment(
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
-    watching = {"interval_s": watch_interval, "settle_s": watch_settle, "idle_timeout_s": watch_timeout}
-    failed = run_segment(
-        input,
-        output,
-        model,
-        backend=backend,
-        device=device,
-        options=options,
-        precision=precision,
-        cuda_graph=cuda_graph,
-        console=Console(stderr=True),
-        watch=watching if watch else None,
-        started_at=STARTED_AT,
-    )
+    engine: dict[str, Any] = {"backend": backend, "device": device, "precision": precision, "cuda_graph": cuda_graph}
+    from ceds_deploy.cli import segment_distributed as distributed
+
+    rank = distributed.torchrun_rank()
+    if ray is not None or rank is not None:
+        if watch:
+            raise typer.BadParameter("--watch runs in one process; it does not combine with --ray or torchrun")
+        failed = distributed.run_distributed(
+            input,
+            output,
+            model,
+            engine,
+            options,
+            console=Console(stderr=True),
+            ray=ray,
+            ray_cpus=ray_cpus,
+            rank=rank,
+            rank_timeout=rank_timeout,
+        )
+    else:
+        watching = {"interval_s": watch_interval, "settle_s": watch_settle, "idle_timeout_s": watch_timeout}
+        failed = run_segment(
+            input,
+            output,
+            model,
+            options=options,
+            console=Console(stderr=True),
+            watch=watching if watch else None,
+            started_at=STARTED_AT,
+            **engine,
+        )
     if failed:
         raise typer.Exit(1)
 
@@ -246,16 +282,16 @@ def run_segment(
     show_progress: bool = True,
     watch: dict[str, Any] | None = None,
     started_at: float | None = None,
+    run_info: dict | None = None,
 ) -> int:
     """Open the model, segment a folder (or with `watch`, `watch_folder`'s keywords, watch it) with
     rich progress, print the summary; returns the number of failed cases. The startup stages
     (imports since `started_at`, else since this call; model load; backend start) go to the report.
-    The demo calls this too."""
+    The demo calls this too; each rank under torchrun too (`run_info` names it)."""
     entered = time.perf_counter() if started_at is None else started_at
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions, segment_folder
-    from ceds_deploy.inference.report import status_counts
     from ceds_deploy.inference.watch import watch_folder
     from ceds_deploy.models import open_backend
 
@@ -280,6 +316,7 @@ def run_segment(
         startup = {"imports": imported - entered, "model_load": opened - imported}
         startup["backend_start"] = time.perf_counter() - opened
         info = {"model": str(model), "backend_choice": why, "startup_s": {k: round(v, 4) for k, v in startup.items()}}
+        info.update(run_info or {})
         with engine:
             console.print(
                 f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
@@ -304,17 +341,23 @@ def run_segment(
                         run_info=info,
                         started_at=started_at,
                     )
-    counts = status_counts(run.rows)
-    review = [r.case for r in run.rows if r.status == "ok" and r.needs_review]
-    report = run.report_paths[0] if run.report_paths else output
+    print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
+    return run.failed
+
+
+def print_summary(console: Console, rows: list[CaseRow], report: Path) -> None:
+    """The run's counts, where the report is, and one line per failed case."""
+    from ceds_deploy.inference.report import status_counts
+
+    counts = status_counts(rows)
+    review = [r.case for r in rows if r.status == "ok" and r.needs_review]
     console.print(
         f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
         f"{len(review)} need review; report: {report}"
     )
-    for row in run.rows:
+    for row in rows:
         if row.status == "failed":
             console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
-    return run.failed
 
 
 @contextmanager

@@ -19,17 +19,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ceds_deploy.backends.base import Backend
-from ceds_deploy.checkpoint import sha256_of
 from ceds_deploy.errors import OutputError
 from ceds_deploy.inference.guard import (
     PROBE_PATTERN,
     SPACE_FACTOR,
     check_backend_outputs,
     check_locations,
+    check_same_model,
     input_bytes,
+    model_digest,
     own_output_reason,
     probe_output,
 )
@@ -37,7 +38,7 @@ from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import case_is_done
 from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers
-from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, read_report, status_counts, write_report
+from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, write_report
 from ceds_deploy.inference.segment import batch_size_for
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
@@ -71,10 +72,19 @@ class FolderRun:
         return status_counts(self.rows)["failed"]
 
 
+class EngineLabel(Protocol):
+    """What a case row says about the engine: a `Backend`, or what a remote worker reported of one."""
+
+    @property
+    def description(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+
+
 def list_cases(
     listing: ScanListing,
     output: Path,
-    backend: Backend,
+    backend: EngineLabel,
     options: SegmentOptions,
     seen: dict[str, ScanSource] | None = None,
 ) -> tuple[list[CaseRow], list[Case]]:
@@ -102,36 +112,39 @@ def list_cases(
     return rows, todo
 
 
-def model_digest(backend: Backend) -> str:
-    """SHA-256 of the backend's model file (its spec's source digest for an in-memory network)."""
-    if backend.artifact is not None and backend.artifact.is_file():
-        return sha256_of(backend.artifact)
-    return backend.spec.source_sha256
-
-
-def check_same_model(output: Path, model: str, overwrite: bool) -> None:
-    """Refuse (`OutputError`) a folder whose report holds ok rows of another model, unless `overwrite`."""
-    cases = read_report(output).get("cases", [])
-    others = sorted(
-        {
-            str(r.get("model"))
-            for r in cases
-            if isinstance(r, dict) and r.get("status") == "ok" and r.get("model") and r.get("model") != model
-        }
-    )
-    if others and not overwrite:
-        raise OutputError(
-            f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
-            f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
-            f"another output folder"
-        )
-
-
-def _prepare_output(output: Path) -> None:
+def prepare_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{output}: cannot create the output folder: {err.strerror or err}") from None
+
+
+def clear_and_check(output: Path, model: str, options: SegmentOptions, others_running: bool) -> None:
+    """Inside the output folder's lock: remove leftovers of killed runs (only old ones while other
+    shards run) and refuse a folder of another model (unless `overwrite`)."""
+    removed = remove_leftovers(
+        output, (*LEFTOVER_PATTERNS, PROBE_PATTERN), older_than_s=3600.0 if others_running else 0.0
+    )
+    if removed:
+        log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
+    check_same_model(output, model, options.overwrite)
+
+
+def claim_cases(
+    input_path: Path, output: Path, engine: EngineLabel, model: str, options: SegmentOptions, others_running: bool
+) -> tuple[list[CaseRow], list[Case]]:
+    """Inside the output folder's lock (the Ray driver's way): `clear_and_check`, list this run's
+    cases and check there is room for them."""
+    clear_and_check(output, model, options, others_running)
+    rows, todo = list_cases(find_scans(input_path), output, engine, options)
+    probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
+    return rows, todo
+
+
+def new_run_id(started: datetime) -> str:
+    """A run's id: its start time, unique even for two runs of one process in the same second
+    (shards run back to back)."""
+    return f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager
@@ -151,19 +164,12 @@ def open_folder_run(
     started_at = time.perf_counter() if started_at is None else started_at
     input_path, output = Path(input_path), Path(output)
     check_locations(input_path, output)
-    _prepare_output(output)
+    prepare_output(output)
     model = model_digest(backend)
     with FolderLock(output, model, options.shard, force=options.force) as lock:
-        removed = remove_leftovers(
-            output, (*LEFTOVER_PATTERNS, PROBE_PATTERN), older_than_s=3600.0 if lock.others_running else 0.0
-        )
-        if removed:
-            log.info("%s: removed %d leftover temp file(s) of an earlier run", output, len(removed))
-        check_same_model(output, model, options.overwrite)
+        clear_and_check(output, model, options, lock.others_running)
         started = datetime.now(timezone.utc)
-        # Unique even for two runs of one process in the same second (shards run back to back).
-        run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        run = FolderRun(run_id=run_id, model=model, started_at=started_at)
+        run = FolderRun(run_id=new_run_id(started), model=model, started_at=started_at)
         run.info = {
             **(run_info or {}),
             "run_id": run.run_id,
@@ -214,6 +220,21 @@ def run_cases(
             log.error("%s", err)
         raise
     write_run_report(run, output, options, pipeline, interrupted=pipeline.stop.is_set())
+
+
+def segment_cases(
+    backend: Backend,
+    output: Path,
+    options: SegmentOptions,
+    cases: list[tuple[CaseRow, ScanSource]],
+    progress: ProgressCallback = no_progress,
+) -> list[CaseRow]:
+    """Listed cases through the folder run's per-case path (read, pre-process, backend, restore,
+    write, assess) with an active backend; no lock, listing or report. Returns the finished rows.
+    The Ray runner's tasks run their one case here."""
+    rows: list[CaseRow] = []
+    Pipeline(backend, output, options, [Case(row, path) for row, path in cases], progress, rows).run()
+    return rows
 
 
 def write_run_report(

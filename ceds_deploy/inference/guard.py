@@ -1,5 +1,6 @@
 """Checks before a folder run writes anything: the output folder is not the input's, is writable
-and has room; our own outputs are never taken for scans; the model runs one window."""
+and has room; our own outputs are never taken for scans; the model runs one window; the folder
+holds no results of another model."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import torch
 
 from ceds_deploy.backends.base import Backend
+from ceds_deploy.checkpoint import sha256_of
 from ceds_deploy.errors import BackendError, CedsError, OutputError, ScanError
 from ceds_deploy.inference.outputs import CONFIDENCE_SUFFIX, PREVIEW_SUFFIX, PROBABILITIES_SUFFIX, output_paths
-from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON
+from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON, read_report
 from ceds_deploy.io import DicomSeries, ScanSource, case_id
 
 PROBE_PATTERN = r"\.ceds-probe\.[0-9]+\.[0-9a-f]{32}"  # the write probe's name, for remove_leftovers
@@ -120,4 +122,29 @@ def check_backend_outputs(backend: Backend) -> None:
         raise BackendError(
             f"{backend.artifact or backend.name}: the model returns {out.seg_logits.shape[1]} "
             f"classes, its spec names {backend.spec.num_classes}"
+        )
+
+
+def model_digest(backend: Backend) -> str:
+    """SHA-256 of the backend's model file (its spec's source digest for an in-memory network)."""
+    if backend.artifact is not None and backend.artifact.is_file():
+        return sha256_of(backend.artifact)
+    return backend.spec.source_sha256
+
+
+def check_same_model(output: Path, model: str, overwrite: bool) -> None:
+    """Refuse (`OutputError`) a folder whose report holds ok rows of another model, unless `overwrite`."""
+    cases = read_report(output).get("cases", [])
+    others = sorted(
+        {
+            str(r.get("model"))
+            for r in cases
+            if isinstance(r, dict) and r.get("status") == "ok" and r.get("model") and r.get("model") != model
+        }
+    )
+    if others and not overwrite:
+        raise OutputError(
+            f"{output}: holds results of another model (sha256 {others[0][:12]}...; this one is "
+            f"{model[:12]}...); use --overwrite to redo the cases with this model, or choose "
+            f"another output folder"
         )

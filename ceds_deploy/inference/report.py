@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,20 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any], ht
     except OSError as err:
         raise OutputError(f"{target}: cannot write the report: {err.strerror or err}") from None
     return csv_path, json_path
+
+
+def record_run(
+    output: Path, rows: list[CaseRow], run_info: dict[str, Any], work: Callable[[], bool], html: bool = False
+) -> tuple[Path, Path]:
+    """Run `work` (which fills `rows` and returns whether it was interrupted), then write the report.
+    When `work` raises, the cases finished so far are recorded (a run interrupted) and the error
+    goes on; a report that cannot be written then is logged, not raised over it."""
+    try:
+        interrupted = work()
+    except BaseException:
+        try:
+            write_report(output, rows, {**run_info, "interrupted": True}, html=html)
+        except OutputError as err:
+            log.error("%s", err)
+        raise
+    return write_report(output, rows, {**run_info, "interrupted": interrupted}, html=html)

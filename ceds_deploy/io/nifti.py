@@ -12,8 +12,8 @@ through this (isal is a dependency); ITK writes the other formats.
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any
 
 import numpy as np
 
@@ -48,12 +48,13 @@ def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry) -> Non
     header = nifti_header(array, geometry)
     # NIfTI stores x fastest: array.T in C order; no copy when the array is laid out that way.
     voxels = np.ascontiguousarray(array.T.astype(array.dtype.newbyteorder("<"), copy=False)).data.cast("B")
-    opener: Any
+    opener: io.BufferedIOBase
     if str(path).lower().endswith(".gz"):
         from isal import igzip
 
-        # mtime 0 in the gzip header: the same scan and model give the same bytes, run after run.
-        opener = igzip.IGzipFile(os.fspath(path), "wb", compresslevel=GZIP_LEVEL, mtime=0)
+        # mtime 0 in the gzip header (as `gzip -n`): the same voxels make the same bytes, whenever
+        # and wherever written (a torchrun rank, a Ray worker, a rerun); the file's own mtime says when.
+        opener = igzip.IGzipFile(path, "wb", compresslevel=GZIP_LEVEL, mtime=0)
     else:
         opener = open(path, "wb")
     with opener as f:
