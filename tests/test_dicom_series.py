@@ -178,7 +178,7 @@ def test_two_ct_series_are_listed_apart_and_never_picked_silently(tmp_path, phan
 def test_non_ct_and_short_series_are_skipped_with_reasons(tmp_path, phantom):
     write_series(tmp_path / "mr", phantom, modality="MR")
     two = Volume(phantom.array[:, :, :2], phantom.geometry.with_(shape=(*phantom.shape[:2], 2)))
-    write_series(tmp_path / "two", two)
+    write_series(tmp_path / "two", two, uid="1.2.826.0.1.3680043.8.498.5")  # UIDs are unique: one series per UID
     listing = find_scans(tmp_path)
     assert listing.scans == []
     assert [(case_id(s), why) for s, why in listing.skipped] == [

@@ -1,9 +1,10 @@
 """Scans in and out: reading with full geometry, atomic writing, finding the scans of a folder.
 
 `read` (SimpleITK parsing, checks), `headers` (a header's size claim checked before allocating),
-`dicom` (series grouped by UID, slice grid checked from the headers), `write` (NIfTI via
-`nifti`'s ISA-L writer, other formats via ITK), `atomic` (temp file + rename), `listing` (image
-files, DICOM series folders and series), `paths` (suffixes and case names).
+`dicom` (one series: its kind and slice grid checked from the headers), `dicom_tree` (the series
+of a folder tree, grouped by UID, named), `dicom_seg` (DICOM SEG and Parametric Map output),
+`write` (NIfTI via `nifti`'s ISA-L writer, other formats via ITK), `atomic` (temp file + rename),
+`listing` (image files and the DICOM series of a tree), `paths` (suffixes and case names).
 """
 
 from ceds_deploy.io.atomic import remove_leftovers, write_atomic_bytes, write_atomic_text
