@@ -50,6 +50,7 @@ def write_series(
         ds.Modality, ds.ImageType = modality, image_type.split("\\")
         ds.PatientID, ds.StudyDate = "PHANTOM", "20260101"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9", uid
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.10"
         ds.SeriesNumber, ds.InstanceNumber = number, k + 1
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*d[:, 0], *d[:, 1])]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in g.index_to_world(np.array([0.0, 0.0, k]))]

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def segment(
     input: Annotated[
-        Path, typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD, DICOM series folders) or one scan.")
+        Path,
+        typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD; DICOM series anywhere below it) or one scan."),
     ],
     output: Annotated[Path, typer.Argument(help="Folder for masks, confidence maps and report.csv/json.")],
     model: ModelOption,
@@ -129,6 +130,14 @@ def segment(
     io_workers: Annotated[
         int | None, typer.Option(min=1, help="Scans read and written at once (default: one per 4 CPU cores, 1 to 4).")
     ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti, dicom-seg or both (default: both for a DICOM series, nifti otherwise). dicom-seg: "
+            "<case>_seg.dcm (DICOM SEG) and <case>_confidence.dcm (Parametric Map), referencing the series.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -157,6 +166,7 @@ def segment(
             io_workers=io_workers,
             largest_component=largest_component,
             html=html,
+            output_format=output_format,
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None

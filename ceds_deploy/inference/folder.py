@@ -40,7 +40,7 @@ from ceds_deploy.inference.guard import (
 )
 from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
-from ceds_deploy.inference.outputs import case_is_done, finish_case
+from ceds_deploy.inference.outputs import case_formats, case_is_done, finish_case
 from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, read_report, status_counts, write_report
 from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, window_plan_for, work_device
@@ -110,7 +110,13 @@ def list_cases(
             rows.append(row)
             continue
         seen[name] = path
-        if not options.overwrite and case_is_done(output, name):
+        try:
+            formats = case_formats(path, options)
+        except CedsError as err:  # e.g. a DICOM SEG asked for a NIfTI scan: this case fails, the run goes on
+            row.status, row.error = "failed", error_text(err)
+            rows.append(row)
+            continue
+        if not options.overwrite and case_is_done(output, name, formats):
             row.status, row.error = "skipped", DONE_BEFORE
             rows.append(row)
             continue
@@ -273,7 +279,7 @@ class _Pipeline:
     def _write_one(self, case: _Case, seg: Any, conf: Any) -> None:
         try:
             assert case.mapping is not None
-            finish_case(case.row, seg, conf, case.mapping, self.output, self.options, case.source)
+            finish_case(case.row, seg, conf, case.mapping, self.output, self.options, case.source, case.path)
         except Exception as err:  # noqa: BLE001 - recorded in the report, the run goes on
             case.row.status, case.row.error = "failed", error_text(err)
             log.warning("%s: %s", case.row.case, case.row.error)

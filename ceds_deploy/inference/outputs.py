@@ -1,6 +1,7 @@
-"""What a folder run writes per case: the mask, the confidence map, optionally the probabilities and a
-preview, all atomically, the mask last (its presence marks the case done); and the case's row
-figures (volume, confidence, review flag)."""
+"""What a folder run writes per case: the mask and the confidence map as NIfTI and/or (for a DICOM
+series) as a DICOM SEG and a Parametric Map referencing the series, optionally the probabilities and
+a preview, all atomically, the NIfTI mask last; a case is done when every file of its formats
+exists. And the case's row figures (volume, confidence, review flag)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ceds_deploy.errors import ScanError
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.report import CaseRow
-from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
+from ceds_deploy.io import DicomSeries, ScanSource, case_id, find_scans, read_scan, write_volumes
+from ceds_deploy.io.dicom import series_datasets
+from ceds_deploy.io.dicom_seg import PARAMETRIC_MAP_SUFFIX, SEG_SUFFIX, write_dicom_seg
+from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.qa.review import assess
 from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.restore import RestoredPrediction, restore_prediction
@@ -22,7 +27,15 @@ MASK_SUFFIX = ".nii.gz"
 CONFIDENCE_SUFFIX = "_confidence.nii.gz"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 PREVIEW_SUFFIX = "_preview.png"
-OUTPUT_SUFFIXES = (CONFIDENCE_SUFFIX, PROBABILITIES_SUFFIX, PREVIEW_SUFFIX, MASK_SUFFIX)
+OUTPUT_SUFFIXES = (
+    CONFIDENCE_SUFFIX,
+    PROBABILITIES_SUFFIX,
+    PREVIEW_SUFFIX,
+    MASK_SUFFIX,
+    SEG_SUFFIX,
+    PARAMETRIC_MAP_SUFFIX,
+)
+NIFTI, DICOM_SEG = "nifti", "dicom-seg"
 
 
 def output_paths(output: Path, case: str) -> dict[str, Path]:
@@ -32,12 +45,39 @@ def output_paths(output: Path, case: str) -> dict[str, Path]:
         "confidence": output / f"{case}{CONFIDENCE_SUFFIX}",
         "probabilities": output / f"{case}{PROBABILITIES_SUFFIX}",
         "preview": output / f"{case}{PREVIEW_SUFFIX}",
+        "seg": output / f"{case}{SEG_SUFFIX}",
+        "parametric_map": output / f"{case}{PARAMETRIC_MAP_SUFFIX}",
     }
 
 
-def case_is_done(output: Path, case: str) -> bool:
+def case_is_done(output: Path, case: str, formats: tuple[str, ...] = (NIFTI,)) -> bool:
+    """Every file of the case's `formats` exists (each appears only complete)."""
     paths = output_paths(output, case)
-    return paths["mask"].exists() and paths["confidence"].exists()
+    needed = {NIFTI: ("mask", "confidence"), DICOM_SEG: ("seg", "parametric_map")}
+    return all(paths[key].exists() for fmt in formats for key in needed[fmt])
+
+
+def dicom_series_of(scan: ScanSource) -> DicomSeries | None:
+    """The single-frame DICOM series `scan` is (a listed series, or a folder of one), else None."""
+    if isinstance(scan, Path) and scan.is_dir():
+        scan = series_to_read(scan)
+    return scan if isinstance(scan, DicomSeries) and not scan.multiframe else None
+
+
+def case_formats(scan: ScanSource, options: SegmentOptions) -> tuple[str, ...]:
+    """The formats `scan`'s outputs are written in: `options.output_format`, by default both for a
+    single-frame DICOM series and NIfTI otherwise. Raises `ScanError` when a DICOM SEG is asked for
+    a scan that is not a single-frame DICOM series (it has no source images to reference)."""
+    dicom = dicom_series_of(scan) is not None
+    choice = options.output_format or ("both" if dicom else NIFTI)
+    formats = (NIFTI, DICOM_SEG) if choice == "both" else (choice,)
+    if DICOM_SEG in formats and not dicom:
+        raise ScanError(
+            scan,
+            f"--output-format {choice} needs a DICOM series of single-frame images as input "
+            "(a DICOM SEG references its source images); use --output-format nifti",
+        )
+    return formats
 
 
 def finish_case(
@@ -48,14 +88,15 @@ def finish_case(
     output: Path,
     options: SegmentOptions,
     source: Volume | None = None,
+    scan: ScanSource | None = None,
 ) -> CaseRow:
     """Restore a stitched prediction to the scan's grid, write its files and fill `row`.
-    `source` (the scan in HU) is needed only for a preview."""
+    `source` (the scan in HU) is needed only for a preview, `scan` (what was read) for DICOM output."""
     started = time.perf_counter()
     restored = restore_prediction(seg, conf, mapping, options.save_probabilities, options.largest_component)
     del seg, conf
     restored_at = time.perf_counter()
-    write_case_files(output, row, restored, mapping.source, options, source)
+    write_case_files(output, row, restored, mapping.source, options, source, scan)
     row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
     findings = assess(restored.mask, restored.confidence, mapping.source.voxel_volume_ml, options.confidence_threshold)
     row.tumour_ml = round(findings.tumour_ml, 3)
@@ -72,14 +113,35 @@ def write_case_files(
     geometry: Geometry,
     options: SegmentOptions,
     source: Volume | None,
+    scan: ScanSource | None = None,
 ) -> None:
-    """The case's files; the mask appears last, so its presence means the others are complete."""
+    """The case's files in its formats (`case_formats`; NIfTI without `scan`); the DICOM files
+    first, the NIfTI mask last."""
     paths = output_paths(output, row.case)
-    items: list[tuple[Path, np.ndarray, Geometry]] = [(paths["confidence"], restored.confidence, geometry)]
+    formats = case_formats(scan, options) if scan is not None else (NIFTI,)
+    if DICOM_SEG in formats:
+        series = dicom_series_of(scan)  # type: ignore[arg-type]
+        assert series is not None  # case_formats allows a DICOM SEG only for a series
+        try:
+            write_dicom_seg(
+                paths["seg"],
+                restored.mask,
+                restored.confidence,
+                series_datasets(series),
+                confidence_path=paths["parametric_map"],
+                geometry=geometry,
+            )
+        except ScanError as err:
+            raise ScanError(err.path, f"{err.problem}; no DICOM SEG (--output-format nifti writes NIfTI only)") from None
+    items: list[tuple[Path, np.ndarray, Geometry]] = []
+    if NIFTI in formats:
+        items.append((paths["confidence"], restored.confidence, geometry))
     if restored.probabilities is not None:
         items.append((paths["probabilities"], restored.probabilities, geometry))
-    items.append((paths["mask"], restored.mask, geometry))
-    write_volumes(items)  # type: ignore[arg-type]
+    if NIFTI in formats:
+        items.append((paths["mask"], restored.mask, geometry))
+    if items:
+        write_volumes(items)  # type: ignore[arg-type]
     if options.preview and source is not None:
         from ceds_deploy.qa.preview import write_preview
 

@@ -228,3 +228,14 @@ def stack_bytes(series: DicomSeries, header: Any = None) -> tuple[tuple[int, ...
     depth = frame_count(header) if series.multiframe else len(series.files)
     itemsize = max(1, int(header.get("BitsAllocated", 16) or 16) // 8) * int(header.get("SamplesPerPixel", 1) or 1)
     return (int(header.Columns), int(header.Rows), depth), itemsize
+
+
+def series_datasets(series: DicomSeries) -> list[Any]:
+    """The full headers (no pixel data) of the single-frame `series`, in the order `read_scan`
+    stacks its slices (array index z): what a DICOM SEG of the scan references, frame by frame."""
+    import pydicom
+
+    if series.multiframe:
+        raise ScanError(series, "is one multi-frame file; DICOM SEG output needs a series of single-frame images")
+    files, _ = check_stack(series)
+    return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
