@@ -15,7 +15,7 @@ from ceds_deploy.errors import ScanError
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.io import DicomSeries, ScanSource, case_id, find_scans, read_scan, write_volumes
-from ceds_deploy.io.dicom import series_datasets
+from ceds_deploy.io.dicom import read_header, series_datasets
 from ceds_deploy.io.dicom_seg import PARAMETRIC_MAP_SUFFIX, SEG_SUFFIX, write_dicom_seg
 from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.qa.review import assess
@@ -64,18 +64,28 @@ def dicom_series_of(scan: ScanSource) -> DicomSeries | None:
     return scan if isinstance(scan, DicomSeries) and not scan.multiframe else None
 
 
+def seg_problem(scan: ScanSource) -> str | None:
+    """Why no DICOM SEG can reference `scan` (not a single-frame DICOM series, or its first slice
+    lacks the study or frame-of-reference UID), or None."""
+    series = dicom_series_of(scan)
+    if series is None:
+        return "it is not a DICOM series of single-frame images"
+    header = read_header(series.files[0])
+    missing = [key for key in ("StudyInstanceUID", "FrameOfReferenceUID") if header is None or not header.get(key)]
+    return f"{series.files[0].name} has no {' or '.join(missing)}" if missing else None
+
+
 def case_formats(scan: ScanSource, options: SegmentOptions) -> tuple[str, ...]:
-    """The formats `scan`'s outputs are written in: `options.output_format`, by default both for a
-    single-frame DICOM series and NIfTI otherwise. Raises `ScanError` when a DICOM SEG is asked for
-    a scan that is not a single-frame DICOM series (it has no source images to reference)."""
-    dicom = dicom_series_of(scan) is not None
-    choice = options.output_format or ("both" if dicom else NIFTI)
+    """The formats `scan`'s outputs are written in: `options.output_format`, by default both where a
+    DICOM SEG can reference the scan (`seg_problem`) and NIfTI otherwise. Raises `ScanError` when a
+    DICOM SEG is asked for a scan it cannot reference."""
+    problem = seg_problem(scan)
+    choice = options.output_format or (NIFTI if problem else "both")
     formats = (NIFTI, DICOM_SEG) if choice == "both" else (choice,)
-    if DICOM_SEG in formats and not dicom:
+    if DICOM_SEG in formats and problem:
         raise ScanError(
             scan,
-            f"--output-format {choice} needs a DICOM series of single-frame images as input "
-            "(a DICOM SEG references its source images); use --output-format nifti",
+            f"--output-format {choice}: no DICOM SEG can reference this scan ({problem}); use --output-format nifti",
         )
     return formats
 
@@ -119,6 +129,8 @@ def write_case_files(
     first, the NIfTI mask last."""
     paths = output_paths(output, row.case)
     formats = case_formats(scan, options) if scan is not None else (NIFTI,)
+    if DICOM_SEG not in formats and options.output_format is None and dicom_series_of(scan) is not None:  # type: ignore[arg-type]
+        row.error = f"NIfTI only, no DICOM SEG: {seg_problem(scan)}"  # type: ignore[arg-type]  # the case succeeded
     if DICOM_SEG in formats:
         series = dicom_series_of(scan)  # type: ignore[arg-type]
         assert series is not None  # case_formats allows a DICOM SEG only for a series
@@ -132,7 +144,9 @@ def write_case_files(
                 geometry=geometry,
             )
         except ScanError as err:
-            raise ScanError(err.path, f"{err.problem}; no DICOM SEG (--output-format nifti writes NIfTI only)") from None
+            raise ScanError(
+                err.path, f"{err.problem}; no DICOM SEG (--output-format nifti writes NIfTI only)"
+            ) from None
     items: list[tuple[Path, np.ndarray, Geometry]] = []
     if NIFTI in formats:
         items.append((paths["confidence"], restored.confidence, geometry))

@@ -44,6 +44,8 @@ _TAGS = [
     "SamplesPerPixel",
     "PatientID",
     "StudyDate",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
 ]
 
 
