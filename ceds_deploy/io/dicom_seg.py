@@ -13,7 +13,7 @@ DICOM content mapping resources, checked in pydicom's `pydicom.sr.codedict.codes
 `pydicom/sr/_concepts_dict.py`, which lists the context groups each code belongs to):
 - segmented property category: 49755003 "Morphologically Abnormal Structure" (CID 7150,
   Segmentation Property Categories);
-- segmented property type: 108369006 "Neoplasm" (CID 7151, Segmentation Property Types;
+- segmented property type: 108369006 "Neoplasm" (CID 7159 Lesion Segmentation Type, via CID 7194;
   pydicom's alias `codes.SCT.Tumor` is the same concept);
 - anatomic region: 72410000 "Mediastinum" (CID 4 Anatomic Region, also in CID 7151; highdicom's
   `_standard/anatomic_regions.json` lists it too);
