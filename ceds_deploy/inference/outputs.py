@@ -128,12 +128,15 @@ def write_case_files(
     """The case's files in its formats (`case_formats`; NIfTI without `scan`); the DICOM files
     first, the NIfTI mask last."""
     paths = output_paths(output, row.case)
-    formats = case_formats(scan, options) if scan is not None else (NIFTI,)
-    if DICOM_SEG not in formats and options.output_format is None and dicom_series_of(scan) is not None:  # type: ignore[arg-type]
-        row.error = f"NIfTI only, no DICOM SEG: {seg_problem(scan)}"  # type: ignore[arg-type]  # the case succeeded
+    formats: tuple[str, ...] = (NIFTI,)
+    series: DicomSeries | None = None
+    if scan is not None:
+        series = dicom_series_of(scan)  # resolved once: a folder's series is found by reading its headers
+        formats = case_formats(series or scan, options)
+        if series is not None and DICOM_SEG not in formats and options.output_format is None:
+            row.error = f"NIfTI only, no DICOM SEG: {seg_problem(series)}"  # the case succeeded
     if DICOM_SEG in formats:
-        series = dicom_series_of(scan)  # type: ignore[arg-type]
-        assert series is not None  # case_formats allows a DICOM SEG only for a series
+        assert series is not None  # case_formats allows a DICOM SEG only for a single-frame series
         try:
             write_dicom_seg(
                 paths["seg"],
