@@ -50,6 +50,7 @@ def write_series(
         ds.Modality, ds.ImageType = modality, image_type.split("\\")
         ds.PatientID, ds.StudyDate = "PHANTOM", "20260101"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9", uid
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.10"
         ds.SeriesNumber, ds.InstanceNumber = number, k + 1
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*d[:, 0], *d[:, 1])]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in g.index_to_world(np.array([0.0, 0.0, k]))]
@@ -178,7 +179,7 @@ def test_two_ct_series_are_listed_apart_and_never_picked_silently(tmp_path, phan
 def test_non_ct_and_short_series_are_skipped_with_reasons(tmp_path, phantom):
     write_series(tmp_path / "mr", phantom, modality="MR")
     two = Volume(phantom.array[:, :, :2], phantom.geometry.with_(shape=(*phantom.shape[:2], 2)))
-    write_series(tmp_path / "two", two)
+    write_series(tmp_path / "two", two, uid="1.2.826.0.1.3680043.8.498.5")  # UIDs are unique: one series per UID
     listing = find_scans(tmp_path)
     assert listing.scans == []
     assert [(case_id(s), why) for s, why in listing.skipped] == [

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 def segment(
     input: Annotated[
-        Path, typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD, DICOM series folders) or one scan.")
+        Path,
+        typer.Argument(help="A folder of scans (NIfTI, NRRD, MHA/MHD; DICOM series anywhere below it) or one scan."),
     ],
     output: Annotated[Path, typer.Argument(help="Folder for masks, confidence maps and report.csv/json.")],
     model: ModelOption,
@@ -182,6 +183,14 @@ def segment(
             "without a sign of life from a rank before rank 0 reports it lost and writes the report.",
         ),
     ] = 300.0,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti, dicom-seg or both (default: both for a DICOM series, nifti otherwise). dicom-seg: "
+            "<case>_seg.dcm (DICOM SEG) and <case>_confidence.dcm (Parametric Map), referencing the series.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
@@ -211,6 +220,7 @@ def segment(
             io_workers=io_workers,
             largest_component=largest_component,
             html=html,
+            output_format=output_format,
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ceds_deploy.backends.base import Backend
-from ceds_deploy.errors import OutputError
+from ceds_deploy.errors import CedsError, OutputError
 from ceds_deploy.inference.guard import (
     PROBE_PATTERN,
     SPACE_FACTOR,
@@ -36,8 +36,8 @@ from ceds_deploy.inference.guard import (
 )
 from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
-from ceds_deploy.inference.outputs import case_is_done
-from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers
+from ceds_deploy.inference.outputs import case_formats, case_is_done
+from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers, error_text
 from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, write_report
 from ceds_deploy.inference.segment import batch_size_for
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
@@ -104,7 +104,13 @@ def list_cases(
             rows.append(row)
             continue
         seen[name] = path
-        if not options.overwrite and case_is_done(output, name):
+        try:
+            formats = case_formats(path, options)
+        except CedsError as err:  # e.g. a DICOM SEG asked for a NIfTI scan: this case fails, the run goes on
+            row.status, row.error = "failed", error_text(err)
+            rows.append(row)
+            continue
+        if not options.overwrite and case_is_done(output, name, formats):
             row.status, row.error = "skipped", DONE_BEFORE
             rows.append(row)
             continue

@@ -9,6 +9,8 @@ from pathlib import Path
 from ceds_deploy.errors import ConfigError
 from ceds_deploy.inference.windows import BLEND_MODES
 
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
+
 
 @dataclass(frozen=True)
 class SegmentOptions:
@@ -31,6 +33,7 @@ class SegmentOptions:
     preview: bool = False
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
     io_workers: int | None = None  # cases read and written at once; None: one per 4 CPU cores, 1 to 4
+    output_format: str | None = None  # OUTPUT_FORMATS; None: both for a DICOM series, nifti otherwise
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:
@@ -46,6 +49,8 @@ class SegmentOptions:
             raise ConfigError(f"window must be 3 positive multiples of 16, got {self.window}")
         if self.io_workers is not None and self.io_workers < 1:
             raise ConfigError(f"io workers must be >= 1, got {self.io_workers}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if not 0 < self.confidence_threshold < 1:
             raise ConfigError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
         if not 0 <= self.review_below <= 1:

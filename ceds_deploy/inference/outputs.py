@@ -1,6 +1,7 @@
-"""What a folder run writes per case: the mask, the confidence map, optionally the probabilities and a
-preview, all atomically, the mask last (its presence marks the case done); and the case's row
-figures (volume, confidence, review flag)."""
+"""What a folder run writes per case: the mask and the confidence map as NIfTI and/or (for a DICOM
+series) as a DICOM SEG and a Parametric Map referencing the series, optionally the probabilities and
+a preview, all atomically, the NIfTI mask last; a case is done when every file of its formats
+exists. And the case's row figures (volume, confidence, review flag)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ceds_deploy.errors import ScanError
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.report import CaseRow
-from ceds_deploy.io import case_id, find_scans, read_scan, write_volumes
+from ceds_deploy.io import DicomSeries, ScanSource, case_id, find_scans, read_scan, write_volumes
+from ceds_deploy.io.dicom import read_header, series_datasets
+from ceds_deploy.io.dicom_seg import PARAMETRIC_MAP_SUFFIX, SEG_SUFFIX, write_dicom_seg
+from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.qa.review import assess
 from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.preprocess import GridMapping
@@ -23,7 +28,15 @@ MASK_SUFFIX = ".nii.gz"
 CONFIDENCE_SUFFIX = "_confidence.nii.gz"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 PREVIEW_SUFFIX = "_preview.png"
-OUTPUT_SUFFIXES = (CONFIDENCE_SUFFIX, PROBABILITIES_SUFFIX, PREVIEW_SUFFIX, MASK_SUFFIX)
+OUTPUT_SUFFIXES = (
+    CONFIDENCE_SUFFIX,
+    PROBABILITIES_SUFFIX,
+    PREVIEW_SUFFIX,
+    MASK_SUFFIX,
+    SEG_SUFFIX,
+    PARAMETRIC_MAP_SUFFIX,
+)
+NIFTI, DICOM_SEG = "nifti", "dicom-seg"
 
 
 def output_paths(output: Path, case: str) -> dict[str, Path]:
@@ -33,12 +46,49 @@ def output_paths(output: Path, case: str) -> dict[str, Path]:
         "confidence": output / f"{case}{CONFIDENCE_SUFFIX}",
         "probabilities": output / f"{case}{PROBABILITIES_SUFFIX}",
         "preview": output / f"{case}{PREVIEW_SUFFIX}",
+        "seg": output / f"{case}{SEG_SUFFIX}",
+        "parametric_map": output / f"{case}{PARAMETRIC_MAP_SUFFIX}",
     }
 
 
-def case_is_done(output: Path, case: str) -> bool:
+def case_is_done(output: Path, case: str, formats: tuple[str, ...] = (NIFTI,)) -> bool:
+    """Every file of the case's `formats` exists (each appears only complete)."""
     paths = output_paths(output, case)
-    return paths["mask"].exists() and paths["confidence"].exists()
+    needed = {NIFTI: ("mask", "confidence"), DICOM_SEG: ("seg", "parametric_map")}
+    return all(paths[key].exists() for fmt in formats for key in needed[fmt])
+
+
+def dicom_series_of(scan: ScanSource) -> DicomSeries | None:
+    """The single-frame DICOM series `scan` is (a listed series, or a folder of one), else None."""
+    if isinstance(scan, Path) and scan.is_dir():
+        scan = series_to_read(scan)
+    return scan if isinstance(scan, DicomSeries) and not scan.multiframe else None
+
+
+def seg_problem(scan: ScanSource) -> str | None:
+    """Why no DICOM SEG can reference `scan` (not a single-frame DICOM series, or its first slice
+    lacks the study or frame-of-reference UID), or None."""
+    series = dicom_series_of(scan)
+    if series is None:
+        return "it is not a DICOM series of single-frame images"
+    header = read_header(series.files[0])
+    missing = [key for key in ("StudyInstanceUID", "FrameOfReferenceUID") if header is None or not header.get(key)]
+    return f"{series.files[0].name} has no {' or '.join(missing)}" if missing else None
+
+
+def case_formats(scan: ScanSource, options: SegmentOptions) -> tuple[str, ...]:
+    """The formats `scan`'s outputs are written in: `options.output_format`, by default both where a
+    DICOM SEG can reference the scan (`seg_problem`) and NIfTI otherwise. Raises `ScanError` when a
+    DICOM SEG is asked for a scan it cannot reference."""
+    problem = seg_problem(scan)
+    choice = options.output_format or (NIFTI if problem else "both")
+    formats = (NIFTI, DICOM_SEG) if choice == "both" else (choice,)
+    if DICOM_SEG in formats and problem:
+        raise ScanError(
+            scan,
+            f"--output-format {choice}: no DICOM SEG can reference this scan ({problem}); use --output-format nifti",
+        )
+    return formats
 
 
 def finish_case(
@@ -50,16 +100,18 @@ def finish_case(
     options: SegmentOptions,
     source: Volume | None = None,
     calibration: Calibration | None = None,
+    scan: ScanSource | None = None,
 ) -> CaseRow:
     """Restore a stitched prediction to the scan's grid (calibrating its confidence with the model's
-    `calibration`), write its files and fill `row`. `source` (the scan in HU) is needed only for a preview."""
+    `calibration`), write its files and fill `row`. `source` (the scan in HU) is needed only for a
+    preview, `scan` (what was read) for DICOM output."""
     started = time.perf_counter()
     restored = restore_prediction(
         seg, conf, mapping, options.save_probabilities, options.largest_component, calibration
     )
     del seg, conf
     restored_at = time.perf_counter()
-    write_case_files(output, row, restored, mapping.source, options, source)
+    write_case_files(output, row, restored, mapping.source, options, source, scan)
     row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
     findings = assess(
         restored.mask,
@@ -85,14 +137,42 @@ def write_case_files(
     geometry: Geometry,
     options: SegmentOptions,
     source: Volume | None,
+    scan: ScanSource | None = None,
 ) -> None:
-    """The case's files; the mask appears last, so its presence means the others are complete."""
+    """The case's files in its formats (`case_formats`; NIfTI without `scan`); the DICOM files
+    first, the NIfTI mask last."""
     paths = output_paths(output, row.case)
-    items: list[tuple[Path, np.ndarray, Geometry]] = [(paths["confidence"], restored.confidence, geometry)]
+    formats: tuple[str, ...] = (NIFTI,)
+    series: DicomSeries | None = None
+    if scan is not None:
+        series = dicom_series_of(scan)  # resolved once: a folder's series is found by reading its headers
+        formats = case_formats(series or scan, options)
+        if series is not None and DICOM_SEG not in formats and options.output_format is None:
+            row.error = f"NIfTI only, no DICOM SEG: {seg_problem(series)}"  # the case succeeded
+    if DICOM_SEG in formats:
+        assert series is not None  # case_formats allows a DICOM SEG only for a single-frame series
+        try:
+            write_dicom_seg(
+                paths["seg"],
+                restored.mask,
+                restored.confidence,
+                series_datasets(series),
+                confidence_path=paths["parametric_map"],
+                geometry=geometry,
+            )
+        except ScanError as err:
+            raise ScanError(
+                err.path, f"{err.problem}; no DICOM SEG (--output-format nifti writes NIfTI only)"
+            ) from None
+    items: list[tuple[Path, np.ndarray, Geometry]] = []
+    if NIFTI in formats:
+        items.append((paths["confidence"], restored.confidence, geometry))
     if restored.probabilities is not None:
         items.append((paths["probabilities"], restored.probabilities, geometry))
-    items.append((paths["mask"], restored.mask, geometry))
-    write_volumes(items)  # type: ignore[arg-type]
+    if NIFTI in formats:
+        items.append((paths["mask"], restored.mask, geometry))
+    if items:
+        write_volumes(items)  # type: ignore[arg-type]
     if options.preview and source is not None:
         from ceds_deploy.qa.preview import write_preview
 

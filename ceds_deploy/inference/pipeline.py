@@ -210,7 +210,15 @@ class Pipeline:
         try:
             assert case.mapping is not None
             finish_case(
-                case.row, seg, conf, case.mapping, self.output, self.options, case.source, self.spec.calibration
+                case.row,
+                seg,
+                conf,
+                case.mapping,
+                self.output,
+                self.options,
+                case.source,
+                calibration=self.spec.calibration,
+                scan=case.path,
             )
             if self.first_mask_at is None:
                 self.first_mask_at = time.perf_counter()

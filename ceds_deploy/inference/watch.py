@@ -30,7 +30,7 @@ from ceds_deploy.backends.base import Backend
 from ceds_deploy.errors import ConfigError, ScanError
 from ceds_deploy.inference.folder import FolderRun, list_cases, open_folder_run, run_cases, write_run_report
 from ceds_deploy.inference.options import SegmentOptions
-from ceds_deploy.io import ScanListing, ScanSource, add_entry, is_dicom_folder
+from ceds_deploy.io import ScanSource, find_scans_in, is_dicom_folder
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,8 @@ def watch_folder(
             while not stop.is_set():
                 entries = tracker.poll()
                 if entries:
-                    listing = ScanListing()
+                    listing = find_scans_in(input_path, entries)
                     for entry in entries:
-                        add_entry(entry, listing)
                         tracker.mark_handled(entry)
                     rows, todo = list_cases(listing, output, backend, options, names)
                     todo_total += len(todo)

@@ -1,8 +1,7 @@
-"""DICOM folders: their series (grouped by SeriesInstanceUID from the headers alone), which of them
-are CT scans, and the check that a series' slices lie on one regular grid before any pixel is read.
+"""One DICOM series: its headers, whether it is a CT scan, and the check that its slices lie on one
+regular grid before any pixel is read (`dicom_tree` finds the series of a folder or a tree).
 
-A folder may hold several series (a scan, its localizer, a second reconstruction, a dose report).
-`scan_dicom_folder` sorts them into `DicomSeries` to read and ones passed over with the reason.
+`skip_reason` says why a series is not a CT scan to read (modality, localizer, too few slices).
 `check_stack` turns a single-frame series into the ordered file list and the `Geometry` its
 headers describe, or refuses it: more than one orientation, positions off the slice normal
 (gantry tilt), duplicated or missing slices, non-uniform spacing. A multi-frame file is one
@@ -11,9 +10,7 @@ volume that ITK reads as a whole.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from ceds_deploy.volume import Geometry
 log = logging.getLogger(__name__)
 
 MIN_SLICES = 3  # fewer is a localizer or a stray image, not a scan
+LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM"}  # ImageType values of planning images (vendors differ)
 ORIENTATION_TOLERANCE = 1e-4  # largest difference of a direction cosine between slices
 # A slice may sit off its place on the regular grid (along the normal and across it) by at most
 # max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * slice spacing).
@@ -46,14 +44,18 @@ _TAGS = [
     "SamplesPerPixel",
     "PatientID",
     "StudyDate",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
 ]
 
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One series of a DICOM folder: what `find_scans` lists when a folder holds several, and
-    what `read_scan` takes. `name` is the case name (`case_id` returns it); `os.fspath` gives the
-    folder, `str` the folder with the series number and UID."""
+    """One series of a DICOM folder or tree: what `find_scans` lists, and what `read_scan` takes.
+    `name` is the case name (`case_id` returns it); `folder` holds its (first) file; `os.fspath`
+    gives the folder, `str` the folder with the series number and UID. `whole_folder`: the series
+    is the only CT series among the files of `folder` and named after it, so the folder itself
+    stands for it (`read_scan(folder)` reads it)."""
 
     folder: Path
     uid: str
@@ -61,20 +63,13 @@ class DicomSeries:
     name: str
     number: str = ""
     multiframe: bool = False
+    whole_folder: bool = False
 
     def __fspath__(self) -> str:
         return str(self.folder)
 
     def __str__(self) -> str:
         return f"{self.folder} (series {self.number or '?'}, {self.uid})"
-
-
-@dataclass
-class DicomFolder:
-    """The series of one folder: those to read, and those passed over with the reason."""
-
-    series: list[DicomSeries]
-    skipped: list[tuple[DicomSeries, str]]
 
 
 def read_header(path: Path) -> Any | None:
@@ -87,106 +82,26 @@ def read_header(path: Path) -> Any | None:
         return None
 
 
-def _frames(header: Any) -> int:
+def frame_count(header: Any) -> int:
     try:
         return int(header.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         return 1
 
 
-def _skip_reason(header: Any, count: int) -> str | None:
+def skip_reason(header: Any, count: int) -> str | None:
     """Why a series (or multi-frame file) of `count` slices is not a CT scan to read, or None."""
     modality = str(header.get("Modality", "") or "").upper()
     if modality and modality != "CT":
         return f"DICOM series is {modality}, not CT"
-    image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
-    if "LOCALIZER" in image_type:
+    if "Rows" not in header:
+        return "DICOM series holds no images (no Rows, no pixel data)"
+    image_type = [str(v).strip().upper() for v in (header.get("ImageType") or [])]
+    if LOCALIZER_TYPES & set(image_type):
         return f"DICOM series is a localizer (ImageType {'/'.join(image_type)}), not a scan"
     if count < MIN_SLICES:
         return f"DICOM series has {count} slice{'s' if count != 1 else ''}; a 3D scan needs at least {MIN_SLICES}"
     return None
-
-
-def _names(folder: Path, groups: list[tuple[str, Any]]) -> list[str]:
-    """Case names for the series of `folder`: the folder's name for a lone series, else
-    <folder>_<SeriesNumber>, with a short hash of the UID where numbers are missing or repeated."""
-    if len(groups) == 1:
-        return [folder.name]
-    numbers = [str(header.get("SeriesNumber", "") or "").strip() for _, header in groups]
-    names = []
-    for (key, _), number in zip(groups, numbers):
-        if not number or numbers.count(number) > 1:
-            number = f"{number}_{hashlib.sha1(key.encode()).hexdigest()[:6]}".lstrip("_")
-        names.append(f"{folder.name}_{number}")
-    return names
-
-
-def scan_dicom_folder(folder: Path) -> DicomFolder:
-    """Group the DICOM files of `folder` (not its sub-folders) into series by SeriesInstanceUID,
-    reading headers only. A multi-frame file is a series of its own. Series that are not CT,
-    localizers and ones of fewer than `MIN_SLICES` slices go to `skipped` with the reason."""
-    groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
-    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
-        header = read_header(path)
-        if header is None or "Rows" not in header:
-            continue  # not DICOM, or DICOM without an image (DICOMDIR)
-        uid = str(header.get("SeriesInstanceUID", "") or "")
-        key = f"{uid}/{path.name}" if _frames(header) > 1 else uid
-        groups[key].append((path, header))
-    ordered = sorted(groups.items(), key=lambda kv: (_series_number(kv[1][0][1]), kv[0]))
-    names = _names(Path(folder), [(key, members[0][1]) for key, members in ordered])
-    found = DicomFolder([], [])
-    for (key, members), name in zip(ordered, names):
-        header = members[0][1]
-        multiframe = _frames(header) > 1
-        series = DicomSeries(
-            Path(folder),
-            key.split("/")[0],
-            tuple(p for p, _ in members),
-            name,
-            str(header.get("SeriesNumber", "") or ""),
-            multiframe,
-        )
-        reason = (
-            "DICOM files without a SeriesInstanceUID"
-            if not series.uid
-            else _skip_reason(header, _frames(header) if multiframe else len(members))
-        )
-        if reason:
-            found.skipped.append((series, reason))
-        else:
-            found.series.append(series)
-    return found
-
-
-def _series_number(header: Any) -> float:
-    try:
-        return float(header.get("SeriesNumber"))
-    except (TypeError, ValueError):
-        return float("inf")
-
-
-def series_to_read(folder: Path) -> DicomSeries:
-    """The one CT series of the DICOM folder `folder`; raises `ScanError` when it holds none (with
-    the reasons) or several (`find_scans` lists each of them as its own scan)."""
-    found = scan_dicom_folder(folder)
-    if len(found.series) == 1:
-        for series, reason in found.skipped:
-            log.info("%s: passing over %s: %s", folder, series, reason)
-        return found.series[0]
-    if found.series:
-        names = ", ".join(f"{s.name} ({len(s.files)} files)" for s in found.series)
-        raise ScanError(
-            folder,
-            f"holds {len(found.series)} CT series ({names}); read one at a time "
-            "(find_scans lists each series as its own scan)",
-        )
-    if not found.skipped:
-        raise ScanError(folder, "folder holds no DICOM series")
-    if len(found.skipped) == 1:
-        raise ScanError(folder, found.skipped[0][1])
-    reasons = "; ".join(f"series {s.number or '?'}: {why}" for s, why in found.skipped)
-    raise ScanError(folder, f"holds no CT series to read ({reasons})")
 
 
 def _vector(header: Any, keyword: str, count: int, series: DicomSeries, path: Path) -> np.ndarray:
@@ -202,16 +117,22 @@ def _vector(header: Any, keyword: str, count: int, series: DicomSeries, path: Pa
 
 def check_stack(series: DicomSeries) -> tuple[list[Path], Geometry]:
     """The files of the single-frame `series` in slice order (ascending along row x column) and the
-    regular grid they describe. Raises `ScanError` naming the series when the slices are not one
-    regular volume: sizes or orientations differ, positions are off the slice normal, slices are
-    duplicated, missing or unevenly spaced (tolerances: `ORIENTATION_TOLERANCE`, and
-    `POSITION_TOLERANCE_MM` / `POSITION_TOLERANCE_FRACTION` of the spacing)."""
+    regular grid they describe, from headers read again now (see `check_headers`)."""
     headers = []
     for path in series.files:
         header = read_header(path)
         if header is None:
             raise ScanError(series, f"slice {path.name} is no longer readable as DICOM")
         headers.append((path, header))
+    return check_headers(series, headers)
+
+
+def check_headers(series: DicomSeries, headers: list[tuple[Path, Any]]) -> tuple[list[Path], Geometry]:
+    """`check_stack` on headers in hand (`read_header`'s, one per file of `series`). Raises
+    `ScanError` naming the series when the slices are not one regular volume: sizes or orientations
+    differ, positions are off the slice normal, slices are duplicated, missing or unevenly spaced
+    (tolerances: `ORIENTATION_TOLERANCE`, and `POSITION_TOLERANCE_MM` / `POSITION_TOLERANCE_FRACTION`
+    of the spacing)."""
     first_path, first = headers[0]
     iop = _vector(first, "ImageOrientationPatient", 6, series, first_path)
     pixel = _vector(first, "PixelSpacing", 2, series, first_path)
@@ -306,6 +227,17 @@ def stack_bytes(series: DicomSeries, header: Any = None) -> tuple[tuple[int, ...
     header = header if header is not None else read_header(series.files[0])
     if header is None:
         raise ScanError(series, f"{series.files[0].name} is no longer readable as DICOM")
-    depth = _frames(header) if series.multiframe else len(series.files)
+    depth = frame_count(header) if series.multiframe else len(series.files)
     itemsize = max(1, int(header.get("BitsAllocated", 16) or 16) // 8) * int(header.get("SamplesPerPixel", 1) or 1)
     return (int(header.Columns), int(header.Rows), depth), itemsize
+
+
+def series_datasets(series: DicomSeries) -> list[Any]:
+    """The full headers (no pixel data) of the single-frame `series`, in the order `read_scan`
+    stacks its slices (array index z): what a DICOM SEG of the scan references, frame by frame."""
+    import pydicom
+
+    if series.multiframe:
+        raise ScanError(series, "is one multi-frame file; DICOM SEG output needs a series of single-frame images")
+    files, _ = check_stack(series)
+    return [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]

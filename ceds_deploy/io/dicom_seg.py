@@ -13,7 +13,7 @@ DICOM content mapping resources, checked in pydicom's `pydicom.sr.codedict.codes
 `pydicom/sr/_concepts_dict.py`, which lists the context groups each code belongs to):
 - segmented property category: 49755003 "Morphologically Abnormal Structure" (CID 7150,
   Segmentation Property Categories);
-- segmented property type: 108369006 "Neoplasm" (CID 7151, Segmentation Property Types;
+- segmented property type: 108369006 "Neoplasm" (CID 7159 Lesion Segmentation Type, via CID 7194;
   pydicom's alias `codes.SCT.Tumor` is the same concept);
 - anatomic region: 72410000 "Mediastinum" (CID 4 Anatomic Region, also in CID 7151; highdicom's
   `_standard/anatomic_regions.json` lists it too);
@@ -124,6 +124,39 @@ def series_geometry(source_datasets: Sequence[Any]) -> Geometry:
     )
 
 
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the source:
+# a header may lack them, and DICOM's "unknown" is the attribute present and empty.
+TYPE2_SOURCE_ATTRIBUTES = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _complete_sources(source_datasets: Sequence[Any]) -> list[Any]:
+    """Copies of the source headers with missing Type 2 patient and study attributes present and
+    empty; raises `ScanError` when a slice lacks what places the output (the study and frame of
+    reference UIDs)."""
+    completed = []
+    for ds in source_datasets:
+        for keyword in ("StudyInstanceUID", "FrameOfReferenceUID"):
+            if not getattr(ds, keyword, None):
+                raise ScanError(_source_name(ds), f"has no {keyword} (a DICOM SEG references the study and its space)")
+        missing = [keyword for keyword in TYPE2_SOURCE_ATTRIBUTES if keyword not in ds]
+        if missing:
+            ds = ds.copy()
+            for keyword in missing:
+                setattr(ds, keyword, "")
+        completed.append(ds)
+    return completed
+
+
 def _frames(path: Path, array: np.ndarray, grid: Geometry, what: str) -> np.ndarray:
     """`array` [x, y, z] as frames (z, rows, columns), after checking it covers `grid`."""
     if array.ndim != 3 or tuple(array.shape) != grid.shape:
@@ -176,6 +209,7 @@ def segmentation_dataset(
 
     path, grid = Path(path), series_geometry(source_datasets)
     _check_grid(path, grid, geometry)
+    source_datasets = _complete_sources(source_datasets)
     frames = _frames(path, np.asarray(mask), grid, "mask")
     if frames.size and (int(frames.max()) > 1 or int(frames.min()) < 0):
         raise OutputError(f"{path}: mask values must be 0 and 1, found {np.unique(frames)[:8].tolist()}")
@@ -232,6 +266,7 @@ def parametric_map_dataset(
 
     path, grid = Path(path), series_geometry(source_datasets)
     _check_grid(path, grid, geometry)
+    source_datasets = _complete_sources(source_datasets)
     frames = _frames(path, np.asarray(confidence), grid, "confidence map").astype(np.float32)
     if not np.all(np.isfinite(frames)) or frames.min() < 0 or frames.max() > 1:
         raise OutputError(f"{path}: confidence values must be finite and in 0..1")

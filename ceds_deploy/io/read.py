@@ -24,10 +24,10 @@ from ceds_deploy.io.dicom import (
     DicomSeries,
     check_stack,
     file_claim,
-    series_to_read,
     slice_tolerance,
     stack_bytes,
 )
+from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
 from ceds_deploy.io.paths import image_suffix, is_nifti
 from ceds_deploy.volume import Geometry, Volume
