@@ -32,7 +32,7 @@ from ceds_deploy.training.data import split_dataset
 from ceds_deploy.training.distributed import DistContext, init_distributed
 from ceds_deploy.training.ema import make_teacher
 from ceds_deploy.training.methods import Optimization, Stepper
-from ceds_deploy.training.precision import resolve_precision, training_cuda_flags
+from ceds_deploy.training.precision import CPU_BF16_NOTE, check_finite_losses, resolve_precision, training_cuda_flags
 from ceds_deploy.training.sampler import BatchIndices, TwoStreamSampler
 from ceds_deploy.training.schedule import RunSchedule
 from ceds_deploy.training.transforms import labeled_transforms, unlabeled_transforms
@@ -123,16 +123,8 @@ class Trainer:
             raise RuntimeError("the two optimizers must split the network's parameters exactly")
         self.precision = resolve_precision(config.precision, self.dist.device)
         self.scaler = self.precision.grad_scaler()
-        self.stepper = Stepper(
-            config,
-            self.student,
-            self.teacher,
-            self.confidence,
-            self.segmentation,
-            self.scaler,
-            self.dist,
-            self.precision,
-        )
+        nets = (self.student, self.teacher, self.confidence, self.segmentation)
+        self.stepper = Stepper(config, *nets, self.scaler, self.dist, self.precision)
 
         self.epoch = 0  # epochs completed
         self.global_step = 0
@@ -192,8 +184,10 @@ class Trainer:
         self.progress(
             ProgressEvent("training", self.total_steps, {"done": self.global_step, "method": self.config.method})
         )
-        if self.dist.is_main and self.global_step == 0:
+        if self.dist.is_main:
             log.info("training in %s on %s", self.precision.name, self.dist.device)
+            if (self.precision.name, self.precision.device_type) == ("bf16", "cpu"):
+                log.warning(CPU_BF16_NOTE)
         with training_cuda_flags(self.dist.device):
             while self.epoch < stop_at and not self.stopped_early:
                 row = self._train_epoch()
@@ -217,6 +211,7 @@ class Trainer:
                 torch.manual_seed(torch_seed)
                 phase = self.schedule.phase(step)
                 losses = self.stepper.run(phase, host_batch.to(self.device), self.schedule.rampup(step))
+                check_finite_losses(losses, step + 1, self.precision)
                 self.global_step = step + 1
                 if phase not in phases:
                     phases.append(phase)
@@ -246,8 +241,7 @@ class Trainer:
         return row
 
     def _host_batch(self, job: tuple[int, BatchIndices]) -> Batch:
-        """The batch of one step, in host memory (pinned for a GPU): its transforms are seeded from the
-        step alone, so it can be made ahead in another thread."""
+        """One step's batch in host memory (pinned for a GPU); seeded by the step alone, so made ahead."""
         step, indices = job
         _, transform_seed = step_seeds(self.config.seed, self.dist.rank, step)
         return self.batches.make_host(indices, transform_seed, pin=self.device.type == "cuda")

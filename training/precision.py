@@ -9,6 +9,7 @@ state and the EMA teacher stay float32 throughout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,9 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from ceds_deploy.backends.base import is_cuda
-from ceds_deploy.errors import ConfigError
+from ceds_deploy.errors import CedsError, ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# PyTorch's oneDNN bf16 3D-convolution gradients were seen wrong now and then (garbage, NaN) on an AMD
+# EPYC CPU with avx512_bf16 (torch 2.13; pytorch/pytorch#163347 is of that kind): said once per run.
+CPU_BF16_NOTE = (
+    "bf16 training on the CPU: PyTorch's oneDNN bf16 3D-convolution gradients were seen to come out "
+    "wrong on some CPUs; fp32 is the CPU default, and a non-finite loss stops the run"
+)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -88,3 +95,14 @@ def training_cuda_flags(device: str) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def check_finite_losses(losses: dict[str, float], step: int, precision: TrainPrecision) -> None:
+    """`CedsError` when a step's total loss is not finite: the weights it updated are lost, so the run
+    stops there (its last checkpoint is the previous epoch's). With fp16 the `GradScaler` skips such
+    steps itself, so nothing is checked then."""
+    total = losses.get("loss_total", 0.0)
+    if precision.scaled or math.isfinite(total):
+        return
+    hint = CPU_BF16_NOTE if (precision.name, precision.device_type) == ("bf16", "cpu") else "try a lower --lr"
+    raise CedsError(f"training step {step}: the loss is {total} in {precision.name}; stopping ({hint})")
