@@ -95,7 +95,8 @@ def train_steps(
     summary = trainer.fit()
     wall = time.perf_counter() - start
     first_validation = validations[0] if validations else steps
-    steady = [t for t in times if t[0] > SETTLE_STEPS]
+    settle = min(SETTLE_STEPS, steps // 4)
+    steady = [t for t in times if t[0] > settle]
     before = [t for t in steady if t[0] <= first_validation]
     after = [t for t in steady if first_validation + 1 < t[0]]  # the step right after also reads the next batch
     validation_seconds = [r["validation_seconds"] for r in summary.history if "validation_seconds" in r]
@@ -106,7 +107,7 @@ def train_steps(
         "steps": summary.steps,
         "setup_s": setup,
         "wall_s": wall,
-        "first_steps_s": [t for _, _, t in times[:SETTLE_STEPS]],
+        "first_steps_s": [t for _, _, t in times[:settle]],
         # all steps after the first few, epoch ends (checkpoints) included; and the median step
         "steady_steps_per_s": len(steady) / sum(t for _, _, t in steady) if steady else None,
         "median_step_s": _median([t for _, _, t in steady]),
