@@ -38,7 +38,9 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not first: on the GPU machine ceds_deploy comes from the installed wheel (PYTHONPATH), whose
+# ceds_deploy.training the source folder's ceds_deploy/ lacks; only `benchmarks` comes from here.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 from benchmarks import gpu_cold  # noqa: E402
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
 

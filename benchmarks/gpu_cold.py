@@ -51,7 +51,7 @@ def run_cold(command: list[str], out: Path, timeout: float, env: dict | None = N
             capture_output=True,
             encoding="utf-8",
             timeout=timeout,
-            cwd=ROOT,
+            cwd=out.parent,  # not the source tree: `-m ceds_deploy...` runs the installed package
             env={**os.environ, **(env or {})},
         )
         code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # ceds_deploy: the installed one
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
 
 SETTLE_STEPS = 3  # first steps left out of the steady-state figures
