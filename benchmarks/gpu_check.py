@@ -1,17 +1,28 @@
-"""Everything GPU-specific, checked and timed in one run (for the few minutes a GPU is lent).
+"""Everything GPU-specific, checked and timed in one run (for the few minutes a GPU is lent): issue 15.
 
-1. the GPU tests (`tests/test_gpu.py`: CUDA graph vs eager, GPU vs CPU stitching and resampling);
-2. window throughput of the full-width network and width 8: torch fp32 (strict), tf32, bf16, fp16,
-   fp16 replayed as a CUDA graph, batches 1/2/4, against the card's measured conv3d ceiling,
-   and the fp16-vs-fp32 difference of the outputs;
-3. end to end: `ceds segment` on full-size phantoms (512x512, up to 300 slices) with pre-processing,
-   stitching and resampling on the GPU; per-stage seconds, wall per case in a folder run, and the
-   pure network time of the same windows for the 1.2x target;
-4. TensorRT, where it is installed (it is skipped with the reason otherwise).
+On the three full-size phantoms `make_case(3000 + i, seed=11, size="full")` (written as .nii.gz) and
+the paper's width-16 network with random weights (timing only):
 
-    python benchmarks/gpu_check.py --out OUT_DIR [--cases 3]
+- cold_cli: `ceds segment scans out --model w16.pt --device cuda` in a fresh process, as a user runs
+  it (3 times): wall, time to first mask, the report's per-stage seconds;
+- cold_monai: a plain MONAI script (`benchmarks/monai_gpu_reference.py`) in a fresh process (2 times),
+  each segmenting the folder twice (its second pass is the MONAI warm figure);
+- warm: our pipeline in this process after a warm-up scan (`end_to_end`), fp16 batch 4, eager and
+  CUDA graph, with the network alone on the same windows beside it (`network_alone`: fp16,
+  channels-last, batch 4) and the ratio;
+- train: 50 training steps at the paper's width and patch in fp32 and mixed precision (auto):
+  steps/s and step times by phase before and after a validation.
 
-Writes OUT_DIR/gpu_check.json and the JSON of each part; prints tables as it goes.
+Optional parts (`--parts ... tests throughput precision tensorrt`): the GPU tests, window
+throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT. Every part runs in its own
+try/except (an error is recorded in the JSON, the others go on), and parts that would start after
+`--budget-s` are skipped and say so.
+
+    python benchmarks/gpu_check.py --out OUT_DIR              # on a GPU machine, about 5-7 minutes
+    python benchmarks/gpu_check.py --out OUT_DIR --smoke      # the same parts on the CPU, tiny sizes
+
+Writes OUT_DIR/gpu_check.json after every part; prints tables as it goes. On a machine without
+monai, nibabel, SimpleITK or isal, install the bundle `benchmarks/gpu_wheels.sh` builds first.
 """
 
 from __future__ import annotations
@@ -27,30 +38,38 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not first: on the GPU machine ceds_deploy comes from the installed wheel (PYTHONPATH), whose
+# ceds_deploy.training the source folder's ceds_deploy/ lacks; only `benchmarks` comes from here.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks import gpu_cold  # noqa: E402
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
 
 ROI = (112, 112, 80)
 
 
+PHANTOM_FIRST_INDEX, PHANTOM_SEED = 3000, 11  # issue 15's scans: 206, 129 and 67 slices of 512x512
+
+
 def _make_phantom(args) -> str:
-    index, folder, size = args
+    index, folder, size, seed = args
     from ceds_deploy.io import write_volume
     from ceds_deploy.synthetic import make_case
 
-    image, _ = make_case(index, seed=7, size=size)
-    path = Path(folder) / f"full_{index:03d}.nii.gz"
+    image, _ = make_case(index, seed=seed, size=size)
+    path = Path(folder) / f"{size}_{index:04d}.nii.gz"
     write_volume(path, image.array, image.geometry)
     return f"{path.name} {image.shape}"
 
 
-def make_phantoms(folder: Path, cases: int, size: str = "full") -> list[str]:
+def make_phantoms(
+    folder: Path, cases: int, size: str = "full", first: int = PHANTOM_FIRST_INDEX, seed: int = PHANTOM_SEED
+) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=cases) as pool:
-        return list(pool.map(_make_phantom, [(i, str(folder), size) for i in range(cases)]))
+        return list(pool.map(_make_phantom, [(first + i, str(folder), size, seed) for i in range(cases)]))
 
 
-def full_width_checkpoint(folder: Path, width: int = 16) -> Path:
+def full_width_checkpoint(folder: Path, width: int = 16, roi: tuple[int, int, int] = ROI, spacing: float = 1.0) -> Path:
     """A full-width CEDS network with its initial weights (timing only: the arithmetic per window
     does not depend on the weights; the masks it draws mean nothing)."""
     import torch
@@ -62,7 +81,7 @@ def full_width_checkpoint(folder: Path, width: int = 16) -> Path:
     torch.manual_seed(0)
     config = CedsNetConfig(width=width)
     net = CedsNet(config).eval()
-    spec = ModelSpec(roi_size=ROI, width=width, target_spacing=(1.0, 1.0, 1.0))
+    spec = ModelSpec(roi_size=roi, width=width, target_spacing=(spacing,) * 3)
     path = folder / f"w{width}.pt"
     save_checkpoint(
         path,
@@ -92,7 +111,7 @@ def precision_difference(checkpoint: Path, device: str) -> dict:
 
     spec = read_spec(checkpoint)
     torch.manual_seed(1)
-    x = torch.rand(2, 1, *ROI)
+    x = torch.rand(2, 1, *spec.roi_size)
     outputs = {}
     precisions = ("fp32", "tf32", "bf16", "fp16") if device.startswith("cuda") else ("fp32",)
     for precision in precisions:
@@ -207,159 +226,185 @@ def stage(results: dict, name: str, fn) -> None:
     print(f"=== {name} done in {results['stage_seconds'][name]} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def gpu_tests() -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_gpu.py"],
+        capture_output=True,
+        encoding="utf-8",
+    )
+    print(proc.stdout[-3000:], proc.stderr[-2000:])
+    return {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
+
+
+def throughput(out: Path) -> dict:
+    from benchmarks import window_throughput
+
+    path = out / "window_throughput_gpu.json"
+    backends = ["torch-fp32", "torch-tf32", "torch-bf16", "torch-fp16", "torch-fp16-graph"]
+    window_throughput.main(
+        ["--device", "cuda", "--widths", "16", "8", "--batches", "1", "2", "4", "--repeats", "10"]
+        + ["--backends", *backends, "--json", str(path)]
+    )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def tensorrt() -> dict:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as err:
+        return {"skipped": f"TensorRT is not installed here ({err})"}
+    command = [sys.executable, "benchmarks/tensorrt_bench.py", "--width", "16", "--roi", "112", "112", "80"]
+    proc = subprocess.run([*command, "--batch", "1:4:8"], capture_output=True, encoding="utf-8")
+    print(proc.stdout[-4000:], proc.stderr[-2000:])
+    return {"returncode": proc.returncode, "output_tail": proc.stdout[-2000:]}
+
+
+def warm(scans: Path, checkpoint: Path, work: Path, device: str, smoke: bool) -> dict:
+    """Our pipeline warm (after a warm-up scan) per variant, each with the network alone on the same
+    windows; `network_alone` is the issue's reference (fp16, channels-last, batch 4, eager)."""
+    variants = (("fp32", False, 2),) if smoke else (("fp16", False, 4), ("fp16", True, 4))
+    results: dict = {}
+    for precision, graph, batch in variants:
+        key = f"{precision}{'-graph' if graph else ''}-b{batch}"
+
+        def run(precision=precision, graph=graph, batch=batch, key=key):
+            result = end_to_end(scans, checkpoint, work / key, precision, graph, batch, device)
+            result["network_only_s"] = network_only(checkpoint, precision, graph, batch, result["windows"], device)
+            result["ratio_to_network"] = result["wall_s"] / result["network_only_s"]
+            return result
+
+        stage(results, key, run)
+    first = results.get(f"{variants[0][0]}-b{variants[0][2]}", {})
+    if "network_only_s" in first:
+        results["network_alone"] = {
+            "windows": first["windows"],
+            "seconds": first["network_only_s"],
+            "ms_per_window": 1000 * first["network_only_s"] / max(1, first["windows"]),
+            "precision": variants[0][0],
+            "batch": variants[0][2],
+        }
+    table = [
+        {k: v.get(k) for k in ("backend", "cases", "windows", "wall_s", "network_only_s", "ratio_to_network")}
+        for v in results.values()
+        if isinstance(v, dict) and "wall_s" in v
+    ]
+    print_table("our pipeline, warm (folder run after a warm-up scan)", table)
+    return results
+
+
+def train(work: Path, device: str, smoke: bool) -> dict:
+    """Training steps at the paper's width and patch in fp32 and mixed precision (train_speed)."""
+    from benchmarks.train_speed import make_training_cohort, train_steps
+
+    labeled = 2 if smoke else 5
+    data = make_training_cohort(work / "train-data", labeled)
+    sizes = (
+        dict(steps=4, width=2, patch=(32, 32, 16), spacing=4.0)
+        if smoke
+        else dict(steps=50, width=16, patch=ROI, spacing=1.0)
+    )
+    runs: dict = {}
+    for precision in ("fp32",) if smoke else ("fp32", "auto"):
+
+        def run(precision=precision):
+            return train_steps(data, work, device=device, precision=precision, prefetch=1, labeled=labeled, **sizes)
+
+        stage(runs, precision, run)
+    return runs
+
+
+PARTS = ("phantoms", "cold_cli", "cold_monai", "warm", "train")
+OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt")
+
+
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: tests throughput e2e tensorrt")
+    parser.add_argument("--device", default=None, help="cuda (default) or cpu (with --smoke)")
+    parser.add_argument("--parts", nargs="*", default=list(PARTS), help=f"of {PARTS + OPTIONAL_PARTS}")
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to leave out")
+    parser.add_argument("--cli-repeats", type=int, default=3)
+    parser.add_argument("--monai-repeats", type=int, default=2)
+    parser.add_argument("--budget-s", type=float, default=450.0, help="no part starts after this many seconds")
+    parser.add_argument("--timeout-s", type=float, default=150.0, help="limit of one cold process")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a CPU dry run of the script itself: width 4, small phantoms, no throughput part",
+        help="a dry run of the script itself: one small phantom, width 4 at 4 mm, one run of each cold part",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Long: runs the parts in order, each in `stage` (its error recorded, the JSON rewritten after it)."""
+    args = parse_args(argv)
+    began = time.perf_counter()
     import torch
 
-    device = "cpu" if args.smoke else "cuda"
-    if not args.smoke and not torch.cuda.is_available():
-        print("no CUDA GPU: nothing to check here (use --smoke for a CPU dry run)")
+    device = args.device or ("cpu" if args.smoke else "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA GPU: nothing to check here (use --smoke --device cpu for a CPU dry run)")
         return 2
     if args.smoke:
-        args.skip = [*args.skip, "throughput", "tests"]
+        args.cases, args.cli_repeats, args.monai_repeats = 1, 1, 1
+    parts = [p for p in args.parts if p not in args.skip]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ceds-gpu-"))
-    results: dict = {"machine": machine()}
+    results: dict = {"machine": machine(), "device": device, "smoke": args.smoke, "parts": parts}
     print(json.dumps(results["machine"], indent=1), flush=True)
-
-    def save() -> None:
+    scans = work / "scans"
+    checkpoint = (
+        full_width_checkpoint(work, width=4, roi=(32, 32, 32), spacing=4.0)
+        if args.smoke
+        else full_width_checkpoint(work, width=16)
+    )
+    size = "small" if args.smoke else "full"
+    runs = {
+        "tests": gpu_tests,
+        "throughput": lambda: throughput(out),
+        "precision": lambda: precision_difference(checkpoint, device),
+        "phantoms": lambda: make_phantoms(scans, args.cases, size),
+        "cold_cli": lambda: gpu_cold.cold_cli(scans, checkpoint, work, device, args.cli_repeats, args.timeout_s),
+        "cold_monai": lambda: gpu_cold.cold_monai(scans, checkpoint, work, device, args.monai_repeats, args.timeout_s),
+        "warm": lambda: warm(scans, checkpoint, work, device, args.smoke),
+        "train": lambda: train(work, device, args.smoke),
+        "tensorrt": tensorrt,
+    }
+    for part in parts:
+        if part not in runs:
+            results[part] = {"error": f"unknown part {part!r}; known: {', '.join(runs)}"}
+        elif time.perf_counter() - began > args.budget_s:
+            results[part] = {"skipped": f"time budget of {args.budget_s:.0f} s spent before this part"}
+        else:
+            stage(results, part, runs[part])
+        results["total_s"] = round(time.perf_counter() - began, 1)
         write_json(out / "gpu_check.json", results)
-
-    if "tests" not in args.skip:
-
-        def tests():
-            proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_gpu.py"],
-                capture_output=True,
-                encoding="utf-8",
-            )
-            print(proc.stdout[-3000:], proc.stderr[-2000:])
-            return {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
-
-        stage(results, "tests", tests)
-        save()
-
-    if "throughput" not in args.skip:
-        from benchmarks import window_throughput
-
-        def throughput():
-            path = out / "window_throughput_gpu.json"
-            window_throughput.main(
-                [
-                    "--device",
-                    "cuda",
-                    "--widths",
-                    "16",
-                    "8",
-                    "--batches",
-                    "1",
-                    "2",
-                    "4",
-                    "--repeats",
-                    "10",
-                    "--backends",
-                    "torch-fp32",
-                    "torch-tf32",
-                    "torch-bf16",
-                    "torch-fp16",
-                    "torch-fp16-graph",
-                    "--json",
-                    str(path),
-                ]
-            )
-            return json.loads(path.read_text(encoding="utf-8"))
-
-        stage(results, "throughput", throughput)
-        save()
-
-    checkpoint = full_width_checkpoint(work, width=4 if args.smoke else 16)
-    stage(results, "precision", lambda: precision_difference(checkpoint, device))
-    save()
-
-    if "e2e" not in args.skip:
-        scans = work / "scans"
-        stage(results, "phantoms", lambda: make_phantoms(scans, args.cases, "small" if args.smoke else "full"))
-        e2e = {}
-        variants = (
-            (("fp32", False, 2, None),)
-            if args.smoke
-            else (("fp16", True, 4, None), ("fp16", True, 4, 1), ("fp16", False, 4, None), ("tf32", False, 4, None))
-        )
-        for precision, graph, batch, io_workers in variants:
-            key = f"{precision}{'-graph' if graph else ''}-b{batch}-io{io_workers or 'default'}"
-
-            def run(precision=precision, graph=graph, batch=batch, io_workers=io_workers):
-                result = end_to_end(scans, checkpoint, work / key, precision, graph, batch, device, io_workers)
-                result["network_only_s"] = network_only(checkpoint, precision, graph, batch, result["windows"], device)
-                result["network_per_case_s"] = result["network_only_s"] / max(1, result["cases"])
-                result["ratio_to_network"] = result["wall_s"] / result["network_only_s"]
-                return result
-
-            stage(e2e, key, run)
-            results["end_to_end"] = e2e
-            save()
-        table = [
-            {
-                "run": k,
-                "backend": v.get("backend"),
-                "io_workers": v.get("io_workers"),
-                "cases": v.get("cases"),
-                "windows": v.get("windows"),
-                "wall_per_case_s": v.get("wall_per_case_s"),
-                "network_per_case_s": v.get("network_per_case_s"),
-                "ratio_to_network": v.get("ratio_to_network"),
-                "peak_gpu_gb": v.get("peak_gpu_gb"),
-                "error": v.get("error", ""),
-            }
-            for k, v in e2e.items()
-            if k != "stage_seconds"
-        ]
-        print_table("ceds segment end to end on the GPU (folder run, steady state)", table)
-        for k, v in e2e.items():
-            if isinstance(v, dict) and "rows" in v:
-                print_table(f"per case stages: {k}", v["rows"])
-
-    if "tensorrt" not in args.skip:
-
-        def tensorrt():
-            try:
-                import tensorrt  # noqa: F401
-            except ImportError as err:
-                return {"skipped": f"TensorRT is not installed here ({err})"}
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "benchmarks/tensorrt_bench.py",
-                    "--width",
-                    "16",
-                    "--roi",
-                    "112",
-                    "112",
-                    "80",
-                    "--batch",
-                    "1:4:8",
-                ],
-                capture_output=True,
-                encoding="utf-8",
-            )
-            print(proc.stdout[-4000:], proc.stderr[-2000:])
-            return {"returncode": proc.returncode, "output_tail": proc.stdout[-2000:]}
-
-        stage(results, "tensorrt", tensorrt)
-    save()
+    print(json.dumps(summary(results), indent=1))
     print(f"\nwrote {out / 'gpu_check.json'}")
     return 0
+
+
+def summary(results: dict) -> dict:
+    """The headline figures of issue 15, where their parts ran."""
+    cli, monai, warm_runs = results.get("cold_cli", {}), results.get("cold_monai", {}), results.get("warm", {})
+    train_runs = results.get("train", {})
+    return {
+        "cold_cli_wall_s": cli.get("wall_s"),
+        "cold_cli_first_mask_s": cli.get("first_mask_s"),
+        "cold_monai_wall_one_pass_s": monai.get("wall_one_pass_s"),
+        "cold_monai_first_mask_s": monai.get("first_mask_s"),
+        "monai_warm_pass_s": monai.get("warm_pass_s"),
+        "warm_wall_s": {k: v.get("wall_s") for k, v in warm_runs.items() if isinstance(v, dict) and "wall_s" in v},
+        "network_alone": warm_runs.get("network_alone"),
+        "train_steps_per_s": {
+            k: (v.get("precision"), v.get("steady_steps_per_s"))
+            for k, v in train_runs.items()
+            if isinstance(v, dict) and k != "stage_seconds"
+        },
+        "total_s": results.get("total_s"),
+    }
 
 
 if __name__ == "__main__":

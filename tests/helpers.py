@@ -105,3 +105,32 @@ def random_network(seed: int = 1, width: int = 4, batchnorm_affine: bool = True)
                     m.weight.copy_(0.5 + torch.rand(n, generator=g))
                     m.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
     return net
+
+
+def process_state() -> dict:
+    """Every process-wide setting library code could leave changed: torch.backends flags (cuDNN, TF32,
+    MKL-DNN), thread counts, grad and autocast modes, default dtype, determinism, environment, cwd."""
+    import os
+
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    return {
+        "cudnn": (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32),
+        "matmul_tf32": matmul.allow_tf32,
+        "matmul_reduced": (
+            matmul.allow_fp16_reduced_precision_reduction,
+            matmul.allow_bf16_reduced_precision_reduction,
+        ),
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "grad": torch.is_grad_enabled(),
+        "inference_mode": torch.is_inference_mode_enabled(),
+        "autocast": {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")},
+        "autocast_cache": torch.is_autocast_cache_enabled(),
+        "dtype": torch.get_default_dtype(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul": torch.get_float32_matmul_precision(),
+        "environment": dict(os.environ),
+        "cwd": os.getcwd(),
+    }

@@ -314,3 +314,25 @@ def test_bad_labels_name_the_file(tmp_path: Path, problem: str) -> None:
     with pytest.raises(DatasetError, match=expected) as err:
         read_label(case, read_scan(case.image))
     assert str(case.label) in str(err.value)
+
+
+# ---------------------------------------------------------------------- precision
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_amp_of_older_runs_maps_to_precision() -> None:
+    from ceds_deploy.training.config import build_config
+    from ceds_deploy.training.precision import resolve_precision
+
+    auto = resolve_precision("auto", "cpu")
+    assert (auto.name, auto.mixed, auto.grad_scaler().is_enabled()) == ("fp32", False, False)
+    assert resolve_precision("bf16", "cpu").mixed and not resolve_precision("bf16", "cpu").scaled
+    assert TrainConfig().precision == "auto"
+    # config.yaml of runs before `precision` holds amp: true|false
+    assert build_config({"amp": False}).precision == "fp32"
+    assert build_config({"amp": True}).precision == "bf16"
+    assert build_config({"amp": True, "device": "cuda"}).precision == "fp16"
+    assert "amp" not in build_config({"amp": True}).to_dict()
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="prefetch_batches must be >= 0"):
+        TrainConfig(prefetch_batches=-1)

@@ -27,6 +27,7 @@ from ceds_deploy.qa.calibration import (
 )
 from ceds_deploy.spec import Calibration, ModelSpec
 from ceds_deploy.training.cache import read_label
+from ceds_deploy.training.config import TrainConfig
 from ceds_deploy.training.data import LabeledCase
 
 log = logging.getLogger(__name__)
@@ -186,3 +187,17 @@ def _announce(predictions: Iterator[RawPrediction], on_case: Callable[[str], Non
         if on_case:
             on_case(p.case)
         yield p
+
+
+def calibrate_finished_run(
+    run_dir: Path, checkpoint_dir: Path, validation: Sequence[LabeledCase], config: TrainConfig, device: str
+) -> list[Path]:
+    """What `ceds train` does when a run ends: fit best_teacher.pt's calibration on the run's
+    validation cases, with the validation's window settings; returns the files written (none
+    without validation cases or a best checkpoint)."""
+    best = checkpoint_dir / "best_teacher.pt"
+    if not validation or not best.is_file():
+        return []
+    options = SegmentOptions(overlap=config.val_overlap, batch_size=config.val_batch_size)
+    calibrate_checkpoint(best, validation, run_dir, options=options, device=device)
+    return [run_dir / CALIBRATION_JSON, run_dir / RELIABILITY_PNG]

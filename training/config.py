@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ceds_deploy.errors import ConfigError
+from ceds_deploy.training.precision import check_precision
 
 METHODS = ("ceds", "mean-teacher", "supervised")
 PAPER_EPOCHS = 8000  # the reference trains 8000 epochs
@@ -71,7 +72,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "cpu"
-    amp: bool = False
+    precision: str = "auto"  # auto: mixed precision on a GPU (bf16, else fp16 with loss scaling), fp32 on the CPU
+    prefetch_batches: int = 1  # batches made ahead in a background thread (0: in the step's own thread)
 
     def __post_init__(self) -> None:
         """Normalise and check every field, one after another (a `ConfigError` naming the field).
@@ -161,8 +163,8 @@ class TrainConfig:
             self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if not isinstance(self.amp, bool):
-            raise ConfigError(f"amp must be true or false, got {self.amp!r}")
+        check_precision(self.precision, self.device)
+        set_("prefetch_batches", _int("prefetch_batches", self.prefetch_batches, 0))
         if not isinstance(self.allow_outside, bool):
             raise ConfigError(f"allow_outside must be true or false, got {self.allow_outside!r}")
 
@@ -213,6 +215,7 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """A config from plain values; unknown keys and bad values are `ConfigError`s naming `source`."""
     known = {f.name for f in fields(TrainConfig)}
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    _legacy_amp(values)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -224,6 +227,19 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
         if source == "config":
             raise
         raise ConfigError(f"{source}: {err}") from None
+
+
+def _legacy_amp(values: dict[str, Any]) -> None:
+    """Runs written before `precision` saved `amp: true|false`: fp32 without it; with it, fp16 on a GPU
+    and bf16 on the CPU (what it meant then). Replaced in place by the equivalent `precision`."""
+    if "amp" not in values:
+        return
+    amp = values.pop("amp")
+    if not isinstance(amp, bool):
+        raise ConfigError(f"amp must be true or false, got {amp!r} (amp is replaced by precision: auto|fp32|bf16|fp16)")
+    if "precision" not in values:
+        device = str(values.get("device", "cpu"))
+        values["precision"] = ("fp16" if device.startswith("cuda") else "bf16") if amp else "fp32"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ceds_deploy.backends.base import is_cuda
 from ceds_deploy.errors import ConfigError
 
 
@@ -122,3 +123,9 @@ def init_distributed(device: str) -> DistContext:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def check_device(device: str) -> None:
+    """`ConfigError` for a CUDA device on a PyTorch without a usable GPU."""
+    if is_cuda(device) and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this PyTorch has no CUDA GPU (torch.cuda.is_available() is False)")

@@ -19,6 +19,7 @@ COLUMNS = (
     "phases",
     "lr_segmentation",
     "lr_confidence",
+    "precision",
     "loss_seg",
     "loss_conf",
     "loss_consistency",
@@ -29,6 +30,7 @@ COLUMNS = (
     "auroc_student",
     "auroc_teacher",
     "seconds",
+    "validation_seconds",
 )
 
 

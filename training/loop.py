@@ -19,20 +19,20 @@ from pathlib import Path
 
 import torch
 
-from ceds_deploy.backends.base import is_cuda
 from ceds_deploy.errors import ConfigError, DatasetError
 from ceds_deploy.io import remove_leftovers
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 from ceds_deploy.spec import ModelSpec
 from ceds_deploy.training import logs, state
-from ceds_deploy.training.batches import BatchMaker, step_seeds
+from ceds_deploy.training.batches import Batch, BatchMaker, prefetched, step_seeds
 from ceds_deploy.training.cache import check_validation_cases, prepare_split
 from ceds_deploy.training.config import TrainConfig, build_config
 from ceds_deploy.training.data import split_dataset
-from ceds_deploy.training.distributed import DistContext, init_distributed
+from ceds_deploy.training.distributed import DistContext, check_device, init_distributed
 from ceds_deploy.training.ema import make_teacher
 from ceds_deploy.training.methods import Optimization, Stepper
-from ceds_deploy.training.sampler import TwoStreamSampler
+from ceds_deploy.training.precision import CPU_BF16_NOTE, check_finite_losses, resolve_precision, training_cuda_flags
+from ceds_deploy.training.sampler import BatchIndices, TwoStreamSampler
 from ceds_deploy.training.schedule import RunSchedule
 from ceds_deploy.training.transforms import labeled_transforms, unlabeled_transforms
 from ceds_deploy.training.validate import validate
@@ -120,11 +120,10 @@ class Trainer:
             self.segmentation.params
         ) != len(owned):
             raise RuntimeError("the two optimizers must split the network's parameters exactly")
-        cuda = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=config.amp and cuda)
-        self.stepper = Stepper(
-            config, self.student, self.teacher, self.confidence, self.segmentation, self.scaler, self.dist
-        )
+        self.precision = resolve_precision(config.precision, self.dist.device)
+        self.scaler = self.precision.grad_scaler()
+        nets = (self.student, self.teacher, self.confidence, self.segmentation)
+        self.stepper = Stepper(config, *nets, self.scaler, self.dist, self.precision)
 
         self.epoch = 0  # epochs completed
         self.global_step = 0
@@ -184,9 +183,14 @@ class Trainer:
         self.progress(
             ProgressEvent("training", self.total_steps, {"done": self.global_step, "method": self.config.method})
         )
-        while self.epoch < stop_at and not self.stopped_early:
-            row = self._train_epoch()
-            self._end_epoch(row)
+        if self.dist.is_main:
+            log.info("training in %s on %s", self.precision.name, self.dist.device)
+            if (self.precision.name, self.precision.device_type) == ("bf16", "cpu"):
+                log.warning(CPU_BF16_NOTE)
+        with training_cuda_flags(self.dist.device):
+            while self.epoch < stop_at and not self.stopped_early:
+                row = self._train_epoch()
+                self._end_epoch(row)
         if self.dist.is_main and (self.epoch == self.total_epochs or self.stopped_early):
             self._calibrate()
         return TrainSummary(self.run_dir, self.epoch, self.global_step, dict(self.best), list(self.history))
@@ -196,28 +200,32 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         phases: list[str] = []
-        for indices in self.sampler.epoch(self.epoch):
-            if self.global_step >= self.total_steps:
-                break  # --iterations ends inside an epoch
-            torch_seed, transform_seed = step_seeds(self.config.seed, self.dist.rank, self.global_step)
-            torch.manual_seed(torch_seed)
-            batch = self.batches.make(indices, transform_seed, self.device)
-            phase = self.schedule.phase(self.global_step)
-            losses = self.stepper.run(phase, batch, self.schedule.rampup(self.global_step))
-            self.global_step += 1
-            if phase not in phases:
-                phases.append(phase)
-            for key, value in losses.items():
-                sums[key] += value
-                counts[key] += 1
-            self.progress(
-                ProgressEvent(
-                    "step", 1, {"phase": phase, "epoch": self.epoch + 1, "epochs": self.total_epochs, "losses": losses}
-                )
-            )
-            if self.should_stop is not None and self.should_stop(self.global_step):
-                self.stopped_early = self.global_step < self.total_steps
-                break
+        plan = [
+            (step, indices)
+            for step, indices in enumerate(self.sampler.epoch(self.epoch), start=self.global_step)
+            if step < self.total_steps  # --iterations ends inside an epoch
+        ]
+        batches = prefetched(plan, self._host_batch, self.config.prefetch_batches)
+        try:
+            for (step, _), host_batch in zip(plan, batches):
+                torch_seed, _ = step_seeds(self.config.seed, self.dist.rank, step)
+                torch.manual_seed(torch_seed)
+                phase = self.schedule.phase(step)
+                losses = self.stepper.run(phase, host_batch.to(self.device), self.schedule.rampup(step))
+                check_finite_losses(losses, step + 1, self.precision)
+                self.global_step = step + 1
+                if phase not in phases:
+                    phases.append(phase)
+                for key, value in losses.items():
+                    sums[key] += value
+                    counts[key] += 1
+                info = {"phase": phase, "epoch": self.epoch + 1, "epochs": self.total_epochs, "losses": losses}
+                self.progress(ProgressEvent("step", 1, info))
+                if self.should_stop is not None and self.should_stop(self.global_step):
+                    self.stopped_early = self.global_step < self.total_steps
+                    break
+        finally:
+            batches.close()  # a step that failed or stopped early: the batch being made ahead is dropped
         keys = [k for k in LOSS_KEYS if counts[k]]
         means = self.dist.all_mean([sums[k] / counts[k] for k in keys])
         row = {
@@ -226,11 +234,18 @@ class Trainer:
             "phases": "+".join(phases),
             "lr_segmentation": self.segmentation.lr,
             "lr_confidence": self.confidence.lr,
+            "precision": self.precision.name,
             **{k: math.nan for k in LOSS_KEYS},
             **dict(zip(keys, means)),
         }
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def _host_batch(self, job: tuple[int, BatchIndices]) -> Batch:
+        """One step's batch in host memory (pinned for a GPU); seeded by the step alone, so made ahead."""
+        step, indices = job
+        _, transform_seed = step_seeds(self.config.seed, self.dist.rank, step)
+        return self.batches.make_host(indices, transform_seed, pin=self.device.type == "cuda")
 
     def _validation_due(self) -> bool:
         return bool(self.split.validation) and (
@@ -266,7 +281,10 @@ class Trainer:
         self.dist.check_replicas_equal(self.student, "student")
         self.dist.check_replicas_equal(self.teacher, "teacher")
         validated = self._validation_due()
+        start = time.perf_counter()
         improved = self._validate(row) if validated else []
+        if validated:
+            row["validation_seconds"] = time.perf_counter() - start
         self.history.append(row)  # the same on every process: losses and scores are all-reduced
         if self.dist.is_main:
             payload = state.build_payload(self)
@@ -297,17 +315,13 @@ class Trainer:
         self.progress(ProgressEvent("validated", 0, {"epoch": self.epoch, **scores, "saved": saved}))
 
     def _calibrate(self) -> None:
-        """When the run ends: fit best_teacher.pt's confidence calibration on the validation cases
-        (training.calibrate), writing calibration.json and reliability.png into the run folder."""
-        from ceds_deploy.inference import SegmentOptions
-        from ceds_deploy.training.calibrate import calibrate_checkpoint
+        """When the run ends: fit best_teacher.pt's confidence calibration (training.calibrate)."""
+        from ceds_deploy.training.calibrate import calibrate_finished_run
 
-        best = self.checkpoint_dir / "best_teacher.pt"
-        if not self.split.validation or not best.is_file():
-            return
-        options = SegmentOptions(overlap=self.config.val_overlap, batch_size=self.config.val_batch_size)
-        calibrate_checkpoint(best, self.split.validation, self.run_dir, options=options, device=self.dist.device)
-        self.written.extend([self.run_dir / "calibration.json", self.run_dir / "reliability.png"])
+        written = calibrate_finished_run(
+            self.run_dir, self.checkpoint_dir, self.split.validation, self.config, self.dist.device
+        )
+        self.written.extend(written)
 
     def _write(self, name: str, payload: dict) -> None:
         path = state.save(self.checkpoint_dir / name, payload)
@@ -339,7 +353,7 @@ def start_training(
     _check_new_run(run_dir)
     dist = init_distributed(config.device)
     try:
-        _check_device(dist.device)
+        check_device(dist.device)
         trainer = Trainer(config, run_dir, dist=dist, progress=progress)
         return trainer.fit(stop_after_epochs, should_stop)
     finally:
@@ -365,7 +379,7 @@ def resume_training(
         config = config.replace(device=device)
     dist = init_distributed(config.device)
     try:
-        _check_device(dist.device)
+        check_device(dist.device)
         trainer = Trainer(config, run_dir, dist=dist, progress=progress)
         if trainer.split.to_dict() != payload.get("split", trainer.split.to_dict()):
             raise DatasetError(
@@ -382,8 +396,3 @@ def resume_training(
         return trainer.fit(stop_after_epochs, should_stop)
     finally:
         dist.shutdown()
-
-
-def _check_device(device: str) -> None:
-    if is_cuda(device) and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this PyTorch has no CUDA GPU (torch.cuda.is_available() is False)")

@@ -18,7 +18,6 @@ iter_num), so during the warm-up it tracks the student exactly (alpha = 0).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ from ceds_deploy.training.config import TrainConfig
 from ceds_deploy.training.distributed import DistContext
 from ceds_deploy.training.ema import ema_alpha, update_teacher
 from ceds_deploy.training.losses import confidence_loss, consistency_loss, segmentation_loss
+from ceds_deploy.training.precision import TrainPrecision, resolve_precision
 from ceds_deploy.training.schedule import REFRESH, SEMI, WARMUP
 
 
@@ -62,7 +62,12 @@ class Optimization:
 
 
 class Stepper:
-    """Runs the steps; owns nothing but references to the training state."""
+    """Runs the steps; owns nothing but references to the training state.
+
+    Forward passes run under the precision's autocast (`precision`, else the config's resolved on
+    the run's device); every loss is computed in float32 outside it, and with fp16 the `scaler`
+    scales the losses and skips steps whose gradients overflowed.
+    """
 
     def __init__(
         self,
@@ -73,8 +78,10 @@ class Stepper:
         segmentation: Optimization,
         scaler: torch.amp.GradScaler,
         dist: DistContext,
+        precision: TrainPrecision | None = None,
     ) -> None:
         self.config = config
+        self.precision = precision or resolve_precision(config.precision, dist.device)
         self.student = student
         self.teacher = teacher
         self.confidence = confidence
@@ -87,10 +94,7 @@ class Stepper:
     # ------------------------------------------------------------------ plumbing
 
     def _autocast(self):
-        if not self.config.amp:
-            return nullcontext()
-        cuda = self.dist.device.startswith("cuda")
-        return torch.autocast("cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.bfloat16)
+        return self.precision.autocast()
 
     def _backward(self, loss: torch.Tensor, opt: Optimization, retain: bool = False) -> None:
         opt.optimizer.zero_grad(set_to_none=True)
@@ -134,7 +138,7 @@ class Stepper:
         seg_loss = self.seg_loss(seg.float(), batch.labels)
         out = {"loss_seg": seg_loss.item()}
         if train_confidence:
-            conf_loss = confidence_loss(conf, seg.detach(), batch.labels)
+            conf_loss = confidence_loss(conf, seg.detach().float(), batch.labels)
             self._backward(conf_loss, self.confidence, retain=True)
             self._step(self.confidence)
             out["loss_conf"] = conf_loss.item()
@@ -151,7 +155,7 @@ class Stepper:
         x = add_noise(batch.images, *cfg.student_noise)
         with self._autocast():
             seg, conf = self.student(x)
-        conf_loss = confidence_loss(conf[:n], seg[:n].detach(), batch.labels)
+        conf_loss = confidence_loss(conf[:n], seg[:n].detach().float(), batch.labels)
         self._backward(conf_loss, self.confidence)
         self._step(self.confidence)
         self._finish(teacher_update=False, count_ema=False)

@@ -97,7 +97,9 @@ def restore(trainer, payload: dict[str, Any], path: Path) -> None:
         trainer.segmentation.optimizer.load_state_dict(payload["optimizer_segmentation"])
         trainer.confidence.scheduler.load_state_dict(payload["scheduler_confidence"])
         trainer.segmentation.scheduler.load_state_dict(payload["scheduler_segmentation"])
-        trainer.scaler.load_state_dict(payload["scaler"])
+        if trainer.scaler.is_enabled() and payload.get("scaler"):
+            # A run resumed in another precision (on another device, say) starts a fresh scale.
+            trainer.scaler.load_state_dict(payload["scaler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise ArtifactError(f"{path}: training state does not fit this run: {str(err).splitlines()[0]}") from None
     trainer.epoch = int(payload["epoch"])

@@ -97,11 +97,12 @@ def train(
         int | None, typer.Option(help="Seed of every random choice (default 0).", show_default=False)
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu (default), cuda or cuda:N.", show_default=False)] = None,
-    amp: Annotated[
-        bool | None,
+    precision: Annotated[
+        str | None,
         typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision: fp16 with loss scaling on CUDA, bf16 on the CPU.",
+            help="Arithmetic of the training steps: [bold]auto[/] (default: mixed precision on a GPU, bf16 where "
+            "it is supported, else fp16 with loss scaling; fp32 on the CPU), fp32, bf16 (also on the CPU) or "
+            "fp16 (GPU only). Losses and the EMA teacher stay fp32.",
             show_default=False,
         ),
     ] = None,
@@ -129,7 +130,7 @@ def train(
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
-        "amp": amp,
+        "precision": precision,
         "allow_outside": allow_outside or None,
     }
     if resume is not None:
