@@ -30,9 +30,14 @@ BAD_DICE = 0.7
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) of trained runs")
+    p.add_argument("checkpoints", nargs="*", type=Path, help="checkpoints (.pt) of trained runs")
+    p.add_argument("--data", type=Path, help="cohort folder: dataset.json/imagesTr/labelsTr/imagesTs/labelsTs")
     p.add_argument(
-        "--data", type=Path, required=True, help="cohort folder: dataset.json/imagesTr/labelsTr/imagesTs/labelsTs"
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only pool the results of earlier runs (e.g. one per cohort) into --json",
     )
     p.add_argument("--json", type=Path, required=True, help="where the results go (the PNGs beside it)")
     p.add_argument("--val-cases", default=None, help="comma-separated validation case ids to fit on")
@@ -158,8 +163,35 @@ def ranking(rows: list[dict]) -> dict:
     return out
 
 
+def combine(parts: list[Path], out: Path) -> dict:
+    """The checkpoints of several result files in one, pooled anew, with each one's ECE beside."""
+    from ceds_deploy.io import write_atomic_text
+
+    loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    results = [c for part in loaded for c in part["checkpoints"]]
+    report = {
+        "command": " ".join(sys.argv),
+        "combined_from": [{"file": str(p), "command": part["command"]} for p, part in zip(parts, loaded)],
+        "ece_definition": loaded[0]["ece_definition"],
+        "ece_held_out": [
+            {"checkpoint": c["checkpoint"], "before": c["ece_held_out_before"], "after": c["ece_held_out_after"]}
+            for c in results
+        ],
+        "checkpoints": results,
+        "pooled": ranking([r for c in results for r in c["cases"]]),
+    }
+    write_atomic_text(out, json.dumps(report, indent=2, allow_nan=True) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        pooled = combine(args.combine, args.json)["pooled"]
+        print(f"pooled over {pooled['cases_n']} cases: {json.dumps(pooled)}; wrote {args.json}")
+        return 0
+    if not args.checkpoints or args.data is None:
+        raise SystemExit("give checkpoints and --data (or --combine JSON...)")
     if args.threads:
         import torch
 
