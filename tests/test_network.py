@@ -173,3 +173,62 @@ def test_onnx_export_with_dynamic_batch(net4: CedsNet, tmp_path) -> None:
     assert "MaxPool" not in ops and "AveragePool" not in ops  # CBAM pooling stays global
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param  # symbolic, not a fixed batch size
+
+
+def _monai_twin(ours: torch.nn.Module) -> torch.nn.Module:
+    """The same transition built from MONAI's own V-Net classes."""
+    from monai.networks.nets import vnet
+
+    from ceds_deploy.network import vnet_blocks as ours_mod
+
+    elu = ("elu", {"inplace": True})
+    if isinstance(ours, ours_mod.InputTransition):
+        return vnet.InputTransition(3, ours.in_channels, ours.out_channels, elu)
+    if isinstance(ours, ours_mod.DownTransition):
+        drop = None if ours.dropout is None else ours.dropout.p
+        return vnet.DownTransition(3, ours.down_conv.in_channels, len(ours.ops), elu, dropout_prob=drop)
+    if isinstance(ours, ours_mod.UpTransition):
+        first = None if ours.dropout is None else ours.dropout.p
+        return vnet.UpTransition(
+            3, ours.up_conv.in_channels, 2 * ours.up_conv.out_channels, len(ours.ops), elu, (first, ours.dropout2.p)
+        )
+    assert isinstance(ours, ours_mod.OutputTransition)
+    return vnet.OutputTransition(3, ours.conv_block.conv.in_channels, ours.conv2.out_channels, elu)
+
+
+def test_vnet_blocks_equal_monais() -> None:
+    """Our V-Net transitions (written out so that `ceds segment` need not import MONAI) have MONAI's
+    state_dict keys and compute what MONAI's classes compute with the same weights, in eval mode
+    and in train mode (batch statistics, dropout), for every transition of the network."""
+    from ceds_deploy.network import vnet_blocks
+
+    net = CedsNet(CedsNetConfig(width=4, dropout=0.5))
+    kinds = (vnet_blocks.InputTransition, vnet_blocks.DownTransition, vnet_blocks.UpTransition)
+    kinds += (vnet_blocks.OutputTransition,)
+    blocks = [(name, m) for name, m in net.named_modules() if isinstance(m, kinds)]
+    assert len(blocks) == 1 + 4 + 2 * 4 + 2 + 1  # in, 4 down, 2 decoders x (4 up + out), confidence out
+    torch.manual_seed(0)
+    for name, ours in blocks:
+        twin = _monai_twin(ours)
+        assert list(twin.state_dict()) == list(ours.state_dict()), name
+        for tensor in ours.state_dict().values():  # weights and BatchNorm statistics not at their defaults
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn_like(tensor).abs() + 0.1 if tensor.dim() == 1 else torch.randn_like(tensor))
+        twin.load_state_dict(ours.state_dict())
+        channels = ours.conv_block.conv.in_channels if hasattr(ours, "conv_block") else None
+        if isinstance(ours, vnet_blocks.DownTransition):
+            channels = ours.down_conv.in_channels
+        if isinstance(ours, vnet_blocks.UpTransition):
+            channels = ours.up_conv.in_channels
+        x = torch.randn(2, channels, 8, 8, 8)
+        args = (x,)
+        if isinstance(ours, vnet_blocks.UpTransition):
+            args = (x, torch.randn(2, ours.up_conv.out_channels, 16, 16, 16))  # the skip: the other half
+        for train in (False, True):
+            ours.train(train)
+            twin.train(train)
+            torch.manual_seed(1)
+            mine = ours(*[a.clone() for a in args])
+            torch.manual_seed(1)
+            theirs = twin(*[a.clone() for a in args])
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0, msg=f"{name} (train={train})")

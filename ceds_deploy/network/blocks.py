@@ -1,4 +1,4 @@
-"""V-Net encoder and decoder of the CEDS network, built from MONAI's V-Net blocks.
+"""V-Net encoder and decoder of the CEDS network, built from MONAI's V-Net blocks (`vnet_blocks`).
 
 Channel counts scale with `width` (16 in the paper): the encoder produces width, 2w, 4w, 8w
 and 16w channels at full, 1/2, 1/4, 1/8 and 1/16 resolution.
@@ -9,12 +9,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
 from torch import nn
 
-# The reference passes ("elu", {"inplace": True}); in-place saves activation memory in training.
-ACTIVATION: tuple[str, dict] = ("elu", {"inplace": True})
-SPATIAL_DIMS = 3
+from ceds_deploy.network.vnet_blocks import DownTransition, InputTransition, OutputTransition, UpTransition
 
 
 class EncoderFeatures(NamedTuple):
@@ -33,11 +30,11 @@ class VNetEncoder(nn.Module):
     def __init__(self, width: int, in_channels: int, dropout: float) -> None:
         super().__init__()
         drop = dropout if dropout > 0 else None
-        self.in_tr = InputTransition(SPATIAL_DIMS, in_channels, width, ACTIVATION)
-        self.down_tr32 = DownTransition(SPATIAL_DIMS, width, 1, ACTIVATION)
-        self.down_tr64 = DownTransition(SPATIAL_DIMS, 2 * width, 2, ACTIVATION)
-        self.down_tr128 = DownTransition(SPATIAL_DIMS, 4 * width, 3, ACTIVATION, dropout_prob=drop)
-        self.down_tr256 = DownTransition(SPATIAL_DIMS, 8 * width, 2, ACTIVATION, dropout_prob=drop)
+        self.in_tr = InputTransition(in_channels, width)
+        self.down_tr32 = DownTransition(width, 1)
+        self.down_tr64 = DownTransition(2 * width, 2)
+        self.down_tr128 = DownTransition(4 * width, 3, dropout_prob=drop)
+        self.down_tr256 = DownTransition(8 * width, 2, dropout_prob=drop)
 
     def forward(self, x: torch.Tensor) -> EncoderFeatures:
         """(B, in_channels, D, H, W) -> `EncoderFeatures` with width, 2w, 4w, 8w and 16w channels at
@@ -62,11 +59,11 @@ class VNetDecoder(nn.Module):
         both = (dropout, dropout)
         skip_only = (None, dropout)
         w = width
-        self.up_tr256 = UpTransition(SPATIAL_DIMS, 16 * w, 16 * w, 2, ACTIVATION, dropout_prob=both)
-        self.up_tr128 = UpTransition(SPATIAL_DIMS, 16 * w, 8 * w, 2, ACTIVATION, dropout_prob=both)
-        self.up_tr64 = UpTransition(SPATIAL_DIMS, 8 * w, 4 * w, 1, ACTIVATION, dropout_prob=skip_only)
-        self.up_tr32 = UpTransition(SPATIAL_DIMS, 4 * w, 2 * w, 1, ACTIVATION, dropout_prob=skip_only)
-        self.out_tr = OutputTransition(SPATIAL_DIMS, 2 * w, out_channels, ACTIVATION)
+        self.up_tr256 = UpTransition(16 * w, 16 * w, 2, dropout_prob=both)
+        self.up_tr128 = UpTransition(16 * w, 8 * w, 2, dropout_prob=both)
+        self.up_tr64 = UpTransition(8 * w, 4 * w, 1, dropout_prob=skip_only)
+        self.up_tr32 = UpTransition(4 * w, 2 * w, 1, dropout_prob=skip_only)
+        self.out_tr = OutputTransition(2 * w, out_channels)
 
     def forward(self, bottleneck: torch.Tensor, skips: EncoderFeatures) -> torch.Tensor:
         """`bottleneck` (B, 16w, D/16, H/16, W/16) and the encoder's `skips` -> logits

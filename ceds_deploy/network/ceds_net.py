@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.vnet import OutputTransition
 from torch import nn
 
 from ceds_deploy.errors import ConfigError, ModelInputError, UsageError
-from ceds_deploy.network.blocks import ACTIVATION, SPATIAL_DIMS, VNetDecoder, VNetEncoder
+from ceds_deploy.network.blocks import VNetDecoder, VNetEncoder
 from ceds_deploy.network.cbam import CBAM3D
+from ceds_deploy.network.vnet_blocks import OutputTransition
 
 SIZE_MULTIPLE = 16  # four stride-2 down transitions
 CONFIDENCE_CLASSES = 2  # class 1: "the segmentation at this voxel is right"
@@ -74,7 +74,7 @@ class CedsNet(nn.Module):
         self.conf_decoder = VNetDecoder(w, k, config.dropout)
         head_channels = 2 * k + 1  # decoder 2 output, seg_logits, entropy
         self.cbam = CBAM3D(head_channels, reduction=2, kernel_size=3)
-        self.conf_out = OutputTransition(SPATIAL_DIMS, head_channels, CONFIDENCE_CLASSES, ACTIVATION)
+        self.conf_out = OutputTransition(head_channels, CONFIDENCE_CLASSES)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, in_channels, D, H, W) floating point, D, H, W multiples of 16 ->
