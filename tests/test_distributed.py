@@ -182,7 +182,12 @@ from ceds_deploy.models import open_backend
 
 def open_or_die(calls, model):
     n = len(os.listdir(calls))
-    open(os.path.join(calls, str(n)), "x").close()
+    while True:  # tasks run at once: each claims its own call number
+        try:
+            open(os.path.join(calls, str(n)), "x").close()
+            break
+        except FileExistsError:
+            n += 1
     if n == 1:
         os._exit(3)  # the worker process dies mid-task, as on a lost node
     return open_backend(Path(model))
