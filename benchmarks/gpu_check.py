@@ -28,7 +28,6 @@ monai, nibabel, SimpleITK or isal, install the bundle `benchmarks/gpu_wheels.sh`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -70,29 +69,10 @@ def make_phantoms(
 
 
 def full_width_checkpoint(folder: Path, width: int = 16, roi: tuple[int, int, int] = ROI, spacing: float = 1.0) -> Path:
-    """A full-width CEDS network with its initial weights (timing only: the arithmetic per window
-    does not depend on the weights; the masks it draws mean nothing)."""
-    import torch
+    """The paper's network with its initial weights (timing only; the masks it draws mean nothing)."""
+    from benchmarks.window_throughput import make_checkpoint
 
-    from ceds_deploy.checkpoint import save_checkpoint
-    from ceds_deploy.network import CedsNet, CedsNetConfig
-    from ceds_deploy.spec import ModelSpec
-
-    torch.manual_seed(0)
-    config = CedsNetConfig(width=width)
-    net = CedsNet(config).eval()
-    spec = ModelSpec(roi_size=roi, width=width, target_spacing=(spacing,) * 3)
-    path = folder / f"w{width}.pt"
-    save_checkpoint(
-        path,
-        {
-            "spec": spec.to_dict(),
-            "net_config": dataclasses.asdict(config),
-            "teacher": net.state_dict(),
-            "student": net.state_dict(),
-        },
-    )
-    return path
+    return make_checkpoint(width, roi, folder, spacing)
 
 
 def sync(device: str) -> None:

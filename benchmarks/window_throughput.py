@@ -53,7 +53,9 @@ def conv_ceiling(device: str, dtype, repeats: int) -> float:
     return best
 
 
-def make_checkpoint(width: int, roi, folder: Path) -> Path:
+def make_checkpoint(width: int, roi, folder: Path, spacing: float | None = None) -> Path:
+    """A CEDS network of `width` with its seeded initial weights (timing only: the arithmetic per
+    window does not depend on the weights); `spacing` (mm, isotropic) else the spec's default."""
     import torch
 
     from ceds_deploy.checkpoint import save_checkpoint
@@ -63,7 +65,8 @@ def make_checkpoint(width: int, roi, folder: Path) -> Path:
     torch.manual_seed(0)
     config = CedsNetConfig(width=width)
     net = CedsNet(config).eval()
-    spec = ModelSpec(roi_size=tuple(roi), width=width)
+    spacing_field = {} if spacing is None else {"target_spacing": (spacing,) * 3}
+    spec = ModelSpec(roi_size=tuple(roi), width=width, **spacing_field)
     path = folder / f"w{width}.pt"
     save_checkpoint(
         path,
