@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,11 @@ def end_to_end(
     batch: int,
     device: str,
     io_workers: int | None = None,
+    autotune: bool = True,
+    repeat: int = 0,
 ) -> dict:
+    """Our folder run in this process after a warm-up scan (the steady state), with its timeline of
+    progress events, then each scan alone in a folder (the warm time a watched scan is held to)."""
     import torch
 
     from ceds_deploy.artifacts import read_spec
@@ -130,8 +135,10 @@ def end_to_end(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    options = {"cudnn_benchmark": autotune} if cuda else {}
+    timeline: list[tuple[float, str, int, str]] = []
     with create_backend(
-        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph
+        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph, **options
     ) as backend:
         # Warm-up on the first scan (cuDNN autotuning, graph capture) so the timed run is steady state.
         first = sorted(scans.glob("*.nii.gz"))[0]
@@ -139,9 +146,32 @@ def end_to_end(
         segment_folder(first, warm, backend, SegmentOptions(overwrite=True))
         sync(device)
         start = time.perf_counter()
-        run = segment_folder(scans, out / "run", backend, SegmentOptions(overwrite=True, io_workers=io_workers))
+
+        def record(event) -> None:
+            timeline.append(
+                (round(time.perf_counter() - start, 4), event.name, event.count, event.info.get("case", ""))
+            )
+
+        run = segment_folder(
+            scans, out / "run", backend, SegmentOptions(overwrite=True, io_workers=io_workers), progress=record
+        )
         sync(device)
         wall = time.perf_counter() - start
+        many = _many_scans(scans, out / "many", repeat) if repeat else None
+        many_wall = None
+        if many is not None:
+            sync(device)
+            started = time.perf_counter()
+            segment_folder(many, out / "many-run", backend, SegmentOptions(overwrite=True, io_workers=io_workers))
+            sync(device)
+            many_wall = time.perf_counter() - started
+        single = {}
+        for scan in sorted(scans.glob("*.nii.gz")):
+            one = out / f"single-{scan.name}"
+            started = time.perf_counter()
+            segment_folder(scan, one, backend, SegmentOptions(overwrite=True, io_workers=io_workers))
+            sync(device)
+            single[scan.name] = time.perf_counter() - started
         description = backend.description
     rows = [
         {
@@ -164,7 +194,27 @@ def end_to_end(
         "windows": sum(r["windows"] or 0 for r in rows),
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "rows": rows,
+        "single_scan_s": single,
+        "repeat": repeat,
+        "many_scans_wall_s": many_wall,  # the scans `repeat` times over in one folder run
+        "timeline": [t for t in timeline if t[1] != "windows"] + windows_every(timeline, 10),
     }
+
+
+def _many_scans(scans: Path, folder: Path, repeat: int) -> Path:
+    """A folder holding every scan `repeat` times under other names (hard links): a longer folder run,
+    in which the first read and the last write weigh less than in three scans."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(repeat):
+        for scan in sorted(scans.glob("*.nii.gz")):
+            os.link(scan, folder / f"r{k}_{scan.name}")
+    return folder
+
+
+def windows_every(timeline: list, every: int) -> list:
+    """Every `every`-th "windows" event (batches done), to keep the JSON short."""
+    batches = [t for t in timeline if t[1] == "windows"]
+    return batches[::every] + batches[-1:]
 
 
 def run_info_workers(folder: Path):
@@ -172,15 +222,17 @@ def run_info_workers(folder: Path):
 
 
 def network_only(checkpoint: Path, precision: str, graph: bool, batch: int, windows: int, device: str) -> float:
-    """Seconds the backend alone needs for `windows` windows (full batches, inputs already on the GPU)."""
+    """Seconds the backend alone needs for `windows` windows (full batches, inputs already on the GPU,
+    cuDNN autotuned like the warm pipeline)."""
     import torch
 
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends import create_backend
 
     spec = read_spec(checkpoint)
+    options = {"cudnn_benchmark": True} if device.startswith("cuda") else {}
     with create_backend(
-        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph
+        "torch", checkpoint, spec, device=device, max_batch_size=batch, precision=precision, cuda_graph=graph, **options
     ) as backend:
         x = torch.rand(batch, 1, *spec.roi_size, device=device)
         for _ in range(3):
@@ -248,9 +300,14 @@ def warm(scans: Path, checkpoint: Path, work: Path, device: str, smoke: bool) ->
         key = f"{precision}{'-graph' if graph else ''}-b{batch}"
 
         def run(precision=precision, graph=graph, batch=batch, key=key):
-            result = end_to_end(scans, checkpoint, work / key, precision, graph, batch, device)
+            repeat = 4 if (precision, graph, batch) == variants[0] else 0
+            result = end_to_end(scans, checkpoint, work / key, precision, graph, batch, device, repeat=repeat)
             result["network_only_s"] = network_only(checkpoint, precision, graph, batch, result["windows"], device)
             result["ratio_to_network"] = result["wall_s"] / result["network_only_s"]
+            if result["many_scans_wall_s"]:  # the same windows `repeat` times: steady-state throughput
+                result["many_scans_ratio_to_network"] = result["many_scans_wall_s"] / (
+                    repeat * result["network_only_s"]
+                )
             return result
 
         stage(results, key, run)
@@ -272,7 +329,30 @@ def warm(scans: Path, checkpoint: Path, work: Path, device: str, smoke: bool) ->
     return results
 
 
-def train(work: Path, device: str, smoke: bool) -> dict:
+def watch(results: dict, scans: Path, checkpoint: Path, work: Path, device: str, timeout: float) -> dict:
+    """The CLI's --watch (gpu_cold.watched), each dropped scan's latency against its warm time alone
+    (the warm part's single_scan_s, same backend settings as the watch: default batch, cuDNN autotuned)."""
+    result = gpu_cold.watched(scans, checkpoint, work, device, timeout)
+    warm_runs = [v for v in results.get("warm", {}).values() if isinstance(v, dict) and "single_scan_s" in v]
+    single = warm_runs[0]["single_scan_s"] if warm_runs else {}
+    result["ratio_to_warm_single"] = {
+        name: latency / single[name] for name, latency in result["dropped"].items() if latency and name in single
+    }
+    return result
+
+
+def cold_floor(checkpoint: Path, work: Path, device: str, timeout: float) -> dict:
+    """benchmarks/cuda_first_calls.py in a fresh process: the fixed costs of a cold CUDA process."""
+    target = work / "first-calls.json"
+    script = Path(__file__).resolve().parent / "cuda_first_calls.py"
+    command = [sys.executable, str(script), str(checkpoint), "--device", device, "--json", str(target)]
+    result = gpu_cold.run_cold(command, work / "first-calls", timeout)
+    if target.is_file():
+        result["times"] = json.loads(target.read_text(encoding="utf-8"))
+    return result
+
+
+def train(work: Path, device: str, smoke: bool, steps: int = 50) -> dict:
     """Training steps at the paper's width and patch in fp32 and mixed precision (train_speed)."""
     from benchmarks.train_speed import make_training_cohort, train_steps
 
@@ -281,7 +361,7 @@ def train(work: Path, device: str, smoke: bool) -> dict:
     sizes = (
         dict(steps=4, width=2, patch=(32, 32, 16), spacing=4.0)
         if smoke
-        else dict(steps=50, width=16, patch=ROI, spacing=1.0)
+        else dict(steps=steps, width=16, patch=ROI, spacing=1.0)
     )
     runs: dict = {}
     for precision in ("fp32",) if smoke else ("fp32", "auto"):
@@ -293,7 +373,7 @@ def train(work: Path, device: str, smoke: bool) -> dict:
     return runs
 
 
-PARTS = ("phantoms", "cold_cli", "cold_monai", "warm", "train")
+PARTS = ("phantoms", "cold_floor", "cold_cli", "cold_monai", "warm", "watch", "train")
 OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt")
 
 
@@ -306,6 +386,10 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--skip", nargs="*", default=[], help="parts to leave out")
     parser.add_argument("--cli-repeats", type=int, default=3)
     parser.add_argument("--monai-repeats", type=int, default=2)
+    parser.add_argument(
+        "--cli-extra", default="", help='one more cold CLI run with these options, as one string ("--batch-size 4")'
+    )
+    parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--budget-s", type=float, default=450.0, help="no part starts after this many seconds")
     parser.add_argument("--timeout-s", type=float, default=150.0, help="limit of one cold process")
     parser.add_argument(
@@ -327,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA GPU: nothing to check here (use --smoke --device cpu for a CPU dry run)")
         return 2
     if args.smoke:
-        args.cases, args.cli_repeats, args.monai_repeats = 1, 1, 1
+        args.cases, args.cli_repeats, args.monai_repeats = 2, 1, 1
     parts = [p for p in args.parts if p not in args.skip]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -346,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": lambda: throughput(out),
         "precision": lambda: precision_difference(checkpoint, device),
         "phantoms": lambda: make_phantoms(scans, args.cases, size),
-        "cold_cli": lambda: gpu_cold.cold_cli(scans, checkpoint, work, device, args.cli_repeats, args.timeout_s),
+        "cold_floor": lambda: cold_floor(checkpoint, work, device, args.timeout_s),
+        "cold_cli": lambda: gpu_cold.cold_cli(
+            scans, checkpoint, work, device, args.cli_repeats, args.timeout_s, args.cli_extra.split()
+        ),
         "cold_monai": lambda: gpu_cold.cold_monai(scans, checkpoint, work, device, args.monai_repeats, args.timeout_s),
         "warm": lambda: warm(scans, checkpoint, work, device, args.smoke),
-        "train": lambda: train(work, device, args.smoke),
+        "watch": lambda: watch(results, scans, checkpoint, work, device, args.timeout_s),
+        "train": lambda: train(work, device, args.smoke, args.train_steps),
         "tensorrt": tensorrt,
     }
     for part in parts:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,17 +72,24 @@ def run_cold(command: list[str], out: Path, timeout: float, env: dict | None = N
     return result
 
 
-def cold_cli(scans: Path, checkpoint: Path, out: Path, device: str, repeats: int, timeout: float) -> dict:
-    """`ceds segment scans out --model checkpoint --device DEVICE` cold, `repeats` times (fresh output each)."""
+def cold_cli(
+    scans: Path, checkpoint: Path, out: Path, device: str, repeats: int, timeout: float, extra: list[str] | None = None
+) -> dict:
+    """`ceds segment scans out --model checkpoint --device DEVICE` cold, `repeats` times (fresh output
+    each); with `extra` options, one more run with them (recorded apart, as `extra`)."""
     runs = []
-    for n in range(repeats):
+    for n, options in enumerate([[]] * repeats + ([extra] if extra else [])):
         target = out / f"cli-{n}"
         command = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(scans), str(target)]
-        result = run_cold([*command, "--model", str(checkpoint), "--device", device], target, timeout)
-        result.update(report_summary(target))
+        result = run_cold([*command, "--model", str(checkpoint), "--device", device, *options], target, timeout)
+        result.update(report_summary(target), options=options)
         runs.append(result)
-    walls = [r["wall_s"] for r in runs if r["returncode"] == 0]
-    return {"runs": runs, "wall_s": walls, "first_mask_s": [r["first_mask_s"] for r in runs]}
+    plain = runs[:repeats]
+    walls = [r["wall_s"] for r in plain if r["returncode"] == 0]
+    result = {"runs": plain, "wall_s": walls, "first_mask_s": [r["first_mask_s"] for r in plain]}
+    if extra:
+        result["extra"] = runs[-1]
+    return result
 
 
 def cold_monai(scans: Path, checkpoint: Path, out: Path, device: str, repeats: int, timeout: float) -> dict:
@@ -110,3 +119,50 @@ def cold_monai(scans: Path, checkpoint: Path, out: Path, device: str, repeats: i
         "warm_pass_s": [r.get("warm_pass_s") for r in runs],
         "first_mask_s": [r["first_mask_s"] for r in runs],
     }
+
+
+def _wait_for(path: Path, deadline: float, proc: subprocess.Popen) -> float | None:
+    """perf_counter() when `path` exists (outputs appear by an atomic rename); None if the process
+    ended or the deadline passed first."""
+    while time.perf_counter() < deadline and proc.poll() is None:
+        if path.exists():
+            return time.perf_counter()
+        time.sleep(0.005)
+    return None
+
+
+def watched(scans: Path, checkpoint: Path, out: Path, device: str, timeout: float) -> dict:
+    """`ceds segment INBOX OUT --watch` in a fresh process, the first scan already in INBOX; once its
+    mask is written, each other scan is dropped (copied under a hidden name, then renamed, as copiers
+    do) and timed from the rename to its mask. Then Ctrl-C (SIGINT) and the exit code."""
+    inbox, target = out / "watch-inbox", out / "watch-out"
+    inbox.mkdir(parents=True, exist_ok=True)
+    first, *dropped = sorted(scans.glob("*.nii.gz"))
+    shutil.copy(first, inbox / first.name)
+    command = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(inbox), str(target)]
+    command += ["--model", str(checkpoint), "--device", device, "--watch", "--watch-interval", "0.2"]
+    command += ["--watch-settle", "0.1"]
+    log = out / "watch.log"
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=out)
+        deadline = started + timeout
+        ready = _wait_for(target / first.name, deadline, proc)
+        result: dict = {"first_mask_s": None if ready is None else ready - started, "dropped": {}}
+        for scan in dropped if ready is not None else []:
+            temp = inbox / f".{scan.name}.part"
+            shutil.copy(scan, temp)
+            dropped_at = time.perf_counter()
+            os.replace(temp, inbox / scan.name)
+            done = _wait_for(target / scan.name, deadline, proc)
+            result["dropped"][scan.name] = None if done is None else done - dropped_at
+        proc.send_signal(signal.SIGINT)
+        try:
+            result["returncode"] = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            result["returncode"] = "killed"
+    result["log_tail"] = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+    result.update(report_summary(target))
+    print(f"  watch: first mask {result['first_mask_s']}, dropped {result['dropped']}", flush=True)
+    return result

@@ -1,7 +1,7 @@
 """The one GPU script of issue 15 (`benchmarks/gpu_check.py`) runs end to end on the CPU with
-`--smoke`: every part (phantoms, the cold CLI and cold MONAI processes, the warm pipeline with the
-network alone, training steps) fills its keys in the JSON without an error, so the few minutes a GPU
-is lent are not lost to a broken script."""
+`--smoke`: every part (phantoms, the first CUDA calls, the cold CLI and cold MONAI processes, the
+warm pipeline with the network alone, the CLI's watch mode, training steps) fills its keys in the
+JSON without an error, so the few minutes a GPU is lent are not lost to a broken script."""
 
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ def test_gpu_check_smoke_on_the_cpu_writes_every_part(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     assert results["device"] == "cpu" and results["smoke"] is True
-    assert results["parts"] == ["phantoms", "cold_cli", "cold_monai", "warm", "train"]
+    assert results["parts"] == ["phantoms", "cold_floor", "cold_cli", "cold_monai", "warm", "watch", "train"]
     for part in results["parts"]:
         assert "error" not in results[part], (part, results[part])
         assert results["stage_seconds"][part] > 0
 
     assert results["phantoms"] and results["phantoms"][0].startswith("small_3000")
+    floor = results["cold_floor"]
+    assert floor["returncode"] == 0 and floor["times"]["import_torch_s"] > 0
+    assert {(c["cudnn_benchmark"], c["batch"]) for c in floor["times"]["calls"]} >= {(False, 4), (True, 4)}
     (cli,) = results["cold_cli"]["runs"]
     assert cli["returncode"] == 0, cli["stderr_tail"]
     assert 0 < cli["first_mask_s"] <= cli["wall_s"]
@@ -46,8 +49,15 @@ def test_gpu_check_smoke_on_the_cpu_writes_every_part(tmp_path: Path) -> None:
     assert set(monai["script"]["passes"][0]["rows"][0]) >= {"read_s", "infer_s", "restore_s", "write_s"}
 
     warm = results["warm"]
-    assert warm["fp32-b2"]["cases"] == 1 and warm["fp32-b2"]["wall_s"] > 0
+    assert warm["fp32-b2"]["cases"] == 2 and warm["fp32-b2"]["wall_s"] > 0
     assert warm["network_alone"]["windows"] == warm["fp32-b2"]["windows"] > 0
+    assert set(warm["fp32-b2"]["single_scan_s"]) == {"small_3000.nii.gz", "small_3001.nii.gz"}
+    events = {name for _, name, _, _ in warm["fp32-b2"]["timeline"]}
+    assert events == {"todo", "planned", "windows", "case"}
+
+    watch = results["watch"]  # the second scan is dropped into the watched folder: its mask comes back
+    assert watch["returncode"] == 0 and watch["first_mask_s"] > 0, watch["log_tail"]
+    assert watch["dropped"]["small_3001.nii.gz"] > 0 and watch["ratio_to_warm_single"]["small_3001.nii.gz"] > 0
 
     train = results["train"]["fp32"]
     assert train["precision"] == "fp32" and train["steps"] == 4
