@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io as _io
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,41 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FileDigest:
+    """The SHA-256 of one file, kept while the file's size and modification time stay the same (a
+    warm process does not hash a large model per folder run); `start()` begins it in a thread, so
+    hashing overlaps loading the model (hashlib works outside the GIL)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._known: tuple[tuple[int, int], str] | None = None  # ((size, mtime_ns), digest)
+        self._thread: threading.Thread | None = None
+
+    def _state(self) -> tuple[int, int]:
+        stat = self.path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def _compute(self) -> None:
+        with self._lock:
+            state = self._state()
+            if self._known is None or self._known[0] != state:
+                self._known = (state, sha256_of(self.path))
+
+    def start(self) -> None:
+        if self._thread is None and self.path.is_file():
+            self._thread = threading.Thread(target=self._compute, name="ceds-model-digest", daemon=True)
+            self._thread.start()
+
+    def value(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._compute()  # no work when the file is as it was hashed
+        assert self._known is not None
+        return self._known[1]
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

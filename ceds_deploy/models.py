@@ -23,12 +23,14 @@ def open_backend(
     max_batch_size: int | None = None,
     precision: str | None = None,
     cuda_graph: bool = False,
+    cudnn_benchmark: bool = False,
 ) -> tuple[Backend, str]:
     """(an inactive backend for the model artifact `model`, why that backend was chosen).
 
     The artifact's own `ModelSpec` says how to pre-process; `precision` and `cuda_graph` are checked
-    against what the chosen backend supports. Raises `ArtifactError`, `BackendUnavailableError`
-    or `ConfigError` with one line naming the problem.
+    against what the chosen backend supports; `cudnn_benchmark` (cuDNN autotuning on CUDA) applies
+    to torch and onnxruntime (TensorRT chooses its tactics when the engine is built). Raises
+    `ArtifactError`, `BackendUnavailableError` or `ConfigError` with one line naming the problem.
     """
     from ceds_deploy.artifacts import artifact_kind, read_spec
     from ceds_deploy.errors import ConfigError
@@ -50,6 +52,8 @@ def open_backend(
         if name not in ("torch", "tensorrt"):
             raise ConfigError(f"--cuda-graph applies to the torch and tensorrt backends; the {name} backend was chosen")
         options["cuda_graph"] = True
+    if cudnn_benchmark and name in ("torch", "onnxruntime"):
+        options["cudnn_benchmark"] = True
     return create_backend(name, model, spec, device=device, max_batch_size=max_batch_size, **options), why
 
 

@@ -356,7 +356,7 @@ def test_cpu_default_batch_follows_the_window_size():
         assert backend.default_batch_size_for(ModelSpec(roi_size=(32, 32, 32)), "cpu") == 4
         assert backend.default_batch_size_for(ModelSpec(roi_size=(64, 64, 32)), "cpu") == 1
         assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cpu") == 1
-        assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cuda") == 2
+        assert backend.default_batch_size_for(ModelSpec(roi_size=(112, 112, 80)), "cuda") == 4
 
 
 def test_larger_cpu_windows_lower_the_default_batch():

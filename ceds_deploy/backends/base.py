@@ -15,6 +15,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
+from ceds_deploy.checkpoint import FileDigest
 from ceds_deploy.errors import BackendError, ConfigError, ModelInputError, UsageError
 from ceds_deploy.spec import ModelSpec
 
@@ -42,7 +43,10 @@ class Backend(ABC):
     """One model artifact on one device; a context manager (activate on enter, deactivate on exit)."""
 
     name: ClassVar[str]
-    default_batch_size: ClassVar[int] = 2  # on a GPU
+    # On a GPU: 4 windows of 112x112x80 ran 1.8x faster per window than 2 on an H200
+    # (benchmarks/results/gpu_check_h200_baseline.json, cold_floor); a batch that runs out of memory is
+    # retried in halves (scheduler), so a smaller card still works.
+    default_batch_size: ClassVar[int] = 4
 
     def __init__(
         self, artifact: Path | None, spec: ModelSpec, *, device: str = "cpu", max_batch_size: int | None = None
@@ -55,6 +59,7 @@ class Backend(ABC):
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         self.active = False
         self.description = self.name  # what actually runs (provider, precision), for the report
+        self._digest = FileDigest(self.artifact) if self.artifact is not None else None
 
     @classmethod
     def default_batch_size_for(cls, spec: ModelSpec, device: str) -> int:
@@ -67,8 +72,17 @@ class Backend(ABC):
     def activate(self) -> None:
         """Load the model (session, engine) and allocate what `infer` needs."""
         if not self.active:
+            if self._digest is not None:
+                self._digest.start()  # hashed while the model loads
             self._activate()
             self.active = True
+
+    def artifact_digest(self) -> str | None:
+        """SHA-256 of the model file (None for an in-memory network or a missing file), computed once
+        per state of the file."""
+        if self._digest is None or not self._digest.path.is_file():
+            return None
+        return self._digest.value()
 
     def deactivate(self) -> None:
         """Release the model; the backend may be activated again."""

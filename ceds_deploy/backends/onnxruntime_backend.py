@@ -36,9 +36,12 @@ def physical_cores() -> int:
     return max(1, allowed)
 
 
-def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+def providers_for(
+    device: str, available: list[str], cudnn_benchmark: bool = False
+) -> list[str | tuple[str, dict[str, str]]]:
     """Execution providers for `device` ('cpu', 'cuda' or 'cuda:N'), best first; raises
-    `BackendUnavailableError` when the device's provider is missing."""
+    `BackendUnavailableError` when the device's provider is missing. The CUDA provider's own default
+    is an exhaustive cuDNN search per shape (seconds in a fresh process); it runs only when asked."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if is_cuda(device):
@@ -50,7 +53,11 @@ def providers_for(device: str, available: list[str]) -> list[str | tuple[str, di
         # Not the TensorRT EP: it builds engines on first use (minutes); the native tensorrt backend
         # with its engine cache is the way to TensorRT.
         index = device.partition(":")[2] or "0"
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        search = "EXHAUSTIVE" if cudnn_benchmark else "HEURISTIC"
+        return [
+            ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": search}),
+            "CPUExecutionProvider",
+        ]
     raise BackendUnavailableError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda or cuda:N)")
 
 
@@ -65,9 +72,11 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         max_batch_size: int | None = None,
         threads: int | None = None,
+        cudnn_benchmark: bool = False,
     ) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         self.threads = threads
+        self.cudnn_benchmark = cudnn_benchmark
 
     def _activate(self) -> None:
         try:
@@ -77,7 +86,7 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime backend: onnxruntime is not installed ({err}); "
                 "pip install onnxruntime (or onnxruntime-gpu)"
             ) from None
-        providers = providers_for(self.device, ort.get_available_providers())
+        providers = providers_for(self.device, ort.get_available_providers(), self.cudnn_benchmark)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or physical_cores()

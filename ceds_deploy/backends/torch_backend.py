@@ -1,10 +1,13 @@
 """PyTorch backend: a training checkpoint (or an in-memory network) on CPU or CUDA.
 
-Channels-last 3D on CUDA, and on the CPU for narrow networks where it pays. On CUDA: cuDNN autotuning,
-pinned host memory with asynchronous copies, and optionally the fixed-shape call captured once per
-window shape as a CUDA graph and replayed (a short batch is padded to the full batch so every call
-has the captured shape). The cuDNN and TF32 settings apply around this backend's own calls only and
-are restored after each (`_cuda_flags`): nothing process-wide is left changed.
+Channels-last 3D on CUDA, and on the CPU for narrow networks where it pays. On CUDA: pinned host
+memory with asynchronous copies, cuDNN autotuning when asked (`cudnn_benchmark`: it costs seconds per
+new window shape in a fresh process and gains about a tenth of the network's time, so it pays in
+long-lived runs only; benchmarks/results/gpu_check_h200_baseline.json), and optionally the
+fixed-shape call captured once per window shape as a CUDA graph and replayed (a short batch is padded
+to the full batch so every call has the captured shape). The cuDNN and TF32 settings apply around
+this backend's own calls only and are restored after each (`_cuda_flags`): nothing process-wide is
+left changed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class TorchBackend(Backend):
         module: CedsNet | None = None,
         cuda_graph: bool = False,
         channels_last: bool | None = None,
+        cudnn_benchmark: bool = False,
     ) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         # fp16 autocast on CUDA by default; on the CPU fp32 unless bf16 is asked for (it is a lossy lever).
@@ -57,6 +61,7 @@ class TorchBackend(Backend):
         if cuda_graph and not is_cuda(device):
             raise ConfigError("CUDA graphs need --device cuda")
         self.cuda_graph = cuda_graph
+        self.cudnn_benchmark = cudnn_benchmark
         self.channels_last = channels_last
         self._graphs: dict[tuple[int, ...], tuple] = {}
         self.weights = weights
@@ -100,7 +105,8 @@ class TorchBackend(Backend):
         self._net = wrapper
         graph = ", CUDA graph" if self.cuda_graph else ""
         layout = ", channels-last" if self._channels_last else ""
-        self.description = f"torch {self.precision} on {self.device}{layout}{graph}"
+        tuned = ", cuDNN autotuned" if self.cudnn_benchmark and is_cuda(self.device) else ""
+        self.description = f"torch {self.precision} on {self.device}{layout}{graph}{tuned}"
 
     def _channels_last_pays(self) -> bool:
         """Channels-last 3D: asked for, else on the GPU always; on the CPU for narrow networks only
@@ -126,15 +132,15 @@ class TorchBackend(Backend):
 
     @contextmanager
     def _cuda_flags(self) -> Iterator[None]:
-        """cuDNN autotuning (window shapes repeat thousands of times) and TF32 as the precision asks,
-        for the duration of one call on this backend's device; the previous values come back after."""
+        """cuDNN autotuning as asked and TF32 as the precision asks, for the duration of one call on
+        this backend's device; the previous values come back after."""
         if not is_cuda(self.device):
             yield
             return
         tf32 = self.precision == "tf32"
         saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         try:
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.cuda.device(torch.device(self.device)):

@@ -37,17 +37,15 @@ def segment(
     blend: Annotated[
         str,
         typer.Option(
-            help="How overlapping windows are averaged: constant (the CEDS "
-            "validation's, MONAI's default) or gaussian (window centres count "
-            "most, as nnU-Net)."
+            help="How overlapping windows are averaged: constant (the CEDS validation's, MONAI's "
+            "default) or gaussian (window centres count most, as nnU-Net)."
         ),
     ] = "constant",
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Windows per backend call (default: on a "
-            "CPU up to 4 windows of 32^3 voxels, 1 of larger ones; "
-            "on a GPU the backend's)."
+            help="Windows per backend call (default: on a CPU up to 4 windows of 32^3 voxels, 1 of "
+            "larger ones; on a GPU 4, halved while a batch runs out of memory)."
         ),
     ] = None,
     tta: Annotated[
@@ -70,6 +68,16 @@ def segment(
             help="torch or tensorrt on CUDA: capture the fixed-shape call once and replay it as a CUDA graph.",
         ),
     ] = False,
+    autotune: Annotated[
+        bool | None,
+        typer.Option(
+            "--autotune/--no-autotune",
+            help="torch or onnxruntime on CUDA: let cuDNN time its algorithms for each window shape. "
+            "It costs seconds in a new process and saves about a tenth of the network's time, so it "
+            "pays for long runs; default: on with --watch, else off.",
+            show_default=False,
+        ),
+    ] = None,
     save_probabilities: Annotated[
         bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.nii.gz.")
     ] = False,
@@ -224,7 +232,9 @@ def segment(
         )
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
-    engine: dict[str, Any] = {"backend": backend, "device": device, "precision": precision, "cuda_graph": cuda_graph}
+    tuned = watch if autotune is None else autotune
+    engine: dict[str, Any] = dict(backend=backend, device=device, precision=precision, cuda_graph=cuda_graph)
+    engine["cudnn_benchmark"] = tuned
     from ceds_deploy.cli import segment_distributed as distributed
 
     rank = distributed.torchrun_rank()
@@ -288,6 +298,7 @@ def run_segment(
     options: SegmentOptions | None = None,
     precision: str | None = None,
     cuda_graph: bool = False,
+    cudnn_benchmark: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
     watch: dict[str, Any] | None = None,
@@ -315,6 +326,7 @@ def run_segment(
         max_batch_size=options.batch_size,
         precision=precision,
         cuda_graph=cuda_graph,
+        cudnn_benchmark=cudnn_benchmark,
     )
     opened = time.perf_counter()
     spec = engine.spec

@@ -39,7 +39,7 @@ from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import case_formats, case_is_done
 from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers, error_text
 from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, write_report
-from ceds_deploy.inference.segment import batch_size_for
+from ceds_deploy.inference.segment import batch_size_for, pads_batches
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
@@ -195,6 +195,17 @@ def open_folder_run(
         yield run
 
 
+def warm_up_backend(run: FolderRun, backend: Backend, options: SegmentOptions) -> None:
+    """Once per run: a blank batch at the run's batch shape through the backend (it checks the model's
+    outputs, and first-call costs land here), timed as the startup's "warm_up"."""
+    if run.backend_checked:
+        return
+    started = time.perf_counter()
+    check_backend_outputs(backend, batch_size_for(backend, options) if pads_batches(backend) else 1)
+    run.info["startup_s"]["warm_up"] = round(time.perf_counter() - started, 4)
+    run.backend_checked = True
+
+
 def run_cases(
     run: FolderRun,
     rows: list[CaseRow],
@@ -204,22 +215,22 @@ def run_cases(
     options: SegmentOptions,
     progress: ProgressCallback = no_progress,
 ) -> None:
-    """Run `todo` through the pipeline (after the space check and, once per run, the model's blank
-    window, timed as the warm-up), add them and `rows` to the run, and merge them into the folder's
-    report, also after an interruption (then the original error goes on)."""
+    """Run `todo` through the pipeline (after the space check; once per run the model's blank batch,
+    timed as the warm-up, runs while the first scans are read), add them and `rows` to the run,
+    and merge them into the folder's report, also after an interruption (then the original error
+    goes on)."""
     for row in rows + [case.row for case in todo]:
         row.run_id, row.model = run.run_id, run.model
     run.rows.extend(rows)
     probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
-    if todo and not run.backend_checked:
-        warm_up = time.perf_counter()
-        check_backend_outputs(backend)
-        run.info["startup_s"]["warm_up"] = round(time.perf_counter() - warm_up, 4)
-        run.backend_checked = True
-    pipeline = Pipeline(backend, output, options, todo, progress, run.rows)
+    # The model's blank batch runs in the backend's thread while the first scans are read.
+    warm_up = (lambda: warm_up_backend(run, backend, options)) if todo and not run.backend_checked else None
+    pipeline = Pipeline(backend, output, options, todo, progress, run.rows, warm_up)
     try:
         pipeline.run()
     except BaseException:
+        if not run.backend_checked:
+            raise  # the model failed its blank batch: refused before any case, nothing written
         try:  # the cases finished so far are recorded; the original error goes on
             write_run_report(run, output, options, pipeline, interrupted=True)
         except OutputError as err:

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from ceds_deploy.backends.base import Backend
-from ceds_deploy.checkpoint import sha256_of
 from ceds_deploy.errors import BackendError, CedsError, OutputError, ScanError
 from ceds_deploy.inference.outputs import CONFIDENCE_SUFFIX, PREVIEW_SUFFIX, PROBABILITIES_SUFFIX, output_paths
 from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON, read_report
@@ -105,10 +104,11 @@ def probe_output(output: Path, needed_bytes: int) -> None:
         )
 
 
-def check_backend_outputs(backend: Backend) -> None:
-    """Run one blank window through an active backend, so a model with wrongly shaped outputs (or
-    one that cannot run at all) is refused before any case: `BackendError` naming the artifact."""
-    window = torch.zeros((1, 1, *backend.spec.roi_size), dtype=torch.float32)
+def check_backend_outputs(backend: Backend, batch: int = 1) -> None:
+    """Run a blank batch of `batch` windows through an active backend, so a model with wrongly shaped
+    outputs (or one that cannot run at all) is refused before any case: `BackendError` naming the
+    artifact. At the run's own batch shape it is also the warm-up (first-call costs land here)."""
+    window = torch.zeros((batch, 1, *backend.spec.roi_size), dtype=torch.float32)
     try:
         out = backend(window)
     except CedsError:
@@ -127,9 +127,7 @@ def check_backend_outputs(backend: Backend) -> None:
 
 def model_digest(backend: Backend) -> str:
     """SHA-256 of the backend's model file (its spec's source digest for an in-memory network)."""
-    if backend.artifact is not None and backend.artifact.is_file():
-        return sha256_of(backend.artifact)
-    return backend.spec.source_sha256
+    return backend.artifact_digest() or backend.spec.source_sha256
 
 
 def check_same_model(output: Path, model: str, overwrite: bool) -> None:

@@ -13,12 +13,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ceds_deploy.backends.base import Backend
+from ceds_deploy.backends.base import Backend, is_cuda
 from ceds_deploy.errors import CedsError
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import finish_case
@@ -27,7 +27,7 @@ from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, pads_batches, window_plan_for, work_device
 from ceds_deploy.io import ScanSource, read_scan
 from ceds_deploy.progress import ProgressCallback, ProgressEvent
-from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan
+from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan_on
 from ceds_deploy.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Pipeline:
         todo: list[Case],
         progress: ProgressCallback,
         rows: list[CaseRow],
+        warm_up: Callable[[], None] | None = None,
     ) -> None:
         self.backend, self.output, self.options, self.progress = backend, output, options, progress
         self.spec = backend.spec
@@ -82,9 +83,11 @@ class Pipeline:
         self._pending = iter(todo)
         self._take = threading.Lock()
         self.first_mask_at: float | None = None  # perf_counter() when the first mask was written
+        self.warm_up = warm_up  # run in the backend's thread while the readers read the first cases
 
     def run(self) -> None:
-        """Run every case; on an interruption cases not yet written are left undone, never half-written."""
+        """Run every case (after `warm_up`, which overlaps the first reads); on an interruption or a
+        failed warm-up, cases not yet written are left undone, never half-written."""
         readers = [
             threading.Thread(target=self._read_worker, name=f"ceds-reader-{i}", daemon=True)
             for i in range(self.workers)
@@ -96,6 +99,8 @@ class Pipeline:
         for thread in readers + writers:
             thread.start()
         try:
+            if self.warm_up is not None:
+                self.warm_up()
             self._infer_all(batch_size_for(self.backend, self.options))
             for _ in writers:
                 self._put(self.finished, _DONE)
@@ -175,7 +180,7 @@ class Pipeline:
             t0 = time.perf_counter()
             volume = read_scan(case.path, dtype=None)  # as stored: only the body crop becomes float32
             t1 = time.perf_counter()
-            image, case.mapping = prepare_scan(volume, self.spec, self.device)
+            image, case.mapping = prepare_scan_on(volume, self.spec, self.device, as_tensor=is_cuda(self.device))
             windows = window_plan_for(image, self.spec, self.options)
             t2 = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - one bad scan never stops the run
@@ -187,7 +192,7 @@ class Pipeline:
         row.input_spacing = "x".join(f"{s:.3g}" for s in volume.spacing)
         row.windows = len(windows)
         case.source = volume if self.options.preview else None  # keep the HU array only for a preview
-        self.progress(ProgressEvent("planned", len(windows)))
+        self.progress(ProgressEvent("planned", len(windows), {"case": row.case}))
         return CaseJob(key=row.case, image=image, windows=windows, payload=case)
 
     def _write_worker(self) -> None:

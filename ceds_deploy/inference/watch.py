@@ -1,9 +1,10 @@
 """`watch_folder`: segment the scans of a folder as they arrive, with one warm backend.
 
-A watch is one folder run that goes on: it takes the output folder's lock once, segments the scans
-already there, then polls the folder and runs each new scan through the same steps as
-`segment_folder` (`list_cases`, `run_cases`: the same outputs, resume rule, failure handling and
-merged report, rewritten after each round under the watch's one run id).
+A watch is one folder run that goes on: it takes the output folder's lock once, warms the backend
+at once (its blank batch; the CLI also lets cuDNN autotune then), segments the scans already there,
+then polls the folder and runs each new scan through the same steps as `segment_folder`
+(`list_cases`, `run_cases`: the same outputs, resume rule, failure handling and merged report,
+rewritten after each round under the watch's one run id).
 
 A new entry is taken once it has been left alone for `settle_s` seconds: a file once its size and
 modification time have not changed for that long, a DICOM series folder once no file in it has
@@ -28,7 +29,14 @@ from pathlib import Path
 
 from ceds_deploy.backends.base import Backend
 from ceds_deploy.errors import ConfigError, ScanError
-from ceds_deploy.inference.folder import FolderRun, list_cases, open_folder_run, run_cases, write_run_report
+from ceds_deploy.inference.folder import (
+    FolderRun,
+    list_cases,
+    open_folder_run,
+    run_cases,
+    warm_up_backend,
+    write_run_report,
+)
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.io import ScanSource, find_scans_in, is_dicom_folder
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
@@ -160,6 +168,7 @@ def watch_folder(
     with open_folder_run(input_path, output, backend, options, run_info=run_info, started_at=started_at) as run:
         run.info["watch"] = {"interval_s": interval_s, "settle_s": settle_s, "idle_timeout_s": idle_timeout_s}
         run.info["stopped_by"] = "stop"
+        warm_up_backend(run, backend, options)  # now, so the first scan to arrive finds the backend warm
         idle_since = time.monotonic()
         try:
             while not stop.is_set():
