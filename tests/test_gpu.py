@@ -49,3 +49,37 @@ def test_gpu_preprocessing_stitching_and_restore_match_the_cpu(tiny_checkpoint, 
     assert np.abs(gpu.probabilities - cpu.probabilities).max() < 1e-3
     assert np.abs(gpu.confidence - cpu.confidence).max() < 1e-3
     assert (gpu.mask != cpu.mask).mean() < 1e-4
+
+
+def test_gpu_masks_thresholded_on_the_device_match_the_cpu(tiny_checkpoint, tiny_spec):
+    """Without probabilities the GPU path keeps the model-grid image on the GPU, cuts the windows
+    there and thresholds the restored logits there (only a uint8 mask crosses to the host)."""
+    image, _ = make_case(1, seed=5, size="small")
+    results = {}
+    for device in ("cpu", "cuda"):
+        with create_backend("torch", tiny_checkpoint, tiny_spec, device=device, precision="fp32") as b:
+            results[device] = segment_volume(image, b, SegmentOptions())
+    cpu, gpu = results["cpu"], results["cuda"]
+    assert gpu.mask.dtype == np.uint8 and gpu.mask.shape == cpu.mask.shape and gpu.windows == cpu.windows
+    assert (gpu.mask != cpu.mask).mean() < 1e-4
+    assert np.abs(gpu.confidence - cpu.confidence).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"precision": "fp16", "cudnn_benchmark": True},
+        {"precision": "tf32"},
+        {"precision": "fp16", "cuda_graph": True, "cudnn_benchmark": True},
+    ],
+)
+def test_a_cuda_backend_leaves_process_state_as_it_was(options, tiny_checkpoint, tiny_spec):
+    from helpers import process_state
+
+    image, _ = make_case(2, seed=5, size="small")
+    before = process_state()
+    with create_backend("torch", tiny_checkpoint, tiny_spec, device="cuda", max_batch_size=2, **options) as b:
+        b.infer(torch.rand(2, 1, 32, 32, 32))
+        segment_volume(image, b, SegmentOptions())
+        assert process_state() == before  # between calls too
+    assert process_state() == before

@@ -250,3 +250,34 @@ def test_reading_and_filling_the_scan_in_chunks_changes_nothing(monkeypatch, nam
     assert same_plan == plan
     np.testing.assert_array_equal(chunked, whole)
     np.testing.assert_array_equal(restore_to_source(np.stack([chunked, 1 - chunked]), plan, fill=-1.0), restored)
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_the_model_input_left_as_a_tensor_equals_the_array(name):
+    """`prepare_scan_on(as_tensor=True)` (what a GPU run keeps on the GPU) is the numpy input bit for
+    bit: the same crop, HU window and padding, done with torch's float32 operations."""
+    import torch
+
+    from ceds_deploy.transforms.preprocess import prepare_scan_on
+
+    image, _ = sphere_scan(GEOMETRIES[name], radius_mm=6, body_mm=14)
+    array, plan = prepare_scan(image, SPEC)
+    tensor, same_plan = prepare_scan_on(image, SPEC, "cpu", as_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.is_contiguous()
+    assert same_plan == plan and any(plan.pad_before + plan.pad_after)  # padding exercised too
+    np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+def test_the_mask_thresholded_where_it_is_restored_equals_thresholding_the_restored_logits():
+    import torch
+
+    image, _ = sphere_scan(GEOMETRIES["oblique"], radius_mm=6, body_mm=14)
+    array, plan = prepare_scan(image, SPEC)
+    logits = torch.from_numpy(array[None] - 0.6)
+    restored = restore_to_source(logits, plan, fill=-20.0)[0]
+    mask = restore_to_source(logits, plan, fill=-20.0, above=0.0)[0]
+    assert mask.dtype == np.uint8 and mask.T.flags.c_contiguous
+    np.testing.assert_array_equal(mask, (restored > 0).astype(np.uint8))
+    assert 0 < mask.mean() < 1
+    filled_above = restore_to_source(logits, plan, fill=5.0, above=0.0)[0]  # the fill is thresholded too
+    np.testing.assert_array_equal(filled_above, (restore_to_source(logits, plan, fill=5.0)[0] > 0).astype(np.uint8))

@@ -210,3 +210,24 @@ def test_mirroring_tta_of_a_flip_equivariant_predictor_changes_nothing():
     plain, _ = sliding_window_predict(image, plan, square, batch_size=2)
     mirrored, _ = sliding_window_predict(image, plan, square, batch_size=2, tta=True)
     np.testing.assert_allclose(mirrored.numpy(), plain.numpy(), atol=1e-6)
+
+
+def test_windows_cut_from_a_tensor_image_stitch_the_same_as_from_an_array():
+    """A GPU run keeps the model-grid image on the GPU and cuts its windows there; the scheduler takes
+    a tensor image exactly as an array (here both on the CPU), air windows skipped alike."""
+
+    def predict(batch):
+        assert isinstance(batch, torch.Tensor) and batch.dtype == torch.float32
+        return WindowOutputs(torch.cat([batch, -batch], 1), torch.sigmoid(batch))
+
+    image = np.random.default_rng(5).random((40, 36, 44), dtype=np.float32)
+    image[:, :, :20] = 0  # air: its windows are dropped
+    plan = plan_windows(image.shape, (16, 16, 16), 0.25)
+    kept = windows_with_content(plan, image)
+    tensor = torch.from_numpy(image.copy())
+    np.testing.assert_array_equal(windows_with_content(plan, tensor).starts, kept.starts)
+    assert len(kept) < len(plan)
+    from_array = sliding_window_predict(image, kept, predict, batch_size=3, pad_batches=True)
+    from_tensor = sliding_window_predict(tensor, kept, predict, batch_size=3, pad_batches=True)
+    for a, b in zip(from_array, from_tensor):
+        assert torch.equal(a, b)

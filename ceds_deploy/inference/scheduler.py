@@ -25,6 +25,7 @@ from ceds_deploy.backends.base import Predictor, WindowOutputs
 from ceds_deploy.errors import BackendError, ConfigError
 from ceds_deploy.inference.stitcher import Stitcher
 from ceds_deploy.inference.windows import WindowPlan, blend_weights
+from ceds_deploy.transforms.preprocess import Image
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class CaseJob:
     """One volume to predict: the model-grid image, its windows, and anything to carry along."""
 
     key: Any
-    image: np.ndarray | None  # (X, Y, Z) float32 on the model grid; dropped once predicted
+    image: Image | None  # (X, Y, Z) float32 on the model grid (host, or the backend's GPU); dropped once predicted
     windows: WindowPlan
     payload: Any = None
     stitcher: Stitcher | None = field(default=None, repr=False)
@@ -43,7 +44,7 @@ class CaseJob:
     infer_seconds: float = 0.0  # this case's share of the batches its windows ran in
     error: Exception | None = None  # why the case failed (predict_cases with fail_cases)
 
-    def input(self) -> np.ndarray:
+    def input(self) -> Image:
         if self.image is None:
             raise BackendError(f"case {self.key}: its model-grid image was released before prediction")
         return self.image
@@ -155,7 +156,13 @@ def predict_cases(
     batches = _Batches(jobs, batch_size, start)
 
     def run(batch: list[tuple[CaseJob, int]]) -> WindowOutputs:
-        tensor = torch.from_numpy(np.stack([j.input()[j.windows.slices(i)] for j, i in batch])[:, None])
+        windows = [j.input()[j.windows.slices(i)] for j, i in batch]
+        # Images prepared on the backend's GPU are cut there: no window crosses from the host.
+        if isinstance(windows[0], torch.Tensor):
+            stacked = torch.stack([torch.as_tensor(w) for w in windows])  # as_tensor: no copy of a tensor
+        else:
+            stacked = torch.from_numpy(np.stack(windows))
+        tensor = stacked[:, None]
         short = batches.batch_size - len(batch) if pad_batches else 0
         if short > 0:
             tensor = torch.cat([tensor, tensor.new_zeros((short, *tensor.shape[1:]))])
@@ -242,7 +249,7 @@ def _finish(jobs: Iterator[CaseJob]) -> Iterator[tuple[CaseJob, torch.Tensor | N
 
 
 def sliding_window_predict(
-    image: np.ndarray,
+    image: Image,
     windows: WindowPlan,
     predict: Predictor,
     *,

@@ -12,7 +12,7 @@ from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.scheduler import sliding_window_predict
 from ceds_deploy.inference.windows import WindowPlan, plan_windows, windows_with_content
 from ceds_deploy.spec import ModelSpec
-from ceds_deploy.transforms.preprocess import prepare_scan
+from ceds_deploy.transforms.preprocess import Image, prepare_scan_on
 from ceds_deploy.transforms.restore import restore_prediction
 from ceds_deploy.volume import Volume
 
@@ -59,7 +59,7 @@ def work_device(backend: Backend) -> str:
     return "cpu"
 
 
-def window_plan_for(image: np.ndarray, spec: ModelSpec, options: SegmentOptions) -> WindowPlan:
+def window_plan_for(image: Image, spec: ModelSpec, options: SegmentOptions) -> WindowPlan:
     """The windows to compute over a pre-processed image (air-only ones dropped unless asked)."""
     plan = plan_windows(image.shape, inference_window(image.shape, spec, options.window), options.overlap)
     return windows_with_content(plan, image) if options.skip_air else plan
@@ -84,7 +84,7 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
     options = options or SegmentOptions()
     spec = backend.spec
     device = work_device(backend)
-    image, mapping = prepare_scan(volume, spec, device)
+    image, mapping = prepare_scan_on(volume, spec, device, as_tensor=is_cuda(device))
     windows = window_plan_for(image, spec, options)
     seg, conf = sliding_window_predict(
         image,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ceds_deploy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ceds_deploy.transforms.preprocess import Image
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def plan_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: fl
     return WindowPlan(tuple(int(n) for n in image_shape), tuple(int(r) for r in roi), grid.astype(np.int64))
 
 
-def windows_with_content(plan: WindowPlan, image: np.ndarray, threshold: float = 0.0) -> WindowPlan:
+def windows_with_content(plan: WindowPlan, image: Image, threshold: float = 0.0) -> WindowPlan:
     """Drop windows in which no voxel exceeds `threshold`.
 
     On the HU-windowed model input, 0 means "at or below the window's lower bound" (air, lung):

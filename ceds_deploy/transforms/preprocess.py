@@ -14,7 +14,9 @@ Only the block of the grid the crop can need is ever resampled, straight from th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -24,22 +26,41 @@ from ceds_deploy.transforms.resample import resample
 from ceds_deploy.transforms.spacing import SpacingGrid, spacing_grid, taps_reaching
 from ceds_deploy.volume import Geometry, Volume
 
+if TYPE_CHECKING:
+    import torch
 
-def hu_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Clip HU to `window` and scale to [0, 1], in place on a float32 array."""
+Image = Union[np.ndarray, "torch.Tensor"]  # a model-grid image on the host, or on the GPU that runs the model
+
+
+def hu_window(array: Image, window: tuple[float, float]) -> Image:
+    """Clip HU to `window` and scale to [0, 1], in place on a float32 array or tensor (the same
+    float32 operations either way)."""
     low, high = window
-    np.clip(array, low, high, out=array)
+    if isinstance(array, np.ndarray):
+        np.clip(array, low, high, out=array)
+    else:
+        array.clamp_(low, high)
     array -= low
     array *= 1.0 / (high - low)
     return array
 
 
-def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """The smallest box holding every True voxel of a 3D mask (MONAI's CropForeground, margin 0);
-    None when there is none."""
+def _hits(mask: Image, axis: int) -> np.ndarray:
+    """Indices along `axis` of the planes holding a True voxel."""
+    other = tuple(a for a in range(3) if a != axis)
+    if isinstance(mask, np.ndarray):
+        return np.flatnonzero(mask.any(axis=other))
+    import torch
+
+    return torch.nonzero(mask.any(dim=other[1]).any(dim=other[0])).flatten().cpu().numpy()
+
+
+def bounding_box(mask: Image) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The smallest box holding every True voxel of a 3D mask, an array or a tensor (MONAI's
+    CropForeground, margin 0); None when there is none."""
     start, stop = [], []
     for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        hits = _hits(mask, axis)
         if hits.size == 0:
             return None
         start.append(int(hits[0]))
@@ -77,19 +98,36 @@ class GridMapping:
         return self.grid.with_(origin=tuple(self.grid.index_to_world(corner)), shape=shape)
 
 
-def _pad_to_roi(array: np.ndarray, roi: tuple[int, ...], value: float) -> tuple[np.ndarray, tuple, tuple]:
+def _pad_to_roi(array: Image, roi: tuple[int, ...], value: float) -> tuple[Image, tuple, tuple]:
     """Pad symmetrically (the odd voxel after) to at least `roi`, as MONAI's SpatialPad."""
     total = [max(0, r - n) for r, n in zip(roi, array.shape)]
     before = tuple(p // 2 for p in total)
     after = tuple(p - b for p, b in zip(total, before))
-    if any(total):
+    if not any(total):
+        return array, before, after
+    if isinstance(array, np.ndarray):
         array = np.pad(array, list(zip(before, after)), constant_values=value)
+    else:  # torch pads the last axis first
+        import torch
+
+        pads = [p for b, a in zip(before[::-1], after[::-1]) for p in (b, a)]
+        array = torch.nn.functional.pad(array[None, None], pads, value=value)[0, 0]
     return array, before, after
 
 
 def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[np.ndarray, GridMapping]:
     """A scan in HU -> (float32 array in [0, 1] on the model grid, the mapping to undo it).
     `device` is where the resampling runs (a GPU when the backend has one)."""
+    array, mapping = prepare_scan_on(image, spec, device, as_tensor=False)
+    assert isinstance(array, np.ndarray)
+    return array, mapping
+
+
+def prepare_scan_on(
+    image: Volume, spec: ModelSpec, device: str = "cpu", as_tensor: bool = True
+) -> tuple[Image, GridMapping]:
+    """`prepare_scan`, with `as_tensor` the result as a float32 tensor left on `device` where it was
+    made: on a GPU the windows are then cut there and the image never crosses to the host."""
     r = canonical_reorientation(image.geometry)
     canonical = reorient_geometry(image.geometry, r)
     grid = spacing_grid(canonical, spec.target_spacing)
@@ -104,12 +142,13 @@ def prepare_scan(image: Volume, spec: ModelSpec, device: str = "cpu") -> tuple[n
         taps = [tuple(part[a:b] for part in t) for t, (a, b) in zip(taps, block)]
     else:
         block = [(0, m) for m in grid.geometry.shape]
-    resampled = resample(source, taps, "linear", device)
-    box = bounding_box(resampled > threshold) if resampled.size else None
+    resampled = resample(source, taps, "linear", device, to_host=not as_tensor)
+    box = bounding_box(resampled > threshold) if math.prod(resampled.shape) else None
     if box is None:  # nothing above the threshold: keep the whole block (MONAI would crop to nothing)
-        box = ((0, 0, 0), resampled.shape)
-    region = hu_window(np.array(resampled[tuple(slice(a, b) for a, b in zip(*box))], copy=True), spec.hu_window)
-    del resampled
+        box = ((0, 0, 0), tuple(resampled.shape))
+    crop = resampled[tuple(slice(a, b) for a, b in zip(*box))]
+    region = hu_window(np.array(crop, copy=True) if isinstance(crop, np.ndarray) else crop.clone(), spec.hu_window)
+    del resampled, crop
     array, pad_before, pad_after = _pad_to_roi(region, spec.roi_size, 0.0)
     start = tuple(o + a for (o, _), a in zip(block, box[0]))
     stop = tuple(o + b for (o, _), b in zip(block, box[1]))

@@ -51,11 +51,12 @@ def _gather(tensor, axis: int, taps: Taps):
     return torch.lerp(lo.float(), hi.float(), weight)
 
 
-def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu") -> np.ndarray:
+def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu", to_host: bool = True):
     """Sample a 3D numpy view (any strides, flips or type) at `taps`, one per axis, on `device`;
-    returns a C-contiguous array on the host: float32 for mode 'linear', the input's type for
-    'nearest'. The view is read in the order it lies in memory and only the slab the taps touch
-    is read, so a transposed or flipped view of a large scan is never copied."""
+    returns a C-contiguous array on the host (with `to_host=False`, a contiguous tensor on `device`):
+    float32 for mode 'linear', the input's type for 'nearest'. The view is read in the order it lies
+    in memory and only the slab the taps touch is read, so a transposed or flipped view of a large
+    scan is never copied."""
     import torch
 
     base, order, flips = _memory_view(array)
@@ -71,7 +72,8 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     moved = [(low - a, high - a, frac) for (low, high, frac), a in zip(moved, first)]
     rows = len(moved[0][0])
     if rows == 0 or not len(moved[1][0]) or not len(moved[2][0]):
-        return np.empty(tuple(len(t[0]) for t in taps), dtype=np.float32 if mode == "linear" else array.dtype)
+        empty = np.empty(tuple(len(t[0]) for t in taps), dtype=np.float32 if mode == "linear" else array.dtype)
+        return empty if to_host else torch.from_numpy(empty).to(device)
     # Output rows in chunks, so no temporary is larger than a chunk of the scan: each reads its
     # few slowest-axis rows (whole contiguous planes), then narrows them.
     step = _chunk_rows(device, slab[0].size)
@@ -86,13 +88,17 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     if mode == "linear":
         tensor = tensor.float()
     # Back to `array`'s axis order on the device, where the copy is cheapest.
-    out = tensor.permute(*(int(a) for a in np.argsort(order))).contiguous().cpu().numpy()
+    back = tensor.permute(*(int(a) for a in np.argsort(order))).contiguous()
+    if not to_host:
+        return back
+    out = back.cpu().numpy()
     return out.astype(array.dtype) if out.dtype != array.dtype and mode == "nearest" else out
 
 
-def resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None:
+def resample_into(target: np.ndarray, source, taps: list[Taps], device, above: float | None = None) -> None:
     """Fill the 3D view `target` (large: a box of the scan's grid) from the torch tensor `source`
-    (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order."""
+    (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order.
+    With `above`, `target` receives (value > above) instead, thresholded on `device`."""
     import torch
 
     base, order, flips = _memory_view(target)
@@ -110,4 +116,6 @@ def resample_into(target: np.ndarray, source, taps: list[Taps], device) -> None:
         first, last = int(min(low[part].min(), high[part].min())), int(max(low[part].max(), high[part].max())) + 1
         chunk = _gather(source[first:last], 0, (low[part] - first, high[part] - first, frac[part]))
         chunk = _gather(_gather(chunk, 2, moved[2]), 1, moved[1])
+        if above is not None:
+            chunk = chunk > above
         writable[part].copy_(chunk.to(writable.dtype) if chunk.dtype != writable.dtype else chunk)

@@ -19,7 +19,7 @@ UNCOVERED_CONFIDENCE = 1.0
 
 
 def restore_to_source(
-    channels, mapping: GridMapping, fill: float | tuple[float, ...], mode: str = "linear"
+    channels, mapping: GridMapping, fill: float | tuple[float, ...], mode: str = "linear", above: float | None = None
 ) -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
@@ -27,6 +27,8 @@ def restore_to_source(
     nearest is for masks. As MONAI's `Invertd`: outside the body crop the grid holds `fill` (one
     value or one per channel), and each scan voxel reads the grid at its own position, clamped to
     the grid's edge. `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
+    With `above`, each channel comes back as uint8 (value > above), thresholded where it was
+    resampled: from a GPU only the mask crosses to the host.
     """
     import torch.nn.functional as F
 
@@ -37,7 +39,13 @@ def restore_to_source(
     device = tensor.device
     floating = tensor.dtype.is_floating_point
     # Linear interpolation makes fractions: only nearest keeps an integer type.
-    dtype = np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    dtype: type | np.dtype = (
+        np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    )
+    # What the scan's voxels outside the crop hold: the fill, or whether it is above the threshold.
+    outside = fills if above is None else (fills > above).astype(np.uint8)
+    if above is not None:
+        dtype = np.uint8
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
     out = np.empty((channels.shape[0], *mapping.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
@@ -52,12 +60,12 @@ def restore_to_source(
         low, high, frac = (part[a:b] for part in t)
         local.append((np.clip(low - c0 + 1, 0, n + 1), np.clip(high - c0 + 1, 0, n + 1), frac))
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
-        out[c].fill(fills[c])
+        out[c].fill(outside[c])
         if any(a == b for a, b in box):
             continue
         ring = F.pad(crop[c][None], (1, 1, 1, 1, 1, 1), value=float(fills[c]))[0]
         target = canonical[c][tuple(slice(a, b) for a, b in box)]
-        resample_into(target, ring, local, device)
+        resample_into(target, ring, local, device, above)
     return out
 
 
@@ -101,12 +109,14 @@ def restore_prediction(
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
         diff = (seg[1] - seg[0])[None]
         del seg
-        restored = restore_to_source(diff, mapping, fill=-2 * BACKGROUND_LOGIT)[0]
-        mask = (restored > 0).astype(np.uint8)
         probabilities = None
         if keep_probabilities:
+            restored = restore_to_source(diff, mapping, fill=-2 * BACKGROUND_LOGIT)[0]
+            mask = (restored > 0).astype(np.uint8)
             probabilities = torch.sigmoid(torch.from_numpy(restored)).numpy()
-        del restored
+            del restored
+        else:  # thresholded where it is resampled (from a GPU a uint8 mask crosses, not float logits)
+            mask = restore_to_source(diff, mapping, fill=-2 * BACKGROUND_LOGIT, above=0.0)[0]
     else:
         fills = [BACKGROUND_LOGIT] + [-BACKGROUND_LOGIT] * (seg.shape[0] - 1)
         restored = restore_to_source(seg, mapping, fill=tuple(fills))
