@@ -41,6 +41,16 @@ MAX_PLAUSIBLE_ML = 1500.0  # larger than the mediastinum itself
 DEFAULT_REVIEW_BELOW = 0.7  # expected Dice below which a case is flagged
 
 
+def _sum_inside(values: np.ndarray, inside: np.ndarray, count: int, below: float | None = None) -> tuple[float, int]:
+    """(sum of `values` over the `count` True voxels of `inside`, how many of them are below `below`),
+    without gathering a large selection (random or broad masks) into a temporary."""
+    if count * 20 < inside.size:
+        chosen = values[inside]
+        return float(chosen.sum(dtype=np.float64)), int(np.count_nonzero(chosen < below)) if below is not None else 0
+    total = float(np.sum(values, where=inside, dtype=np.float64))
+    return total, int(np.count_nonzero((values < below) & inside)) if below is not None else 0
+
+
 def expected_dice(mask: np.ndarray, calibrated: np.ndarray, spacing: tuple[float, ...], margin_mm: float) -> float:
     """E[Dice] of `mask` from a calibrated confidence map (see the module docstring); 0.0 when nothing
     is predicted."""
@@ -48,7 +58,7 @@ def expected_dice(mask: np.ndarray, calibrated: np.ndarray, spacing: tuple[float
     count = int(np.count_nonzero(tumour))
     if count == 0:
         return 0.0
-    right_inside = float(calibrated[tumour].sum(dtype=np.float64))
+    right_inside, _ = _sum_inside(calibrated, tumour, count)
     around = calibration_region(mask, spacing, margin_mm) & ~tumour
     missed = float((1.0 - calibrated[around]).sum(dtype=np.float64))
     return 2.0 * right_inside / (count + right_inside + missed)
@@ -76,9 +86,9 @@ def assess(
     calibrated = calibration_margin_mm is not None and spacing is not None
     if count == 0:
         return CaseFindings(0.0, math.nan, math.nan, True, "no tumour found", 0.0 if calibrated else math.nan)
-    values = confidence[inside]
-    mean_conf = float(values.mean())
-    low = float(np.count_nonzero(values < threshold)) / count
+    total, below = _sum_inside(confidence, inside, count, threshold)
+    mean_conf = total / count
+    low = below / count
     reasons = []
     score = math.nan
     if calibrated:
