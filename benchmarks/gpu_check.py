@@ -3,22 +3,28 @@
 On the three full-size phantoms `make_case(3000 + i, seed=11, size="full")` (written as .nii.gz) and
 the paper's width-16 network with random weights (timing only):
 
+- cold_floor: a fresh process's fixed costs (`cuda_first_calls.py`: import, CUDA context, model
+  load, the first convolution call, first and steady calls per batch with cuDNN autotuning off/on);
 - cold_cli: `ceds segment scans out --model w16.pt --device cuda` in a fresh process, as a user runs
-  it (3 times): wall, time to first mask, the report's per-stage seconds;
+  it (3 times; `--cli-extra` adds one run with other options): wall, time to first mask, the
+  report's startup and per-stage seconds;
 - cold_monai: a plain MONAI script (`benchmarks/monai_gpu_reference.py`) in a fresh process (2 times),
   each segmenting the folder twice (its second pass is the MONAI warm figure);
 - warm: our pipeline in this process after a warm-up scan (`end_to_end`), fp16 batch 4, eager and
-  CUDA graph, with the network alone on the same windows beside it (`network_alone`: fp16,
-  channels-last, batch 4) and the ratio;
-- train: 50 training steps at the paper's width and patch in fp32 and mixed precision (auto):
-  steps/s and step times by phase before and after a validation.
+  CUDA graph, cuDNN autotuned, with its timeline of progress events, each scan alone, and (eager)
+  the scans 4 times over in one folder; the network alone on the same windows beside it
+  (`network_alone`: fp16, channels-last, batch 4) and the ratios;
+- watch: `ceds segment --watch` in a fresh process, the other scans dropped in one by one: the time
+  from each rename to its mask, against that scan's warm time alone;
+- train: training steps (`--train-steps`, 50) at the paper's width and patch in fp32 and mixed
+  precision (auto): steps/s and step times by phase before and after a validation.
 
 Optional parts (`--parts ... tests throughput precision tensorrt`): the GPU tests, window
 throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT. Every part runs in its own
 try/except (an error is recorded in the JSON, the others go on), and parts that would start after
 `--budget-s` are skipped and say so.
 
-    python benchmarks/gpu_check.py --out OUT_DIR              # on a GPU machine, about 5-7 minutes
+    python benchmarks/gpu_check.py --out OUT_DIR              # on a GPU machine, about 6 minutes
     python benchmarks/gpu_check.py --out OUT_DIR --smoke      # the same parts on the CPU, tiny sizes
 
 Writes OUT_DIR/gpu_check.json after every part; prints tables as it goes. On a machine without

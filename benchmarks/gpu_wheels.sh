@@ -8,7 +8,7 @@
 #
 #   bash benchmarks/gpu_wheels.sh
 #
-# Then, one device call (about 6-8 minutes on an H100/H200; timeout_s 600):
+# Then, one device call (about 6 minutes on an H200 with every default part; timeout_s 600):
 #   run(carry=[".whl"], timeout_s=600, command=
 #     "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 #      && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
