@@ -216,3 +216,69 @@ def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) 
     assert 0 <= checkpoint["ece_held_out_after"] <= 1 and 0 <= checkpoint["ece_held_out_before"] <= 1
     assert all(0 <= c["expected_dice"] <= 1 and 0 <= c["dice"] <= 1 for c in checkpoint["cases"])
     assert (report.parent / checkpoint["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("layout", ["scan", "c_order"])
+def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(layout, monkeypatch) -> None:
+    """`calibrate_and_quantize` (a table per 2^-16 of the raw value, the exact path where a step
+    changes or a knot lies) gives the reference path's float32 values exactly: random raw values,
+    values on and next to every knot and step edge, 1.0 and 0.0, all classes, a class without a
+    table, on the restored maps' transposed layout and on a plain one."""
+    import ceds_deploy.transforms.confidence as confidence
+    from ceds_deploy.transforms.confidence import calibrate_and_quantize, quantize_confidence
+
+    exact_sizes: list[int] = []
+    reference_exact = confidence._exact
+    monkeypatch.setattr(confidence, "_exact", lambda v, p, c: exact_sizes.append(v.size) or reference_exact(v, p, c))
+    rng = np.random.default_rng(0)
+    knots = np.unique(np.concatenate([[0.0, 1.0], rng.random(30)]))
+    calibration = Calibration(
+        tables=(
+            tuple(zip(knots.tolist(), np.sort(rng.random(knots.size)).tolist())),
+            ((0.0, 0.05), (0.3, 0.3), (0.3001, 0.71), (1.0, 0.97)),
+        )
+    )
+    shape = (40, 30, 25)
+    raw = rng.random(shape, dtype=np.float32)
+    special = np.concatenate(
+        [knots, np.nextafter(knots, 0), np.nextafter(knots, 1), [0.0, 1.0, 0.3, 0.3001], (np.arange(1025) + 0.5) / 1024]
+    ).astype(np.float32)
+    raw.flat[: special.size] = np.clip(special, 0, 1)
+    labels = rng.integers(0, 3, shape).astype(np.uint8)  # class 2 has no table: apply leaves it raw
+    if layout == "scan":  # as restore_to_source lays maps out: x fastest in memory
+        raw, labels = np.ascontiguousarray(raw.T).T, np.ascontiguousarray(labels.T).T
+    expected = raw.copy()
+    calibration.apply(expected, labels)
+    quantize_confidence(expected)
+    fast = raw.copy() if layout == "c_order" else np.ascontiguousarray(raw.T).T
+    result = calibrate_and_quantize(fast, labels, calibration)
+    assert result is fast and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, expected)
+    tables = [n for n in exact_sizes if n == 1 << 16 | 1]  # building the lookup tables
+    assert len(tables) == 4 and max(n for n in exact_sizes if n not in tables) < raw.size // 2  # the fast path ran
+    assert len(np.unique(fast)) > 500  # the tables were exercised, not a constant
+
+
+def test_assess_gives_the_same_findings_on_the_restored_maps_layout() -> None:
+    """Restored maps are x fastest in memory; assess walks them in memory order (spacing permuted
+    alike) and finds exactly what it finds on C-ordered copies, anisotropic spacing included."""
+    rng = np.random.default_rng(2)
+    shape = (60, 50, 40)
+    mask = np.zeros(shape, np.uint8)
+    mask[20:35, 10:30, 5:20] = 1
+    mask[rng.random(shape) > 0.999] = 1  # scattered voxels widen the box
+    conf = rng.random(shape, dtype=np.float32)
+    spacing = (0.7, 0.9, 2.5)
+    plain = assess(mask, conf, 0.001, 0.5, spacing=spacing, calibration_margin_mm=6.0)
+    scan_layout = assess(
+        np.ascontiguousarray(mask.T).T,
+        np.ascontiguousarray(conf.T).T,
+        0.001,
+        0.5,
+        spacing=spacing,
+        calibration_margin_mm=6.0,
+    )
+    assert scan_layout.expected_dice == pytest.approx(plain.expected_dice, rel=1e-12)
+    assert scan_layout.tumour_ml == plain.tumour_ml and scan_layout.needs_review == plain.needs_review
+    assert scan_layout.mean_confidence == pytest.approx(plain.mean_confidence, rel=1e-12)
+    assert 0 < plain.expected_dice < 1

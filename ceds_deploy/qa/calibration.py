@@ -24,19 +24,20 @@ import numpy as np
 from ceds_deploy.qa.metrics import expected_calibration_error, reliability_bins
 from ceds_deploy.spec import Calibration
 
-LEVELS = 1024  # the stored confidence map's steps (transforms.restore.CONFIDENCE_STEPS)
+LEVELS = 1024  # the stored confidence map's steps (transforms.confidence.CONFIDENCE_STEPS)
 DEFAULT_MARGIN_MM = 10.0
 
 
-def calibration_region(mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM):
-    """The voxels the calibration and the review score look at: the predicted tumour (mask > 0) and every
-    voxel within `margin_mm` (Euclidean, in mm) of it; all False when nothing is predicted."""
+def calibration_box(
+    mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM
+) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(the box of the mask's bounding box plus the margin, the calibration region inside that box);
+    None when nothing is predicted. Outside the box the region is all False."""
     from scipy import ndimage
 
     tumour = mask > 0
-    region = np.zeros(mask.shape, dtype=bool)
     if not tumour.any():
-        return region
+        return None
     reach = [int(np.ceil(margin_mm / s)) for s in spacing]
     box = []
     for axis in range(3):  # the distance transform runs in the mask's bounding box plus the margin only
@@ -45,7 +46,16 @@ def calibration_region(mask: np.ndarray, spacing: tuple[float, ...], margin_mm: 
         box.append(slice(max(0, int(hits[0]) - reach[axis]), min(mask.shape[axis], int(hits[-1]) + reach[axis] + 1)))
     inside = tuple(box)
     distance = ndimage.distance_transform_edt(~tumour[inside], sampling=[float(s) for s in spacing])
-    region[inside] = distance <= margin_mm
+    return inside, distance <= margin_mm
+
+
+def calibration_region(mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM):
+    """The voxels the calibration and the review score look at: the predicted tumour (mask > 0) and every
+    voxel within `margin_mm` (Euclidean, in mm) of it; all False when nothing is predicted."""
+    region = np.zeros(mask.shape, dtype=bool)
+    found = calibration_box(mask, spacing, margin_mm)
+    if found is not None:
+        region[found[0]] = found[1]
     return region
 
 

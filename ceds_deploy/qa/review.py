@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ceds_deploy.qa.calibration import calibration_region
+from ceds_deploy.qa.calibration import calibration_box
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,17 @@ def _sum_inside(values: np.ndarray, inside: np.ndarray, count: int, below: float
     return total, int(np.count_nonzero((values < below) & inside)) if below is not None else 0
 
 
+def _in_memory_order(mask: np.ndarray, confidence: np.ndarray, spacing: tuple[float, ...] | None):
+    """Both maps (and the spacing) with their axes in memory order, when they lie in memory alike: a
+    restored map is x fastest, and a scan through it in the other order reads across memory."""
+    order = tuple(int(a) for a in np.argsort(-np.abs(np.asarray(mask.strides)), kind="stable"))
+    same = order == tuple(int(a) for a in np.argsort(-np.abs(np.asarray(confidence.strides)), kind="stable"))
+    if not same or mask.shape != confidence.shape or order == tuple(range(mask.ndim)):
+        return mask, confidence, spacing
+    moved = None if spacing is None else tuple(spacing[a] for a in order)
+    return mask.transpose(order), confidence.transpose(order), moved
+
+
 def expected_dice(mask: np.ndarray, calibrated: np.ndarray, spacing: tuple[float, ...], margin_mm: float) -> float:
     """E[Dice] of `mask` from a calibrated confidence map (see the module docstring); 0.0 when nothing
     is predicted."""
@@ -59,8 +70,11 @@ def expected_dice(mask: np.ndarray, calibrated: np.ndarray, spacing: tuple[float
     if count == 0:
         return 0.0
     right_inside, _ = _sum_inside(calibrated, tumour, count)
-    around = calibration_region(mask, spacing, margin_mm) & ~tumour
-    missed = float((1.0 - calibrated[around]).sum(dtype=np.float64))
+    found = calibration_box(mask, spacing, margin_mm)
+    assert found is not None  # count > 0
+    box, region = found  # the region is empty outside its box: only the box is looked at
+    around = region & ~tumour[box]
+    missed = float((1.0 - calibrated[box][around]).sum(dtype=np.float64))
     return 2.0 * right_inside / (count + right_inside + missed)
 
 
@@ -80,6 +94,7 @@ def assess(
     With `calibration_margin_mm` (the model is calibrated) and `spacing`, the flag is the expected Dice
     below `review_below`; without, a share of the tumour above `max_low_fraction` below `threshold`.
     Implausible volumes and no tumour are flagged either way."""
+    mask, confidence, spacing = _in_memory_order(mask, confidence, spacing)
     inside = mask > 0
     count = int(np.count_nonzero(inside))
     tumour_ml = count * voxel_ml

@@ -1,0 +1,89 @@
+"""The confidence map's last step: the model's calibration, then rounding to steps of 1/1024.
+
+`Calibration.apply` (np.interp per predicted class) followed by `quantize_confidence` is exact but
+costs about 10 s on a 512x512x300 scan (a boolean gather and scatter per class over a transposed
+array). `calibrate_and_quantize` gives the same values bit for bit in a few passes: the result is
+one of 1025 steps and a monotone function of the raw value within one table segment, so it is
+constant over almost every interval of width 2^-16 of the raw value; a table of those intervals per
+class answers most voxels, and the rest (intervals holding a step change or a knot) go through the
+exact path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ceds_deploy.spec import Calibration
+
+CONFIDENCE_STEPS = 1024  # confidence is stored in steps of 1/1024 (max error 4.9e-4)
+BUCKETS = 1 << 16  # intervals of the raw value in the lookup table
+
+
+def quantize_confidence(conf: np.ndarray) -> np.ndarray:
+    """Round a [0, 1] map to multiples of 1/CONFIDENCE_STEPS, in place. The float32 values then
+    have short mantissas, so the compressed file is 2.3-2.7x smaller (512x512x300: 127 MB -> 54 MB
+    with ISA-L level 1, 129 -> 47 MB with ITK's writer), at an error far below the confidence's own."""
+    conf *= CONFIDENCE_STEPS
+    np.round(conf, out=conf)
+    conf *= 1.0 / CONFIDENCE_STEPS
+    return conf
+
+
+def _exact(values: np.ndarray, predicted: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """The reference path on a few voxels: calibrate, then quantize (float32, in place)."""
+    calibration.apply(values, predicted)
+    return quantize_confidence(values)
+
+
+def _tables(calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """Per class and interval b (raw values in [b, b+1) / BUCKETS; the last entry is 1.0 itself): the
+    final value where it is the same over the whole interval, and whether it is not (exact path)."""
+    low = np.arange(BUCKETS + 1, dtype=np.float32) / np.float32(BUCKETS)
+    high = np.append(np.nextafter(low[1:], np.float32(0)), np.float32(1))  # the largest float32 in each
+    classes = len(calibration.tables)
+    values = np.empty((classes, BUCKETS + 1), np.float32)
+    mixed = np.empty((classes, BUCKETS + 1), bool)
+    for k, table in enumerate(calibration.tables):
+        label = np.full(low.shape, k)
+        at_low, at_high = _exact(low.copy(), label, calibration), _exact(high.copy(), label, calibration)
+        values[k], mixed[k] = at_low, at_low != at_high
+        knots = (np.array([x for x, _ in table]) * BUCKETS).astype(np.int64)  # a knot's interval: exact path
+        mixed[k, np.clip(knots, 0, BUCKETS)] = True
+    return values, mixed
+
+
+def _flat_views(conf: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both arrays as 1-D views in memory order, when they lie in memory alike (restored maps do)."""
+    if conf.shape != predicted.shape or not np.array_equal(np.argsort(conf.strides), np.argsort(predicted.strides)):
+        return None
+    flat_conf, flat_pred = conf.ravel(order="K"), predicted.ravel(order="K")
+    if conf.size and not (np.shares_memory(flat_conf, conf) and np.shares_memory(flat_pred, predicted)):
+        return None
+    return flat_conf, flat_pred
+
+
+CHUNK = 1 << 22  # voxels a pass works on: temporaries stay small and in cache
+
+
+def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """`calibration.apply(conf, predicted)` (when given), then `quantize_confidence(conf)`, in place on
+    a float32 map in [0, 1] with its predicted classes (same shape): the same values bit for bit."""
+    if calibration is None:
+        return quantize_confidence(conf)
+    views = _flat_views(conf, predicted)
+    if views is None or conf.dtype != np.float32:
+        return _exact(conf, predicted, calibration)
+    flat, labels = views
+    values, mixed = _tables(calibration)
+    classes = len(calibration.tables)
+    for start in range(0, flat.size, CHUNK):
+        part, label = flat[start : start + CHUNK], labels[start : start + CHUNK]
+        bucket = (part * np.float32(BUCKETS)).astype(np.int32)  # exact scaling; truncation is the floor here
+        result, exact = values[0][bucket], mixed[0][bucket]
+        for k in range(1, classes):
+            chosen = np.flatnonzero(label == k)
+            result[chosen], exact[chosen] = values[k][bucket[chosen]], mixed[k][bucket[chosen]]
+        redo = np.flatnonzero(exact | (label >= classes))  # a class without a table keeps apply's answer
+        result[redo] = _exact(part[redo], label[redo], calibration)
+        part[:] = result
+    return conf
