@@ -218,7 +218,7 @@ def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) 
     assert (report.parent / checkpoint["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("layout", ["scan", "c_order"])
+@pytest.mark.parametrize("layout", ["scan", "c_order", "mixed"])
 def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(layout, monkeypatch) -> None:
     """`calibrate_and_quantize` (a table per 2^-16 of the raw value, the exact path where a step
     changes or a knot lies) gives the reference path's float32 values exactly: random raw values,
@@ -245,8 +245,10 @@ def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(
     ).astype(np.float32)
     raw.flat[: special.size] = np.clip(special, 0, 1)
     labels = rng.integers(0, 3, shape).astype(np.uint8)  # class 2 has no table: apply leaves it raw
-    if layout == "scan":  # as restore_to_source lays maps out: x fastest in memory
-        raw, labels = np.ascontiguousarray(raw.T).T, np.ascontiguousarray(labels.T).T
+    if layout in ("scan", "mixed"):  # as restore_to_source lays maps out: x fastest in memory
+        raw = np.ascontiguousarray(raw.T).T
+    if layout == "scan":  # mixed: the classes C-ordered, the map not
+        labels = np.ascontiguousarray(labels.T).T
     expected = raw.copy()
     calibration.apply(expected, labels)
     quantize_confidence(expected)

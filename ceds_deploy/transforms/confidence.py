@@ -53,13 +53,22 @@ def _tables(calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _flat_views(conf: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both arrays as 1-D views in memory order, when they lie in memory alike (restored maps do)."""
-    if conf.shape != predicted.shape or not np.array_equal(np.argsort(conf.strides), np.argsort(predicted.strides)):
+    """Both arrays as 1-D views in memory order (the classes copied into the map's layout when they
+    lie otherwise); None when the map itself is not one block of memory."""
+    if conf.shape != predicted.shape:
         return None
+    if not np.array_equal(np.argsort(conf.strides), np.argsort(predicted.strides)):
+        predicted = _copied_like(conf, predicted)
     flat_conf, flat_pred = conf.ravel(order="K"), predicted.ravel(order="K")
     if conf.size and not (np.shares_memory(flat_conf, conf) and np.shares_memory(flat_pred, predicted)):
         return None
     return flat_conf, flat_pred
+
+
+def _copied_like(conf: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    copy = np.empty_like(conf, dtype=predicted.dtype)  # the map's memory layout
+    copy[...] = predicted
+    return copy
 
 
 CHUNK = 1 << 22  # voxels a pass works on: temporaries stay small and in cache
