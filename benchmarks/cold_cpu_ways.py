@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,9 +28,10 @@ from benchmarks.gpu_cold import report_summary, run_cold  # noqa: E402
 WAYS = ("ceds segment", "MONAI speed-aware", "MONAI defaults")
 
 
-def command(way: str, scans: Path, out: Path, model: Path) -> list[str]:
+def command(way: str, scans: Path, out: Path, model: Path, ceds_args: list[str] | None = None) -> list[str]:
     if way == "ceds segment":
-        return [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(scans), str(out), "--model", str(model)]
+        run = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(scans), str(out), "--model", str(model)]
+        return [*run, *(ceds_args or [])]
     script = Path(__file__).resolve().parent / "monai_gpu_reference.py"
     extra = ["--speed-aware"] if way == "MONAI speed-aware" else []
     run = [sys.executable, str(script), str(scans), str(out), "--model", str(model), "--device", "cpu"]
@@ -58,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ceds-bench")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/cold_cpu_ways.json"))
+    parser.add_argument("--ceds-args", default="", help='more `ceds segment` options, one string ("--precision bf16")')
+    parser.add_argument("--ways", nargs="*", default=list(WAYS), help=f"of {WAYS}")
     args = parser.parse_args(argv)
     scans = make_scans(args.work / "scans", args.cases, args.size, args.seed)[0].parent
     load_before = os.getloadavg()
     runs: list[dict] = []
     for repeat in range(args.repeats):
-        for way in WAYS:  # interleaved: a load that comes and goes hits every way alike
+        for way in args.ways:  # interleaved: a load that comes and goes hits every way alike
             out = args.work / "cold" / f"{way.replace(' ', '-')}-{repeat}"
-            result = run_cold(command(way, scans, out, args.model), out, args.timeout_s)
+            shutil.rmtree(out, ignore_errors=True)  # a folder with outputs would be skipped, not timed
+            result = run_cold(command(way, scans, out, args.model, args.ceds_args.split()), out, args.timeout_s)
             result.update(way=way, repeat=repeat)
             if way == "ceds segment":
                 result.update(report_summary(out))
