@@ -471,7 +471,17 @@ def summary(results: dict) -> dict:
         "cold_monai_first_mask_s": monai.get("first_mask_s"),
         "monai_warm_pass_s": monai.get("warm_pass_s"),
         "warm_wall_s": {k: v.get("wall_s") for k, v in warm_runs.items() if isinstance(v, dict) and "wall_s" in v},
+        "warm_ratio_to_network": {
+            k: v.get("ratio_to_network") for k, v in warm_runs.items() if isinstance(v, dict) and "wall_s" in v
+        },
+        "many_scans_ratio_to_network": {
+            k: v.get("many_scans_ratio_to_network")
+            for k, v in warm_runs.items()
+            if isinstance(v, dict) and v.get("many_scans_ratio_to_network")
+        },
         "network_alone": warm_runs.get("network_alone"),
+        "watch_dropped_s": results.get("watch", {}).get("dropped"),
+        "watch_ratio_to_warm_single": results.get("watch", {}).get("ratio_to_warm_single"),
         "train_steps_per_s": {
             k: (v.get("precision"), v.get("steady_steps_per_s"))
             for k, v in train_runs.items()
