@@ -220,3 +220,53 @@ def test_sheared_nifti_is_said_to_be_refused_by_itk(tmp_path):
     both = write_raw_nifti(tmp_path / "qform.nii.gz", np.zeros((12, 10, 8), np.int16), affine=sheared)
     with pytest.raises(ScanError, match=r"qform\.nii\.gz: its sform is sheared \(axes not orthogonal\)"):
         read_scan(both)
+
+
+@pytest.mark.parametrize("name", ["plain.nii", "packed.nii.gz"])
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", "<u1", "<f4", ">f8", "<u2"])
+def test_plain_nifti_voxels_read_directly_equal_itks_reading(tmp_path, name, dtype):
+    """Plain NIfTI-1 voxels are read straight from the file (ISA-L for .gz) instead of by ITK: the
+    same values, type, layout (x fastest) and geometry as ITK's reading, any byte order."""
+    import SimpleITK as sitk
+
+    import ceds_deploy.io.read as read_module
+
+    rng = np.random.default_rng(1)
+    array = (rng.random((13, 11, 7)) * 200 - 50).astype(dtype)
+    affine = RAS_AFFINE.copy()
+    affine[:3, 3] = (-20.5, 31.25, 7.0)
+    path = write_raw_nifti(tmp_path / name, array, affine=affine)
+    volume = read_scan(path, dtype=None)
+    itk = sitk.ReadImage(str(path))
+    expected = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
+    assert volume.array.dtype == expected.dtype and volume.array.dtype.isnative
+    np.testing.assert_array_equal(volume.array, expected)
+    assert volume.array.T.flags.c_contiguous  # x fastest, like ITK's buffer
+    np.testing.assert_array_equal(volume.geometry.spacing, itk.GetSpacing())
+    np.testing.assert_array_equal(volume.geometry.origin, itk.GetOrigin())
+    np.testing.assert_array_equal(np.ravel(volume.geometry.direction), itk.GetDirection())
+    claim = read_module.check_nifti_claim(path, 4)
+    assert read_module._nifti_voxels(path, claim) is not None  # the direct path, not ITK's reader
+
+
+def test_scaled_or_truncated_nifti_voxels_are_left_to_itk(tmp_path):
+    """Scaled voxels (ITK applies scl_slope/scl_inter) and data that ends early are not read directly:
+    ITK's reader gives the scaled values, and says why a truncated file cannot be read."""
+    import gzip
+
+    import nibabel
+
+    import ceds_deploy.io.read as read_module
+
+    array = np.arange(13 * 11 * 7, dtype=np.int16).reshape(13, 11, 7)
+    image = nibabel.Nifti1Image(array, RAS_AFFINE)
+    image.header.set_slope_inter(2.0, -3.0)
+    scaled = tmp_path / "scaled.nii.gz"
+    nibabel.save(image, str(scaled))
+    assert read_module._nifti_voxels(scaled, read_module.check_nifti_claim(scaled, 4)) is None
+    np.testing.assert_allclose(read_scan(scaled).array, array * 2.0 - 3.0)
+    whole = write_raw_nifti(tmp_path / "whole.nii.gz", array)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(gzip.compress(gzip.decompress(whole.read_bytes())[:-500]))
+    with pytest.raises(ScanError, match="cut.nii.gz"):
+        read_scan(cut)

@@ -75,11 +75,17 @@ def _itk_array(path: object, image: Any) -> tuple[Any, np.ndarray, Geometry]:
 
 
 def _finish(
-    path: object, array: np.ndarray, geometry: Geometry, dtype: npt.DTypeLike | None, nonfinite: int = 0
+    path: object,
+    array: np.ndarray,
+    geometry: Geometry,
+    dtype: npt.DTypeLike | None,
+    nonfinite: int = 0,
+    owned: bool = False,
 ) -> Volume:
-    """The `Volume` of `array` as `dtype`; raises `ScanError` for NaN or infinite voxels (`nonfinite`
-    of them found in the file where the reader hid them)."""
-    array = np.array(array, dtype=dtype, order="K")
+    """The `Volume` of `array` as `dtype` (copied unless `owned`: a view of a reader's buffer must
+    be); raises `ScanError` for NaN or infinite voxels (`nonfinite` of them found in the file where
+    the reader hid them)."""
+    array = np.asarray(array, dtype=dtype) if owned else np.array(array, dtype=dtype, order="K")
     if array.dtype.kind == "f":
         nonfinite = max(nonfinite, int(np.count_nonzero(~np.isfinite(array))))
     if nonfinite == array.size:
@@ -204,10 +210,68 @@ def _count_nonfinite(path: Path, claim: NiftiClaim) -> int:
     return count
 
 
+def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
+    """The voxels of a plain NIfTI-1 file read straight from its data (ISA-L for .nii.gz) into one
+    array in ITK's layout, as its (x, y, z) view: about 4x faster than ITK's reader and its copy. None
+    where ITK must read it: scaled voxels (ITK applies scl_slope/scl_inter), more than one volume or
+    channel, or data that ends early or does not decompress (ITK then says what is wrong)."""
+    # nibabel moves scl_slope/scl_inter from a loaded header to the proxy (1 and 0 when unscaled).
+    slope, inter = getattr(claim.image.dataobj, "slope", None), getattr(claim.image.dataobj, "inter", None)
+    shape = claim.shape[:3] if len(claim.shape) == 4 and claim.shape[3] == 1 else claim.shape
+    if slope != 1.0 or inter != 0.0 or len(shape) != 3 or 1 in shape:
+        return None
+    buffer = np.empty(shape[::-1], dtype=claim.dtype)  # (z, y, x): x fastest, as the file stores it
+    target = buffer.reshape(-1).view(np.uint8).data  # a writable byte view of the array
+    try:
+        if path.name.lower().endswith(".gz"):
+            from isal import igzip
+
+            opener: Any = igzip.open(path, "rb")
+        else:
+            opener = open(path, "rb")
+        with opener as fh:
+            fh.seek(claim.offset)
+            filled = 0
+            while filled < len(target) and (count := fh.readinto(target[filled:])):
+                filled += count
+    except (OSError, EOFError, ValueError):
+        return None
+    if filled < len(target):
+        return None
+    native = buffer if buffer.dtype.isnative else buffer.astype(buffer.dtype.newbyteorder("="))
+    return native.transpose(2, 1, 0)
+
+
+def _itk_header_geometry(path: Path) -> Geometry | None:
+    """ITK's reading of a file's header alone (no voxels): the geometry `_itk_array` would give;
+    None where ITK refuses the header or it is not a plain 3D image."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        return None
+    spacing, origin = np.asarray(reader.GetSpacing()), np.asarray(reader.GetOrigin())
+    if not (np.all(np.isfinite(spacing)) and np.all(np.isfinite(origin)) and spacing.min() > 0):
+        return None
+    direction = np.asarray(reader.GetDirection()).reshape(3, 3)
+    return Geometry(tuple(spacing), tuple(origin), direction, tuple(int(n) for n in reader.GetSize()))
+
+
 def _read_nifti(path: Path, dtype: npt.DTypeLike | None, out_itemsize: int) -> Volume:
-    """A NIfTI file: header claim checked, read by ITK (NIfTI-1) or nibabel (NIfTI-2), geometry
-    resolved as nibabel does, NaN/Inf voxels counted in the raw data."""
+    """A NIfTI file: header claim checked, read directly (plain NIfTI-1, `_nifti_voxels`), by ITK
+    (other NIfTI-1) or by nibabel (NIfTI-2), geometry resolved as nibabel does, NaN/Inf voxels
+    counted in the raw data."""
     claim = check_nifti_claim(path, out_itemsize)
+    # A header ITK refuses goes to ITK's reader below, which says why.
+    itk = _itk_header_geometry(path) if claim is not None and claim.version == 1 else None
+    voxels = _nifti_voxels(path, claim) if claim is not None and itk is not None else None
+    if claim is not None and itk is not None and voxels is not None and itk.shape == tuple(voxels.shape):
+        return _finish(path, voxels, _nifti_geometry(path, claim, itk, itk.shape), dtype, owned=True)
     if claim is not None and claim.version == 2:
         array = np.asanyarray(claim.image.dataobj)  # x fastest, as ITK lays it out
         shape = _check_size(path, tuple(array.shape))
