@@ -213,9 +213,9 @@ def _count_nonfinite(path: Path, claim: NiftiClaim) -> int:
 def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
     """The voxels of a plain NIfTI-1 file read straight from its data (ISA-L for .nii.gz) into one
     array in ITK's layout, as its (x, y, z) view: faster than ITK's reader and its copy (0.35 against
-    0.50 s a 512x512x300 .nii.gz, benchmarks/read_speed.py). None
-    where ITK must read it: scaled voxels (ITK applies scl_slope/scl_inter), more than one volume or
-    channel, or data that ends early or does not decompress (ITK then says what is wrong)."""
+    0.50 s a 512x512x300 .nii.gz, benchmarks/read_speed.py). None where ITK must read it: scaled
+    voxels (ITK applies scl_slope/scl_inter), more than one volume or channel, or data that ends
+    early or does not decompress (ITK then says what is wrong)."""
     # nibabel moves scl_slope/scl_inter from a loaded header to the proxy (1 and 0 when unscaled).
     slope, inter = getattr(claim.image.dataobj, "slope", None), getattr(claim.image.dataobj, "inter", None)
     shape = claim.shape[:3] if len(claim.shape) == 4 and claim.shape[3] == 1 else claim.shape
