@@ -218,7 +218,7 @@ def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) 
     assert (report.parent / checkpoint["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("layout", ["scan", "c_order", "mixed"])
+@pytest.mark.parametrize("layout", ["scan", "c_order", "mixed", "strided"])
 def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(layout, monkeypatch) -> None:
     """`calibrate_and_quantize` (a table per 2^-16 of the raw value, the exact path where a step
     changes or a knot lies) gives the reference path's float32 values exactly: random raw values,
@@ -253,8 +253,14 @@ def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(
     calibration.apply(expected, labels)
     quantize_confidence(expected)
     fast = raw.copy() if layout == "c_order" else np.ascontiguousarray(raw.T).T
+    if layout == "strided":  # a map that is not one block of memory: worked on in a copy, written back
+        holder = np.zeros((shape[0], shape[1], 2 * shape[2]), np.float32)
+        holder[:, :, ::2] = raw
+        fast = holder[:, :, ::2]
     result = calibrate_and_quantize(fast, labels, calibration)
     assert result is fast and fast.dtype == np.float32
+    if layout == "strided":
+        assert np.shares_memory(fast, holder)
     np.testing.assert_array_equal(fast, expected)
     tables = [n for n in exact_sizes if n == 1 << 16 | 1]  # building the lookup tables
     assert len(tables) == 4 and max(n for n in exact_sizes if n not in tables) < raw.size // 2  # the fast path ran

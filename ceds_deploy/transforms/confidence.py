@@ -52,21 +52,16 @@ def _tables(calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
     return values, mixed
 
 
-def _flat_views(conf: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both arrays as 1-D views in memory order (the classes copied into the map's layout when they
-    lie otherwise); None when the map itself is not one block of memory."""
-    if conf.shape != predicted.shape:
-        return None
-    if not np.array_equal(np.argsort(conf.strides), np.argsort(predicted.strides)):
-        predicted = _copied_like(conf, predicted)
-    flat_conf, flat_pred = conf.ravel(order="K"), predicted.ravel(order="K")
-    if conf.size and not (np.shares_memory(flat_conf, conf) and np.shares_memory(flat_pred, predicted)):
-        return None
-    return flat_conf, flat_pred
+def _one_block(array: np.ndarray) -> bool:
+    """Whether the array is one block of memory in some axis order (its memory-order ravel is a view)."""
+    return array.size == 0 or np.shares_memory(array.ravel(order="K"), array)
 
 
-def _copied_like(conf: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    copy = np.empty_like(conf, dtype=predicted.dtype)  # the map's memory layout
+def _in_layout_of(conf: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The classes laid out in memory as the map (a copy only when they lie otherwise)."""
+    if _one_block(predicted) and np.array_equal(np.argsort(conf.strides), np.argsort(predicted.strides)):
+        return predicted
+    copy = np.empty_like(conf, dtype=predicted.dtype)
     copy[...] = predicted
     return copy
 
@@ -79,10 +74,10 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
     a float32 map in [0, 1] with its predicted classes (same shape): the same values bit for bit."""
     if calibration is None:
         return quantize_confidence(conf)
-    views = _flat_views(conf, predicted)
-    if views is None or conf.dtype != np.float32:
-        return _exact(conf, predicted, calibration)
-    flat, labels = views
+    if conf.dtype != np.float32 or conf.shape != predicted.shape:
+        return _exact(conf, predicted, calibration)  # the tables hold float32 results of same-shape maps
+    work = conf if _one_block(conf) else conf.copy(order="K")  # memory-order views need one block
+    flat, labels = work.ravel(order="K"), _in_layout_of(work, predicted).ravel(order="K")
     values, mixed = _tables(calibration)
     classes = len(calibration.tables)
     for start in range(0, flat.size, CHUNK):
@@ -95,4 +90,6 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
         redo = np.flatnonzero(exact | (label >= classes))  # a class without a table keeps apply's answer
         result[redo] = _exact(part[redo], label[redo], calibration)
         part[:] = result
+    if work is not conf:
+        conf[...] = work
     return conf
