@@ -38,7 +38,6 @@ EngineForOnnx = Callable[[RuntimeInfo, BatchProfile], Path]  # (this machine, th
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    default_batch_size = 4
 
     def __init__(
         self,
