@@ -17,19 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.window_throughput import timed  # noqa: E402
 
 CASES = ((4, 32, 8), (16, 64, 2))  # (width, cubic window, batch)
-
-
-def best_of(call, repeats: int = 5) -> float:
-    call()
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def probe(width: int, window: int, batch: int) -> dict:
@@ -54,8 +44,8 @@ def probe(width: int, window: int, batch: int) -> dict:
             "passes": [],
         }
         for _ in range(2):
-            eager = best_of(lambda: net(x)) / batch
-            fast = best_of(lambda: compiled(x)) / batch
+            eager = timed(lambda: net(x), repeats=5, warmup=2) / batch
+            fast = timed(lambda: compiled(x), repeats=5, warmup=2) / batch
             row["passes"].append({"eager_ms_per_window": 1e3 * eager, "compiled_ms_per_window": 1e3 * fast})
     return row
 

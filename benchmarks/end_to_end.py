@@ -65,6 +65,28 @@ def reference_preprocessing(spec, speed_aware: bool = False):
     )
 
 
+def monai_restore(data: dict, logits, prepare, speed_aware: bool):
+    """MONAI's way back to the scan's grid, on the logits' device: `Invertd` of both classes' logits
+    (the CEDS validation), or with `speed_aware` of their difference (its sign is the argmax of two
+    classes); (the restored MetaTensor, its affine). The one inversion both MONAI scripts time."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    pred = (logits.as_tensor() if hasattr(logits, "as_tensor") else logits).float()
+    if speed_aware:
+        pred = pred[1:2] - pred[0:1]
+    data["pred"] = MetaTensor(pred, meta=data["image"].meta, applied_operations=data["image"].applied_operations)
+    restored = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"]
+    return restored, np.asarray(restored.affine.cpu(), dtype=np.float64)
+
+
+def monai_mask(restored, speed_aware: bool):
+    """The uint8 mask of `monai_restore`'s result, on its device."""
+    import torch
+
+    return (restored[0] > 0).to(torch.uint8) if speed_aware else torch.argmax(restored, dim=0).to(torch.uint8)
+
+
 def reference_way(path: Path, net, spec, out: Path, blend: str = "constant", speed_aware: bool = False) -> dict:
     """The CEDS reference validation path, timed per stage; returns mask, probability, times.
     `blend` other than the reference's "constant" is for diagnosing where the two ways differ.
@@ -72,9 +94,8 @@ def reference_way(path: Path, net, spec, out: Path, blend: str = "constant", spe
     float32, `Invertd` of one channel (the logit difference: its sign is the argmax of two classes),
     the mask saved with the affine already in memory (nibabel) instead of re-reading the scan."""
     import torch
-    from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
     from ceds_deploy.io import read_scan, write_volume
 
@@ -94,19 +115,10 @@ def reference_way(path: Path, net, spec, out: Path, blend: str = "constant", spe
         )
     times["infer"] = time.perf_counter() - t
     t = time.perf_counter()
-    pred = logits[0].as_tensor() if hasattr(logits[0], "as_tensor") else logits[0]
-    if speed_aware:
-        pred = pred[1:2] - pred[0:1]
-    data["pred"] = MetaTensor(pred, meta=data["image"].meta, applied_operations=data["image"].applied_operations)
-    restored = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"]
-    affine = np.asarray(restored.affine, dtype=np.float64)
-    restored = np.asarray(restored.detach().cpu())
-    if speed_aware:
-        probability = torch.sigmoid(torch.from_numpy(restored[0])).numpy()
-        mask = (restored[0] > 0).astype(np.uint8)
-    else:
-        probability = torch.softmax(torch.from_numpy(restored), 0)[1].numpy()
-        mask = np.argmax(restored, axis=0).astype(np.uint8)
+    restored, affine = monai_restore(data, logits[0], prepare, speed_aware)
+    mask = monai_mask(restored, speed_aware).cpu().numpy()
+    values = torch.as_tensor(restored).detach().cpu()
+    probability = (torch.sigmoid(values[0]) if speed_aware else torch.softmax(values, 0)[1]).numpy()
     times["restore"] = time.perf_counter() - t
     t = time.perf_counter()
     if speed_aware:

@@ -29,13 +29,12 @@ def segment_folder_monai(scans: list[Path], out: Path, net, spec, device: str, s
     """One pass over `scans`; per case the seconds of each stage and the clock when its mask was saved.
     `speed_aware` (issue 20): float32 Spacing and `Invertd` of the logit difference, not two channels."""
     import nibabel
-    import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, Invertd, LoadImaged
+    from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.end_to_end import reference_preprocessing
+    from benchmarks.end_to_end import monai_mask, monai_restore, reference_preprocessing
 
     load = Compose(
         [
@@ -61,11 +60,8 @@ def segment_folder_monai(scans: list[Path], out: Path, net, spec, device: str, s
             )
         times["infer_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        data["pred"] = logits[0].float()[1:2] - logits[0].float()[0:1] if speed_aware else logits[0].float()
-        restored = Invertd("pred", transform=prepare, orig_keys="image", nearest_interp=False)(data)["pred"]
-        mask = (restored[0] > 0).to(torch.uint8) if speed_aware else torch.argmax(restored, dim=0).to(torch.uint8)
-        affine = np.asarray(restored.affine.cpu(), dtype=np.float64)
-        mask_np = mask.cpu().numpy()
+        restored, affine = monai_restore(data, logits[0], prepare, speed_aware)
+        mask_np = monai_mask(restored, speed_aware).cpu().numpy()
         times["restore_s"] = time.perf_counter() - t
         t = time.perf_counter()
         nibabel.save(nibabel.Nifti1Image(mask_np, affine), str(out / path.name))
