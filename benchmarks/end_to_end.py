@@ -228,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-skip-air", action="store_true", help="compute air windows too (lever off)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     parser.add_argument(
+        "--original-network",
+        action="store_true",
+        help="run the torch network as trained, not its CPU form (network/cpu_form.py); its masks are "
+        "compared with the cached default ones",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="time ceds segment only; agreement against the reference masks of an earlier run in --work",
@@ -264,10 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         "skip_air": not args.no_skip_air,
     }
     lever = {k: v for k, v in lever.items() if v is not None}
-    lever_used = args.overlap is not None or args.window is not None or args.no_skip_air
+    lever_used = args.overlap is not None or args.window is not None or args.no_skip_air or args.original_network
 
     def make_backend():
-        options = {"precision": args.precision} if args.backend == "torch" else {}
+        options = {}
+        if args.backend == "torch":
+            options = {"precision": args.precision, "cpu_form": not args.original_network}
         return create_backend(args.backend, artifact, spec, **options)
 
     net, _ = load_network(args.model)

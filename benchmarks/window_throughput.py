@@ -85,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80])
-    # torch-PRECISION[-graph][-contiguous|-cl]: -graph replays CUDA graphs; -contiguous / -cl force
-    # channels-last off / on (default: the backend's choice)
+    # torch-PRECISION[-graph][-contiguous|-cl][-original]: -graph replays CUDA graphs; -contiguous / -cl
+    # force channels-last off / on (default: the backend's choice); -original runs the network as
+    # trained instead of its CPU form (network/cpu_form.py)
     parser.add_argument(
         "--backends",
         nargs="+",
         default=["torch-fp32", "torch-bf16", "onnxruntime"],
-        help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA graph) onnxruntime tensorrt",
+        help="torch-fp32 torch-tf32 torch-bf16 torch-fp16 (a -graph suffix replays a CUDA graph, -original "
+        "skips the CPU form) onnxruntime tensorrt",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = None
         for name in args.backends:
             kind, _, precision = name.partition("-")
+            original = precision.endswith("-original")
+            precision = precision.removesuffix("-original")
             # The channels-last lever forced off (-contiguous) or on (-cl); neither: the backend's choice.
             layout = {"-contiguous": False, "-cl": True}.get("-" + precision.rpartition("-")[2])
             precision = precision.removesuffix("-contiguous").removesuffix("-cl")
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             artifact, options = checkpoint, {}
             if kind == "torch":
                 options = {"precision": precision or "fp32", "cuda_graph": graph, "channels_last": layout}
+                options["cpu_form"] = not original
             elif kind == "tensorrt":
                 options = {"cuda_graph": graph}
             else:

@@ -1,6 +1,8 @@
 """PyTorch backend: a training checkpoint (or an in-memory network) on CPU or CUDA.
 
-Channels-last 3D on CUDA, and on the CPU for narrow networks where it pays. On CUDA: pinned host
+Channels-last 3D on CUDA, and on the CPU for narrow networks where it pays. On the CPU a checkpoint's
+network runs in its CPU form (`network.cpu_form`: BatchNorms folded, narrow convolutions reshaped;
+the same outputs up to float32 rounding), unless `cpu_form=False`. On CUDA: pinned host
 memory with asynchronous copies, cuDNN autotuning when asked (`cudnn_benchmark`: it costs seconds per
 new window shape in a fresh process and gains about a tenth of the network's time, so it pays in
 long-lived runs only; benchmarks/results/gpu_check_h200_baseline.json), and optionally the
@@ -48,6 +50,7 @@ class TorchBackend(Backend):
         cuda_graph: bool = False,
         channels_last: bool | None = None,
         cudnn_benchmark: bool = False,
+        cpu_form: bool = True,
     ) -> None:
         super().__init__(artifact, spec, device=device, max_batch_size=max_batch_size)
         # fp16 autocast on CUDA by default; on the CPU fp32 unless bf16 is asked for (it is a lossy lever).
@@ -63,6 +66,7 @@ class TorchBackend(Backend):
         self.cuda_graph = cuda_graph
         self.cudnn_benchmark = cudnn_benchmark
         self.channels_last = channels_last
+        self.cpu_form = cpu_form
         self._graphs: dict[tuple[int, ...], tuple] = {}
         self.weights = weights
         self._module = module
@@ -82,6 +86,7 @@ class TorchBackend(Backend):
 
     def _activate(self) -> None:
         from ceds_deploy.network import CedsInference
+        from ceds_deploy.network.cpu_form import CpuInference
 
         if is_cuda(self.device) and not torch.cuda.is_available():
             raise BackendUnavailableError(
@@ -97,14 +102,15 @@ class TorchBackend(Backend):
         else:
             raise ConfigError("torch backend needs a checkpoint or a network (from_module)")
         self._was_training = net.training
-        wrapper = CedsInference(net).eval().to(self.device)
         # Never for a network being trained (validation wraps it): its memory format stays.
+        rewritten = self.cpu_form and self._module is None and not is_cuda(self.device)
+        wrapper = CpuInference(net.eval()) if rewritten else CedsInference(net).eval().to(self.device)
         self._channels_last = self._module is None and self._channels_last_pays()
         if self._channels_last:
             wrapper = wrapper.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # stubs lack it
         self._net = wrapper
         graph = ", CUDA graph" if self.cuda_graph else ""
-        layout = ", channels-last" if self._channels_last else ""
+        layout = (", CPU form" if rewritten else "") + (", channels-last" if self._channels_last else "")
         tuned = ", cuDNN autotuned" if self.cudnn_benchmark and is_cuda(self.device) else ""
         self.description = f"torch {self.precision} on {self.device}{layout}{graph}{tuned}"
 
