@@ -163,6 +163,24 @@ def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
     assert "model.bin: unknown model file type" in err and "Traceback" not in err
 
 
+def test_the_ceds_executable_exits_with_the_commands_code(tmp_path):
+    """`console_main` (the installed `ceds`, `python -m ceds_deploy.cli`) passes main()'s code through."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"x")
+    (tmp_path / "in").mkdir()
+    command = [sys.executable, "-m", "ceds_deploy.cli"]
+    failed = subprocess.run(
+        [*command, "segment", str(tmp_path / "in"), str(tmp_path / "o"), "--model", str(model)],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1 and "unknown model file type" in failed.stderr
+    assert subprocess.run([*command, "--version"], capture_output=True).returncode == 0
+
+
 def test_named_backend_that_cannot_run_the_artifact_fails_loudly(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     code = main(
