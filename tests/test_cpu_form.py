@@ -77,13 +77,13 @@ def test_depth_taps_equal_the_convolution_in_both_layouts() -> None:
             torch.testing.assert_close(taps(x.contiguous(memory_format=layout)), conv(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("width", [4, 8])  # 4: blocks, 8: depth taps
-def test_the_cpu_form_computes_the_network(width: int) -> None:
-    net = random_network(seed=width, width=width)
+@pytest.mark.parametrize(("width", "in_channels"), [(4, 1), (4, 2), (8, 1)])  # 4: blocks, 8: depth taps
+def test_the_cpu_form_computes_the_network(width: int, in_channels: int) -> None:
+    net = random_network(seed=width, width=width, in_channels=in_channels)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     form = CpuInference(net)
     assert form.blocked == (width == 4)
-    x = _seeded(3, 1, 32, 16, 48)
+    x = _seeded(3, in_channels, 32, 16, 48)
     with torch.inference_mode():
         seg, conf = CedsInference(net)(x)
         for layout in (torch.contiguous_format, torch.channels_last_3d):
@@ -96,6 +96,11 @@ def test_the_cpu_form_computes_the_network(width: int) -> None:
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules())
     assert not any(isinstance(m, nn.BatchNorm3d) for m in form.modules())
+    # In place, the network itself becomes the form (a backend's own copy, loaded from its file).
+    in_place = CpuInference(net, in_place=True)
+    assert in_place.net is net and not any(isinstance(m, nn.BatchNorm3d) for m in net.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(in_place(x)[0], seg, atol=2e-4, rtol=1e-4)
 
 
 def test_the_cpu_form_keeps_the_input_check_and_refuses_a_training_network() -> None:

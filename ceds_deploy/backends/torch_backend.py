@@ -104,7 +104,7 @@ class TorchBackend(Backend):
         self._was_training = net.training
         # Never for a network being trained (validation wraps it): its memory format stays.
         rewritten = self.cpu_form and self._module is None and not is_cuda(self.device)
-        wrapper = CpuInference(net.eval()) if rewritten else CedsInference(net).eval().to(self.device)
+        wrapper = CpuInference(net.eval(), in_place=True) if rewritten else CedsInference(net).eval().to(self.device)
         self._channels_last = self._module is None and self._channels_last_pays()
         if self._channels_last:
             wrapper = wrapper.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # stubs lack it

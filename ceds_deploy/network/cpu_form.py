@@ -1,7 +1,7 @@
 """The CEDS network rewritten for CPU inference: the same function, better-shaped operations.
 
 All rewrites are exact up to float32 rounding (the order of the sums changes, nothing else), and
-are made on a copy: the network being trained is never touched.
+are made on a copy unless asked otherwise: a network being trained is never touched.
 
 - Every BatchNorm that follows a convolution is folded into it (conv + BN -> conv), as ONNX
   Runtime and TensorRT do when they build an engine.
@@ -182,13 +182,14 @@ def _blocked_cbam(cbam: CBAM3D, x: torch.Tensor) -> torch.Tensor:
 
 
 class CpuInference(nn.Module):
-    """`CedsInference` of a copy of `net` in its CPU form: forward(x) -> (seg_logits, confidence)."""
+    """`CedsInference` of `net` in its CPU form: forward(x) -> (seg_logits, confidence). `net` is
+    copied first, unless `in_place` (a network no one else holds: a backend's own, loaded from a file)."""
 
-    def __init__(self, net: CedsNet) -> None:
+    def __init__(self, net: CedsNet, *, in_place: bool = False) -> None:
         super().__init__()
         if net.training:
             raise ValueError("the CPU form is for inference; call .eval() first")
-        self.net = fold_batch_norms(copy.deepcopy(net))
+        self.net = fold_batch_norms(net if in_place else copy.deepcopy(net))
         self.blocked = net.config.width <= BLOCKED_MAX_WIDTH
         if self.blocked:
             _block_full_resolution(self.net)
