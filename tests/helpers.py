@@ -84,7 +84,7 @@ def write_dicom_series(folder: Path, volume: Volume) -> Path:
     return folder
 
 
-def random_network(seed: int = 1, width: int = 4, batchnorm_affine: bool = True, in_channels: int = 1):
+def random_network(seed: int = 1, width: int = 4, batchnorm_affine: bool = True, **config):
     """A CEDS network (eval mode) with seeded random weights and non-trivial BatchNorm statistics
     (and, with `batchnorm_affine`, scales and shifts), so folding BatchNorm and casting to fp16
     are really tested."""
@@ -93,7 +93,7 @@ def random_network(seed: int = 1, width: int = 4, batchnorm_affine: bool = True,
     from ceds_deploy.network import CedsNet, CedsNetConfig
 
     torch.manual_seed(seed)
-    net = CedsNet(CedsNetConfig(width=width, in_channels=in_channels)).eval()
+    net = CedsNet(CedsNetConfig(width=width, **config)).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():

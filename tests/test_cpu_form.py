@@ -77,9 +77,11 @@ def test_depth_taps_equal_the_convolution_in_both_layouts() -> None:
             torch.testing.assert_close(taps(x.contiguous(memory_format=layout)), conv(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("width", "in_channels"), [(4, 1), (4, 2), (8, 1)])  # 4: blocks, 8: depth taps
-def test_the_cpu_form_computes_the_network(width: int, in_channels: int) -> None:
-    net = random_network(seed=width, width=width, in_channels=in_channels)
+@pytest.mark.parametrize(
+    ("width", "in_channels", "classes"), [(4, 1, 2), (4, 2, 2), (4, 1, 3), (8, 1, 2)]
+)  # width 4: blocks, 8: depth taps
+def test_the_cpu_form_computes_the_network(width: int, in_channels: int, classes: int) -> None:
+    net = random_network(seed=width, width=width, in_channels=in_channels, num_classes=classes)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     form = CpuInference(net)
     assert form.blocked == (width == 4)

@@ -32,7 +32,7 @@ def test_wheel_holds_training_and_export_inside_the_package(wheel):
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top_level == {"ceds_deploy"}
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "ceds = ceds_deploy.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "ceds = ceds_deploy.cli.app:console_main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_wheel_in_a_fresh_venv_imports_the_namespace_and_not_bare_training(wheel, tmp_path):
