@@ -8,7 +8,8 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -22,6 +23,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from ceds_deploy.inference.report import CaseRow
 
 from ceds_deploy.progress import ProgressEvent
 
@@ -212,3 +216,18 @@ class TrainDisplay(_Display):
         elif event.name == "validated" and self.train is not None:
             dice = f"Dice s/t {_fmt(info.get('dice_student'))}/{_fmt(info.get('dice_teacher'))}"
             self.bar.update(self.train, dice=dice)
+
+
+def print_summary(console: Console, rows: list[CaseRow], report: Path) -> None:
+    """The run's counts, where the report is, and one line per failed case."""
+    from ceds_deploy.inference.report import status_counts
+
+    counts = status_counts(rows)
+    review = [r.case for r in rows if r.status == "ok" and r.needs_review]
+    console.print(
+        f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
+        f"{len(review)} need review; report: {report}"
+    )
+    for row in rows:
+        if row.status == "failed":
+            console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)

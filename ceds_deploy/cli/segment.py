@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ceds_deploy.inference import SegmentOptions
-    from ceds_deploy.inference.report import CaseRow
 
 
 def segment(
@@ -203,6 +202,9 @@ def segment(
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
     shard_pair = parse_shard(shard)
+    from ceds_deploy.io.prefetch import prefetch_first_scan
+
+    prefetch_first_scan(input)  # decompressed on the idle core while torch imports (check_paths on)
     check_paths(input, output, backend)
     from rich.console import Console
 
@@ -363,23 +365,10 @@ def run_segment(
                         run_info=info,
                         started_at=started_at,
                     )
+    from ceds_deploy.cli.display import print_summary
+
     print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
     return run.failed
-
-
-def print_summary(console: Console, rows: list[CaseRow], report: Path) -> None:
-    """The run's counts, where the report is, and one line per failed case."""
-    from ceds_deploy.inference.report import status_counts
-
-    counts = status_counts(rows)
-    review = [r.case for r in rows if r.status == "ok" and r.needs_review]
-    console.print(
-        f"{counts['ok']} segmented, {counts['failed']} failed, {counts['skipped']} skipped; "
-        f"{len(review)} need review; report: {report}"
-    )
-    for row in rows:
-        if row.status == "failed":
-            console.print(f"[red]failed[/] {row.case}: {row.error}", highlight=False)
 
 
 @contextmanager

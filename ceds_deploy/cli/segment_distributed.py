@@ -193,8 +193,7 @@ def run_ray(
 ) -> int:
     """Connect to Ray (`address`: auto, local or ray://...), run the folder as one task per scan,
     print the summary; returns the number of failed cases."""
-    from ceds_deploy.cli.display import SegmentDisplay
-    from ceds_deploy.cli.segment import print_summary
+    from ceds_deploy.cli.display import SegmentDisplay, print_summary
     from ceds_deploy.models import open_backend
 
     if engine["device"].startswith("cuda:"):

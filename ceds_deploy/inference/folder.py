@@ -42,6 +42,7 @@ from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, wr
 from ceds_deploy.inference.segment import batch_size_for, pads_batches
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
+from ceds_deploy.io.prefetch import release_prefetched
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ def run_cases(
     # The model's blank batch runs in the backend's thread while the first scans are read.
     warm_up = (lambda: warm_up_backend(run, backend, options)) if todo and not run.backend_checked else None
     pipeline = Pipeline(backend, output, options, todo, progress, run.rows, warm_up)
+    first = todo[0].path if todo else None
+    release_prefetched(first if isinstance(first, Path) else None)  # only the first case's is read
     try:
         pipeline.run()
     except BaseException:
@@ -236,6 +239,8 @@ def run_cases(
         except OutputError as err:
             log.error("%s", err)
         raise
+    finally:
+        release_prefetched(None)
     write_run_report(run, output, options, pipeline, interrupted=pipeline.stop.is_set())
 
 

@@ -30,6 +30,7 @@ from ceds_deploy.io.dicom import (
 from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
 from ceds_deploy.io.paths import image_suffix, is_nifti
+from ceds_deploy.io.prefetch import take_prefetched
 from ceds_deploy.volume import Geometry, Volume
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,18 @@ def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
     shape = claim.shape[:3] if len(claim.shape) == 4 and claim.shape[3] == 1 else claim.shape
     if slope != 1.0 or inter != 0.0 or len(shape) != 3 or 1 in shape:
         return None
+    gzipped = path.name.lower().endswith(".gz")
+    prefetched = take_prefetched(path) if gzipped else None
+    if prefetched is not None:  # decompressed while the process started (io.prefetch): read-only
+        count = int(np.prod(shape))
+        if len(prefetched) < claim.offset + count * claim.dtype.itemsize:
+            return None
+        flat = np.frombuffer(prefetched, dtype=claim.dtype, count=count, offset=claim.offset)
+        return _native(flat.reshape(shape[::-1])).transpose(2, 1, 0)
     buffer = np.empty(shape[::-1], dtype=claim.dtype)  # (z, y, x): x fastest, as the file stores it
     target = buffer.reshape(-1).view(np.uint8).data  # a writable byte view of the array
     try:
-        if path.name.lower().endswith(".gz"):
+        if gzipped:
             from isal import igzip
 
             opener: Any = igzip.open(path, "rb")
@@ -239,8 +248,11 @@ def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
         return None
     if filled < len(target):
         return None
-    native = buffer if buffer.dtype.isnative else buffer.astype(buffer.dtype.newbyteorder("="))
-    return native.transpose(2, 1, 0)
+    return _native(buffer).transpose(2, 1, 0)
+
+
+def _native(buffer: np.ndarray) -> np.ndarray:
+    return buffer if buffer.dtype.isnative else buffer.astype(buffer.dtype.newbyteorder("="))
 
 
 def _itk_header_geometry(path: Path) -> Geometry | None:
@@ -272,7 +284,8 @@ def _read_nifti(path: Path, dtype: npt.DTypeLike | None, out_itemsize: int) -> V
     itk = _itk_header_geometry(path) if claim is not None and claim.version == 1 else None
     voxels = _nifti_voxels(path, claim) if claim is not None and itk is not None else None
     if claim is not None and itk is not None and voxels is not None and itk.shape == tuple(voxels.shape):
-        return _finish(path, voxels, _nifti_geometry(path, claim, itk, itk.shape), dtype, owned=True)
+        geometry = _nifti_geometry(path, claim, itk, itk.shape)
+        return _finish(path, voxels, geometry, dtype, owned=voxels.flags.writeable)
     if claim is not None and claim.version == 2:
         array = np.asanyarray(claim.image.dataobj)  # x fastest, as ITK lays it out
         shape = _check_size(path, tuple(array.shape))
