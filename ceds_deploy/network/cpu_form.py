@@ -10,7 +10,8 @@ are made on a copy unless asked otherwise: a network being trained is never touc
   runs the full-resolution convolutions of a narrow V-Net (8 -> 8, 8 -> 2, 5 -> 2 channels, 5x5x5)
   at a fraction of its speed on wide ones; on blocks they are 3x3x3 convolutions of 16 to 64
   channels, with 1.7x the arithmetic but 2-4x the speed, and the stride-2 convolutions next to
-  them become 1x1x1 convolutions (benchmarks/cpu_form.py).
+  them become 1x1x1 convolutions (benchmarks/window_throughput.py's -original rows against the
+  default ones: benchmarks/results/cpu_form_w4_w8.json, cpu_form_w16.json).
 - Wider networks keep their layout; there a 5x5x5 convolution with one or two output channels
   (the heads) runs as a 1x5x5 convolution over (output channel, depth tap) and a sum over the taps.
 """
@@ -30,7 +31,7 @@ from ceds_deploy.network.cbam import CBAM3D
 from ceds_deploy.network.ceds_net import ENTROPY_EPS, CedsNet
 from ceds_deploy.network.vnet_blocks import ConvBatchNorm, DownTransition, UpTransition
 
-BLOCKED_MAX_WIDTH = 4  # benchmarks/results/cpu_form.json: 1.6x at width 4; at 8 the depth taps win
+BLOCKED_MAX_WIDTH = 4  # 1.66x at width 4; at width 8 blocks gave 1.11x, the depth taps 1.25x
 DEPTH_TAPS_MAX_OUT_CHANNELS = 2
 BLOCK = 2  # the edge of a block; 8 voxels
 SUBVOXELS = BLOCK**3
