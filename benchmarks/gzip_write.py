@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 digests[way], sizes[way] = hashlib.sha256(written).hexdigest(), len(written)
     same = digests["threaded, 1 thread"] == digests["threaded, 2 threads"]
     for way in ways:
-        print(
-            f"{way:22s} {statistics.median(seconds[way]):.3f} s (median of {args.repeats}), {sizes[way] / 2**20:.1f} MiB"
-        )
+        median = statistics.median(seconds[way])
+        print(f"{way:22s} {median:.3f} s (median of {args.repeats}), {sizes[way] / 2**20:.1f} MiB")
     print(f"threaded bytes the same for 1 and 2 threads: {same}")
     write_json(
         args.json,
