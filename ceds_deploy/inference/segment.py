@@ -43,7 +43,7 @@ def batch_size_for(backend: Backend, options: SegmentOptions) -> int:
 def pads_batches(backend: Backend) -> bool:
     """Whether a short last batch is padded to the full batch: on CUDA, so every call has one shape
     (cuDNN autotunes, and engines and graphs are built, once per shape); on the CPU padded windows
-    cost their full compute (benchmarks/results/pad_last_batch.json), so never there."""
+    cost as much as real ones, so never there."""
     return is_cuda(str(backend.device))
 
 
