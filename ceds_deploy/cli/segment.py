@@ -202,9 +202,12 @@ def segment(
     """Segment mediastinal tumours: a mask and a confidence map per scan, on the scan's own grid."""
     check_device(device)
     shard_pair = parse_shard(shard)
+    from ceds_deploy.cli import segment_distributed as distributed
     from ceds_deploy.io.prefetch import prefetch_first_scan
 
-    prefetch_first_scan(input)  # decompressed on the idle core while torch imports (check_paths on)
+    rank = distributed.torchrun_rank()
+    if ray is None and rank is None and shard_pair[1] == 1:  # one process reads the folder's first scan
+        prefetch_first_scan(input)  # decompressed on the idle core while torch imports (check_paths on)
     check_paths(input, output, backend)
     from rich.console import Console
 
@@ -237,9 +240,6 @@ def segment(
     tuned = watch if autotune is None else autotune
     engine: dict[str, Any] = dict(backend=backend, device=device, precision=precision, cuda_graph=cuda_graph)
     engine["cudnn_benchmark"] = tuned
-    from ceds_deploy.cli import segment_distributed as distributed
-
-    rank = distributed.torchrun_rank()
     if ray is not None or rank is not None:
         if watch:
             raise typer.BadParameter("--watch runs in one process; it does not combine with --ray or torchrun")
