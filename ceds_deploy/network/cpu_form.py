@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ceds_deploy.network.cbam import CBAM3D
-from ceds_deploy.network.ceds_net import ENTROPY_EPS, CedsNet
+from ceds_deploy.network.ceds_net import ENTROPY_EPS, CedsInference, CedsNet
 from ceds_deploy.network.vnet_blocks import ConvBatchNorm, DownTransition, UpTransition
 
 BLOCKED_MAX_WIDTH = 4  # 1.66x at width 4; at width 8 blocks gave 1.11x, the depth taps 1.25x
@@ -182,15 +182,14 @@ def _blocked_cbam(cbam: CBAM3D, x: torch.Tensor) -> torch.Tensor:
     return (out * spatial.unsqueeze(1)).flatten(1, 2) + x
 
 
-class CpuInference(nn.Module):
+class CpuInference(CedsInference):
     """`CedsInference` of `net` in its CPU form: forward(x) -> (seg_logits, confidence). `net` is
     copied first, unless `in_place` (a network no one else holds: a backend's own, loaded from a file)."""
 
     def __init__(self, net: CedsNet, *, in_place: bool = False) -> None:
-        super().__init__()
         if net.training:
             raise ValueError("the CPU form is for inference; call .eval() first")
-        self.net = fold_batch_norms(net if in_place else copy.deepcopy(net))
+        super().__init__(fold_batch_norms(net if in_place else copy.deepcopy(net)))
         self.blocked = net.config.width <= BLOCKED_MAX_WIDTH
         if self.blocked:
             _block_full_resolution(self.net)
@@ -201,9 +200,7 @@ class CpuInference(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.blocked:
-            seg_logits, confidence_logits = self.net(x)
-            confidence = F.softmax(confidence_logits.float(), dim=1)[:, 1:2]
-            return seg_logits.float(), confidence
+            return super().forward(x)  # the same network graph, its layers rewritten in place
         net = self.net
         net._check_input(x)
         skips = net.encoder(to_blocks(x))
