@@ -1,5 +1,5 @@
-"""The first scan decompressed while the process starts (io/prefetch.py): the same volume, taken once,
-never stale, never an error of its own."""
+"""The first scans decompressed while the process starts (io/prefetch.py): the same volume, taken
+once, never stale, never an error of its own."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ceds_deploy.volume import Geometry
 @pytest.fixture(autouse=True)
 def _nothing_left_prefetched():
     yield
-    prefetch.release_prefetched(None)
+    prefetch.release_prefetched()
 
 
 def _scan(path, seed: int = 0, shape=(20, 18, 12)):
@@ -59,18 +59,49 @@ def test_a_broken_file_prefetched_fails_as_it_would_unprefetched(tmp_path):
         read_scan(path)
 
 
-def test_the_first_scan_of_a_folder_and_release(tmp_path):
+def test_the_first_scans_of_a_folder_and_release(tmp_path):
     (tmp_path / ".hidden.nii.gz").write_bytes(b"x")
+    third = _scan(tmp_path / "c.nii.gz")
     second = _scan(tmp_path / "b.nii.gz")
     first = _scan(tmp_path / "a.nii.gz")
-    assert prefetch.first_scan_to_prefetch(tmp_path) == first
-    assert prefetch.first_scan_to_prefetch(first) == first
-    (tmp_path / "0.mha").write_bytes(b"x")  # the first file is not gzipped NIfTI: nothing prefetched
-    assert prefetch.first_scan_to_prefetch(tmp_path) is None
-    assert prefetch.first_scan_to_prefetch(tmp_path / "missing") is None
-    prefetch.prefetch_gzip(first)
-    prefetch.release_prefetched(keep=second)  # the run reads another scan first: dropped
+    assert prefetch.first_scans_to_prefetch(tmp_path) == [first, second][: prefetch.PREFETCH_SCANS]
+    assert prefetch.first_scans_to_prefetch(tmp_path, count=3) == [first, second, third]
+    assert prefetch.first_scans_to_prefetch(first) == [first]
+    (tmp_path / "0.mha").write_bytes(b"x")  # not gzipped NIfTI: not prefetched, and it is read first
+    assert prefetch.first_scans_to_prefetch(tmp_path, count=2) == [first]
+    assert prefetch.first_scans_to_prefetch(tmp_path / "missing") == []
+    prefetch.prefetch_gzip(first, second)
+    prefetch.release_prefetched(keep=[second, third])  # the run reads other scans first: first dropped
     assert prefetch.take_prefetched(first) is None
+    data = prefetch.take_prefetched(second)
+    assert data is not None and data.flags.writeable and bytes(data) == gzip.decompress(second.read_bytes())
     prefetch.prefetch_gzip(first)
-    prefetch.release_prefetched(keep=first)
+    prefetch.release_prefetched(keep=[first])
     assert prefetch.take_prefetched(first) is not None
+
+
+def test_a_released_scan_is_never_decompressed(tmp_path, monkeypatch):
+    """A scan released before the thread reaches it costs nothing: the thread skips it."""
+    import threading
+
+    first, second = _scan(tmp_path / "a.nii.gz"), _scan(tmp_path / "b.nii.gz")
+    started, go = threading.Event(), threading.Event()
+    decompressed = []
+    real = prefetch._decompress
+
+    def slow_first(path, igzip):
+        if path == first:
+            started.set()
+            go.wait(10)
+        decompressed.append(path)
+        return real(path, igzip)
+
+    monkeypatch.setattr(prefetch, "_decompress", slow_first)
+    prefetch.prefetch_gzip(first, second)
+    assert started.wait(10)
+    prefetch.release_prefetched(keep=[first])  # second dropped while the thread is on first
+    go.set()
+    assert prefetch.take_prefetched(first) is not None  # waits for it
+    for thread in [t for t in threading.enumerate() if t.name == "ceds-prefetch"]:
+        thread.join(10)
+    assert decompressed == [first] and prefetch.take_prefetched(second) is None

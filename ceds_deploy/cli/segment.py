@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ceds_deploy.cli import STARTED_AT
+from ceds_deploy.cli import STARTED_AT, collection_paused
 from ceds_deploy.cli.options import BackendOption, DeviceOption, ModelOption, check_device, parse_shard
 
 if TYPE_CHECKING:
@@ -203,12 +203,13 @@ def segment(
     check_device(device)
     shard_pair = parse_shard(shard)
     from ceds_deploy.cli import segment_distributed as distributed
-    from ceds_deploy.io.prefetch import prefetch_first_scan
+    from ceds_deploy.io.prefetch import prefetch_first_scans
 
     rank = distributed.torchrun_rank()
     if ray is None and rank is None and shard_pair[1] == 1:  # one process reads the folder's first scan
-        prefetch_first_scan(input)  # decompressed on the idle core while torch imports (check_paths on)
-    check_paths(input, output, backend)
+        prefetch_first_scans(input)  # decompressed on the idle core while torch imports (check_paths on)
+    with collection_paused():
+        check_paths(input, output, backend)
     from rich.console import Console
 
     from ceds_deploy.errors import ConfigError
@@ -312,24 +313,25 @@ def run_segment(
     (imports since `started_at`, else since this call; model load; backend start) go to the report.
     The demo calls this too; each rank under torchrun too (`run_info` names it)."""
     entered = time.perf_counter() if started_at is None else started_at
-    from rich.console import Console
+    with collection_paused():
+        from rich.console import Console
 
-    from ceds_deploy.inference import SegmentOptions, segment_folder
-    from ceds_deploy.inference.watch import watch_folder
-    from ceds_deploy.models import open_backend
+        from ceds_deploy.inference import SegmentOptions, segment_folder
+        from ceds_deploy.inference.watch import watch_folder
+        from ceds_deploy.models import open_backend
 
-    imported = time.perf_counter()
-    options = options or SegmentOptions()
-    console = console or Console(stderr=True)
-    engine, why = open_backend(
-        model,
-        backend=backend,
-        device=device,
-        max_batch_size=options.batch_size,
-        precision=precision,
-        cuda_graph=cuda_graph,
-        cudnn_benchmark=cudnn_benchmark,
-    )
+        imported = time.perf_counter()
+        options = options or SegmentOptions()
+        console = console or Console(stderr=True)
+        engine, why = open_backend(
+            model,
+            backend=backend,
+            device=device,
+            max_batch_size=options.batch_size,
+            precision=precision,
+            cuda_graph=cuda_graph,
+            cudnn_benchmark=cudnn_benchmark,
+        )
     opened = time.perf_counter()
     spec = engine.spec
     from ceds_deploy.cli.display import SegmentDisplay

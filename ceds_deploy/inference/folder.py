@@ -42,7 +42,7 @@ from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, wr
 from ceds_deploy.inference.segment import batch_size_for, pads_batches
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
-from ceds_deploy.io.prefetch import release_prefetched
+from ceds_deploy.io.prefetch import PREFETCH_SCANS, release_prefetched
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 
 log = logging.getLogger(__name__)
@@ -227,8 +227,8 @@ def run_cases(
     # The model's blank batch runs in the backend's thread while the first scans are read.
     warm_up = (lambda: warm_up_backend(run, backend, options)) if todo and not run.backend_checked else None
     pipeline = Pipeline(backend, output, options, todo, progress, run.rows, warm_up)
-    first = todo[0].path if todo else None
-    release_prefetched(first if isinstance(first, Path) else None)  # only the first case's is read
+    # Only the first cases' are read; the prefetched scans of cases done already are dropped.
+    release_prefetched([case.path for case in todo[:PREFETCH_SCANS] if isinstance(case.path, Path)])
     try:
         pipeline.run()
     except BaseException:
@@ -240,7 +240,7 @@ def run_cases(
             log.error("%s", err)
         raise
     finally:
-        release_prefetched(None)
+        release_prefetched()
     write_run_report(run, output, options, pipeline, interrupted=pipeline.stop.is_set())
 
 

@@ -31,6 +31,7 @@ from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
 from ceds_deploy.io.paths import image_suffix, is_nifti
 from ceds_deploy.io.prefetch import take_prefetched
+from ceds_deploy.memory import fresh_empty
 from ceds_deploy.volume import Geometry, Volume
 
 log = logging.getLogger(__name__)
@@ -224,13 +225,13 @@ def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
         return None
     gzipped = path.name.lower().endswith(".gz")
     prefetched = take_prefetched(path) if gzipped else None
-    if prefetched is not None:  # decompressed while the process started (io.prefetch): read-only
+    if prefetched is not None:  # decompressed while the process started (io.prefetch): the array keeps it
         count = int(np.prod(shape))
         if len(prefetched) < claim.offset + count * claim.dtype.itemsize:
             return None
         flat = np.frombuffer(prefetched, dtype=claim.dtype, count=count, offset=claim.offset)
         return _native(flat.reshape(shape[::-1])).transpose(2, 1, 0)
-    buffer = np.empty(shape[::-1], dtype=claim.dtype)  # (z, y, x): x fastest, as the file stores it
+    buffer = fresh_empty(shape[::-1], claim.dtype)  # (z, y, x): x fastest, as the file stores it
     target = buffer.reshape(-1).view(np.uint8).data  # a writable byte view of the array
     try:
         if gzipped:

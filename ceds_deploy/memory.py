@@ -1,0 +1,27 @@
+"""Scan-sized arrays on plain 4 KiB pages.
+
+numpy asks the kernel for transparent huge pages for every array of 4 MiB or more. On a virtual
+machine (this project's CPU machine kind) the first touch of a huge page the guest has not used
+lately can cost several times what small pages cost: a fresh 315 MB float32 confidence map took
+0.8 s to restore on huge pages against 0.2 s on small ones, in a cold process, where every scan-sized
+array is a first touch (benchmarks/results/fresh_memory.json). The arrays a run makes once per scan
+(the read voxels, the restored mask and confidence map) come from here: an anonymous mapping, zeroed
+by the kernel page by page as it is first written, returned when the array is freed.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+import numpy.typing as npt
+
+
+def fresh_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+    """A C-ordered array of `shape` and `dtype` on 4 KiB pages (zero-filled, as the kernel gives them)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    nbytes = count * dtype.itemsize
+    if nbytes < mmap.PAGESIZE:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=count).reshape(shape)
