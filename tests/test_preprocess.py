@@ -281,3 +281,23 @@ def test_the_mask_thresholded_where_it_is_restored_equals_thresholding_the_resto
     assert 0 < mask.mean() < 1
     filled_above = restore_to_source(logits, plan, fill=5.0, above=0.0)[0]  # the fill is thresholded too
     np.testing.assert_array_equal(filled_above, (restore_to_source(logits, plan, fill=5.0)[0] > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("where", ["corner", "centre", "nowhere"])
+def test_a_thresholded_mask_resamples_only_around_what_is_above_and_equals_the_full_restore(name, where):
+    """Only the scan voxels whose taps read a grid voxel above the threshold are resampled (a small
+    tumour in a large scan); the mask is the full restore's, thresholded, voxel for voxel."""
+    import torch
+
+    image, _ = sphere_scan(GEOMETRIES[name], radius_mm=6, body_mm=14)
+    _, plan = prepare_scan(image, SPEC)
+    rng = np.random.default_rng(3)
+    logits = -rng.uniform(0.1, 3.0, size=(1, *plan.model_geometry.shape)).astype(np.float32)
+    if where != "nowhere":  # a few voxels above 0 at one corner of the crop, or in its middle
+        start = [b for b in plan.pad_before] if where == "corner" else [n // 2 for n in plan.model_geometry.shape]
+        logits[(0, *(slice(b, b + 2) for b in start))] = rng.uniform(0.1, 2.0, size=(2, 2, 2))
+    tensor = torch.from_numpy(logits)
+    mask = restore_to_source(tensor, plan, fill=-20.0, above=0.0)[0]
+    np.testing.assert_array_equal(mask, (restore_to_source(tensor, plan, fill=-20.0)[0] > 0).astype(np.uint8))
+    assert (mask.any()) == (where != "nowhere")

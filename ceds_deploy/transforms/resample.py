@@ -26,7 +26,7 @@ def _memory_view(array: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[
     return (np.flip(view, flips) if flips else view), order, flips
 
 
-SCAN_CHUNK_VOXELS = 1 << 23  # CPU: the scan is read and filled in chunks of this many voxels
+SCAN_CHUNK_VOXELS = 1 << 20  # CPU: the scan is read and filled in chunks of this many voxels
 GPU_SCAN_CHUNK_VOXELS = 1 << 28  # GPU: one chunk for any usual scan, bounded for small cards
 
 

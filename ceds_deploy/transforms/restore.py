@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ceds_deploy.memory import fresh_empty
 from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.confidence import calibrate_and_quantize
 from ceds_deploy.transforms.orientation import reorient_array
@@ -49,7 +50,9 @@ def restore_to_source(
         dtype = np.uint8
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
-    out = np.empty((channels.shape[0], *mapping.source.shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+    # On fresh small pages (ceds_deploy.memory), zero already: a zero fill writes nothing, and the
+    # untouched pages of a mostly empty mask are never even allocated.
+    out = fresh_empty((channels.shape[0], *mapping.source.shape[::-1]), dtype).transpose(0, 3, 2, 1)
     canonical = reorient_array(out, mapping.reorientation)
     crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(mapping.pad_before, mapping.cropped_shape))]
     # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
@@ -61,13 +64,52 @@ def restore_to_source(
         low, high, frac = (part[a:b] for part in t)
         local.append((np.clip(low - c0 + 1, 0, n + 1), np.clip(high - c0 + 1, 0, n + 1), frac))
     for c in range(channels.shape[0]):  # one channel at a time keeps peak memory low
-        out[c].fill(outside[c])
         if any(a == b for a, b in box):
+            fill_around(canonical[c], [(0, 0)] * 3, outside[c])
             continue
         ring = F.pad(crop[c][None], (1, 1, 1, 1, 1, 1), value=float(fills[c]))[0]
-        target = canonical[c][tuple(slice(a, b) for a, b in box)]
-        resample_into(target, ring, local, device, above)
+        reach = [(0, b - a) for a, b in box]
+        if above is not None and not fills[c] > above:
+            found = _reaching_above(ring, above, local)
+            if found is None:  # nothing above the threshold: every voxel stays `outside`
+                fill_around(canonical[c], [(0, 0)] * 3, outside[c])
+                continue
+            reach = found
+        inner = [(a + r0, a + r1) for (a, _), (r0, r1) in zip(box, reach)]
+        fill_around(canonical[c], inner, outside[c])
+        target = canonical[c][tuple(slice(a, b) for a, b in inner)]
+        narrowed = [tuple(part[r0:r1] for part in t) for t, (r0, r1) in zip(local, reach)]
+        resample_into(target, ring, narrowed, device, above)
     return out
+
+
+def fill_around(array: np.ndarray, box: list[tuple[int, int]], value) -> None:
+    """Set every voxel of the fresh (zero) 3D `array` outside `box` ((start, stop) per axis) to
+    `value`, each once (the box itself is about to be written); nothing for a zero `value`."""
+    if value == 0:
+        return
+    (a0, b0), (a1, b1), (a2, b2) = box
+    array[:a0].fill(value)
+    array[b0:].fill(value)
+    middle = array[a0:b0]
+    middle[:, :a1].fill(value)
+    middle[:, b1:].fill(value)
+    middle[:, a1:b1, :a2].fill(value)
+    middle[:, a1:b1, b2:].fill(value)
+
+
+def _reaching_above(ring, above: float, local: list[Taps]) -> list[tuple[int, int]] | None:
+    """Per axis, the range of scan positions whose taps read a grid voxel above `above`; None when
+    none is. Every other voxel interpolates between values at or below it (the fill too), so it is
+    not above: only the tumour's surroundings are resampled, not the whole body."""
+    import torch
+
+    hits = torch.nonzero(ring > above)
+    if hits.shape[0] == 0:
+        return None
+    first, last = hits.min(0).values.tolist(), hits.max(0).values.tolist()
+    reach = [taps_reaching(t, low, high + 1) for t, low, high in zip(local, first, last)]
+    return None if any(r0 == r1 for r0, r1 in reach) else reach
 
 
 @dataclass
