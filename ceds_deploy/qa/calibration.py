@@ -28,6 +28,21 @@ LEVELS = 1024  # the stored confidence map's steps (transforms.confidence.CONFID
 DEFAULT_MARGIN_MM = 10.0
 
 
+def tumour_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a label mask's tumour (nonzero: labels are never negative); None when there
+    is none. Narrowed axis by axis with max reductions: one pass over the scan, no scan-sized temporary."""
+    box: list[slice] = []
+    bounds = mask
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(bounds.max(axis=other)) if bounds.size else np.empty(0, np.int64)
+        if not hits.size:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        bounds = bounds[(slice(None),) * axis + (box[-1],)]
+    return tuple(box)
+
+
 def calibration_box(
     mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM
 ) -> tuple[tuple[slice, ...], np.ndarray] | None:
@@ -35,17 +50,13 @@ def calibration_box(
     None when nothing is predicted. Outside the box the region is all False."""
     from scipy import ndimage
 
-    tumour = mask > 0
-    if not tumour.any():
+    tight = tumour_box(mask)
+    if tight is None:
         return None
-    reach = [int(np.ceil(margin_mm / s)) for s in spacing]
-    box = []
-    for axis in range(3):  # the distance transform runs in the mask's bounding box plus the margin only
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(tumour.any(axis=other))
-        box.append(slice(max(0, int(hits[0]) - reach[axis]), min(mask.shape[axis], int(hits[-1]) + reach[axis] + 1)))
+    reach = [int(np.ceil(margin_mm / s)) for s in spacing]  # the distance transform runs in the box only
+    box = [slice(max(0, t.start - r), min(n, t.stop + r)) for t, r, n in zip(tight, reach, mask.shape)]
     inside = tuple(box)
-    distance = ndimage.distance_transform_edt(~tumour[inside], sampling=[float(s) for s in spacing])
+    distance = ndimage.distance_transform_edt(mask[inside] == 0, sampling=[float(s) for s in spacing])
     return inside, distance <= margin_mm
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ceds_deploy.qa.calibration import calibration_box
+from ceds_deploy.qa.calibration import calibration_box, tumour_box
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,14 @@ MAX_PLAUSIBLE_ML = 1500.0  # larger than the mediastinum itself
 DEFAULT_REVIEW_BELOW = 0.7  # expected Dice below which a case is flagged
 
 
-def _sum_inside(values: np.ndarray, inside: np.ndarray, count: int, below: float | None = None) -> tuple[float, int]:
-    """(sum of `values` over the `count` True voxels of `inside`, how many of them are below `below`),
-    without gathering a large selection (random or broad masks) into a temporary."""
-    if count * 20 < inside.size:
-        chosen = values[inside]
-        return float(chosen.sum(dtype=np.float64)), int(np.count_nonzero(chosen < below)) if below is not None else 0
-    total = float(np.sum(values, where=inside, dtype=np.float64))
-    return total, int(np.count_nonzero((values < below) & inside)) if below is not None else 0
+def _sum_inside(values: np.ndarray, mask: np.ndarray, below: float | None = None) -> tuple[float, int]:
+    """(sum of `values` over the tumour voxels of `mask`, how many of them are below `below`), looking
+    only inside the tumour's bounding box: no scan-sized temporary for the usual small tumour."""
+    box = tumour_box(mask)
+    if box is None:
+        return 0.0, 0
+    chosen = values[box][mask[box] > 0]
+    return float(chosen.sum(dtype=np.float64)), int(np.count_nonzero(chosen < below)) if below is not None else 0
 
 
 def _in_memory_order(mask: np.ndarray, confidence: np.ndarray, spacing: tuple[float, ...] | None):
@@ -65,15 +65,14 @@ def _in_memory_order(mask: np.ndarray, confidence: np.ndarray, spacing: tuple[fl
 def expected_dice(mask: np.ndarray, calibrated: np.ndarray, spacing: tuple[float, ...], margin_mm: float) -> float:
     """E[Dice] of `mask` from a calibrated confidence map (see the module docstring); 0.0 when nothing
     is predicted."""
-    tumour = mask > 0
-    count = int(np.count_nonzero(tumour))
+    count = int(np.count_nonzero(mask))  # labels are never negative: nonzero is tumour
     if count == 0:
         return 0.0
-    right_inside, _ = _sum_inside(calibrated, tumour, count)
+    right_inside, _ = _sum_inside(calibrated, mask)
     found = calibration_box(mask, spacing, margin_mm)
     assert found is not None  # count > 0
     box, region = found  # the region is empty outside its box: only the box is looked at
-    around = region & ~tumour[box]
+    around = region & (mask[box] == 0)
     missed = float((1.0 - calibrated[box][around]).sum(dtype=np.float64))
     return 2.0 * right_inside / (count + right_inside + missed)
 
@@ -95,13 +94,12 @@ def assess(
     below `review_below`; without, a share of the tumour above `max_low_fraction` below `threshold`.
     Implausible volumes and no tumour are flagged either way."""
     mask, confidence, spacing = _in_memory_order(mask, confidence, spacing)
-    inside = mask > 0
-    count = int(np.count_nonzero(inside))
+    count = int(np.count_nonzero(mask))  # labels are never negative: nonzero is tumour
     tumour_ml = count * voxel_ml
     calibrated = calibration_margin_mm is not None and spacing is not None
     if count == 0:
         return CaseFindings(0.0, math.nan, math.nan, True, "no tumour found", 0.0 if calibrated else math.nan)
-    total, below = _sum_inside(confidence, inside, count, threshold)
+    total, below = _sum_inside(confidence, mask, threshold)
     mean_conf = total / count
     low = below / count
     reasons = []
