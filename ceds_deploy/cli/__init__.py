@@ -14,7 +14,7 @@ STARTED_AT = time.perf_counter()
 def collection_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while a command imports torch and opens its model, then
     as it was. Those imports make a million long-lived objects and no garbage, and the collections
-    they set off cost 0.2 s of the 1.1 s a cold start spends importing (benchmarks/results/
+    they set off cost 0.13 s of the 1.1 s a cold start spends importing (benchmarks/results/
     import_collections.json)."""
     enabled = gc.isenabled()
     gc.disable()

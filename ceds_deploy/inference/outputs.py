@@ -6,6 +6,7 @@ exists. And the case's row figures (volume, confidence, review flag)."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,17 +112,20 @@ def finish_case(
     )
     del seg, conf
     restored_at = time.perf_counter()
-    write_case_files(output, row, restored, mapping.source, options, source, scan)
-    row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
-    findings = assess(
-        restored.mask,
-        restored.confidence,
-        mapping.source.voxel_volume_ml,
-        options.confidence_threshold,
-        spacing=mapping.source.spacing,
-        calibration_margin_mm=None if calibration is None else calibration.margin_mm,
-        review_below=options.review_below,
-    )
+    with ThreadPoolExecutor(1, thread_name_prefix="ceds-review") as review:  # reads the maps while they are written
+        assessing = review.submit(
+            assess,
+            restored.mask,
+            restored.confidence,
+            mapping.source.voxel_volume_ml,
+            options.confidence_threshold,
+            spacing=mapping.source.spacing,
+            calibration_margin_mm=None if calibration is None else calibration.margin_mm,
+            review_below=options.review_below,
+        )
+        write_case_files(output, row, restored, mapping.source, options, source, scan)
+        row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
+        findings = assessing.result()
     row.tumour_ml = round(findings.tumour_ml, 3)
     row.expected_dice = round(findings.expected_dice, 4)
     row.mean_confidence = findings.mean_confidence

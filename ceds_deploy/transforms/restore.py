@@ -89,13 +89,11 @@ def fill_around(array: np.ndarray, box: list[tuple[int, int]], value) -> None:
     if value == 0:
         return
     (a0, b0), (a1, b1), (a2, b2) = box
-    array[:a0].fill(value)
-    array[b0:].fill(value)
     middle = array[a0:b0]
-    middle[:, :a1].fill(value)
-    middle[:, b1:].fill(value)
-    middle[:, a1:b1, :a2].fill(value)
-    middle[:, a1:b1, b2:].fill(value)
+    for part in (array[:a0], array[b0:], middle[:, :a1], middle[:, b1:], middle[:, a1:b1, :a2], middle[:, a1:b1, b2:]):
+        if part.size:  # torch fills on every core (first touches of fresh pages, mostly); any axis order will do
+            flipped = tuple(k for k in range(part.ndim) if part.strides[k] < 0)
+            torch.from_numpy(np.flip(part, flipped) if flipped else part).fill_(float(value))
 
 
 def _reaching_above(ring, above: float, local: list[Taps]) -> list[tuple[int, int]] | None:
