@@ -1,12 +1,13 @@
 """Scan-sized arrays on plain 4 KiB pages.
 
 numpy asks the kernel for transparent huge pages for every array of 4 MiB or more. On a virtual
-machine (this project's CPU machine kind) the first touch of a huge page the guest has not used
-lately can cost several times what small pages cost: a fresh 315 MB float32 confidence map took
-0.8 s to restore on huge pages against 0.2 s on small ones, in a cold process, where every scan-sized
-array is a first touch (benchmarks/results/fresh_memory.json). The arrays a run makes once per scan
-(the read voxels, the restored mask and confidence map) come from here: an anonymous mapping, zeroed
-by the kernel page by page as it is first written, returned when the array is freed.
+machine (this project's CPU machine kind) the first touch of a huge page varies widely: restoring a
+315 MB float32 confidence map in a fresh process took 0.11-0.41 s (median 0.20) on huge pages
+against a steady 0.16-0.19 s on small ones (benchmarks/results/fresh_memory.json), and a cold run
+touches every scan-sized array for the first time. The arrays a run makes once per scan (the read
+voxels, the restored mask and confidence map) come from here: an anonymous mapping, zeroed by the
+kernel page by page as it is first written (a mask's untouched pages are never allocated), returned
+when the array is freed.
 """
 
 from __future__ import annotations
