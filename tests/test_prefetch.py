@@ -105,3 +105,11 @@ def test_a_released_scan_is_never_decompressed(tmp_path, monkeypatch):
     for thread in [t for t in threading.enumerate() if t.name == "ceds-prefetch"]:
         thread.join(10)
     assert decompressed == [first] and prefetch.take_prefetched(second) is None
+
+
+def test_the_scans_prefetched_together_hold_a_bounded_amount(tmp_path, monkeypatch):
+    first, second = _scan(tmp_path / "a.nii.gz"), _scan(tmp_path / "b.nii.gz", seed=1)
+    monkeypatch.setattr(prefetch, "MAX_COMPRESSED_BYTES", first.stat().st_size + second.stat().st_size - 1)
+    prefetch.prefetch_gzip(first, second)
+    assert prefetch.take_prefetched(first) is not None
+    assert prefetch.take_prefetched(second) is None  # over the bound together: read as usual

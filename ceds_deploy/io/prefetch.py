@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-MAX_COMPRESSED_BYTES = 1 << 30  # larger files are read as usual (memory held for one scan only)
+MAX_COMPRESSED_BYTES = 1 << 30  # the files prefetched together hold at most this much gzip data
 PREFETCH_SCANS = 2  # the import's idle core decompresses about two full-size scans
 
 _lock = threading.Lock()
@@ -34,8 +34,14 @@ def _key(path: Path) -> tuple[str, int, int] | None:
 
 def prefetch_gzip(*paths: Path) -> None:
     """Start decompressing the gzip files `paths`, one after the other, in a daemon thread (replacing
-    earlier prefetches)."""
-    keyed = [(path, key) for path in paths if (key := _key(path)) is not None and key[1] <= MAX_COMPRESSED_BYTES]
+    earlier prefetches); only the first of them while they hold `MAX_COMPRESSED_BYTES` in all."""
+    keyed, total = [], 0
+    for path in paths:
+        key = _key(path)
+        if key is None or total + key[1] > MAX_COMPRESSED_BYTES:
+            break  # the memory held for scans not yet read stays bounded
+        keyed.append((path, key))
+        total += key[1]
     if not keyed:
         return
     futures: list[tuple[Path, Future]] = [(path, Future()) for path, _ in keyed]
