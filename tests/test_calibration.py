@@ -228,6 +228,7 @@ def test_the_fast_calibrate_and_quantize_equals_apply_then_quantize_bit_for_bit(
     from ceds_deploy.transforms.confidence import calibrate_and_quantize, quantize_confidence
 
     exact_sizes: list[int] = []
+    monkeypatch.setattr(confidence, "CHUNK", 4099)  # many chunks, on every core
     reference_exact = confidence._exact
     monkeypatch.setattr(confidence, "_exact", lambda v, p, c: exact_sizes.append(v.size) or reference_exact(v, p, c))
     rng = np.random.default_rng(0)
@@ -290,3 +291,23 @@ def test_assess_gives_the_same_findings_on_the_restored_maps_layout() -> None:
     assert scan_layout.tumour_ml == plain.tumour_ml and scan_layout.needs_review == plain.needs_review
     assert scan_layout.mean_confidence == pytest.approx(plain.mean_confidence, rel=1e-12)
     assert 0 < plain.expected_dice < 1
+
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.9, 2.5), (3.0, 0.7, 0.7)])
+def test_the_margin_in_slabs_equals_one_distance_transform(spacing) -> None:
+    """`within_margin` transforms slabs (with the margin's overlap) on every core: the thresholded
+    region is the whole transform's voxel for voxel, slabs without a tumour voxel nearby included."""
+    from scipy import ndimage
+
+    from ceds_deploy.qa.calibration import within_margin
+
+    rng = np.random.default_rng(4)
+    background = rng.random((90, 40, 30)) > 0.002
+    background[20:70] = True  # a stretch far from any tumour voxel
+    background[85:, :5, :5] = False
+    expected = ndimage.distance_transform_edt(background, sampling=spacing) <= 6.0
+    for cores in (1, 2, 5):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+            np.testing.assert_array_equal(within_margin(background, spacing, 6.0), expected)
+    assert expected.any() and not expected.all()

@@ -11,6 +11,9 @@ exact path.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ceds_deploy.spec import Calibration
@@ -48,7 +51,9 @@ def _tables(calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
         at_low, at_high = _exact(low.copy(), label, calibration), _exact(high.copy(), label, calibration)
         values[k], mixed[k] = at_low, at_low != at_high
         knots = (np.array([x for x, _ in table]) * BUCKETS).astype(np.int64)  # a knot's interval: exact path
-        mixed[k, np.clip(knots, 0, BUCKETS)] = True
+        # (not a knot at 1.0: that "interval" is the single value the table holds exactly, and every
+        # voxel outside the body box has it)
+        mixed[k, np.clip(knots[knots < BUCKETS], 0, BUCKETS)] = True
     return values, mixed
 
 
@@ -80,7 +85,8 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
     flat, labels = work.ravel(order="K"), _in_layout_of(work, predicted).ravel(order="K")
     values, mixed = _tables(calibration)
     classes = len(calibration.tables)
-    for start in range(0, flat.size, CHUNK):
+
+    def one_chunk(start: int) -> None:
         part, label = flat[start : start + CHUNK], labels[start : start + CHUNK]
         bucket = (part * np.float32(BUCKETS)).astype(np.int32)  # exact scaling; truncation is the floor here
         result, exact = values[0][bucket], mixed[0][bucket]
@@ -90,6 +96,15 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
         redo = np.flatnonzero(exact | (label >= classes))  # a class without a table keeps apply's answer
         result[redo] = _exact(part[redo], label[redo], calibration)
         part[:] = result
+
+    starts = range(0, flat.size, CHUNK)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if len(starts) > 1 and cores > 1:  # chunks apart in memory, on every core (numpy leaves the GIL for these)
+        with ThreadPoolExecutor(min(cores, len(starts)), thread_name_prefix="ceds-calibrate") as pool:
+            list(pool.map(one_chunk, starts))
+    else:
+        for start in starts:
+            one_chunk(start)
     if work is not conf:
         conf[...] = work
     return conf
