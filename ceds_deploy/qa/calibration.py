@@ -82,8 +82,21 @@ def within_margin(background: np.ndarray, spacing: tuple[float, ...], margin_mm:
         if part.all():  # no tumour within the margin of this slab (the transform has no feature to measure to)
             region[start:stop] = False
             return
-        distance = ndimage.distance_transform_edt(part, sampling=sampling)
-        region[start:stop] = distance[start - low : stop - low] <= margin_mm
+        # The nearest tumour voxel's index, then the distance as scipy computes it (the same float64
+        # operations in the same order) one axis at a time: scipy's own holds every offset at once.
+        nearest = ndimage.distance_transform_edt(part, sampling=sampling, return_distances=False, return_indices=True)
+        own = nearest[:, start - low : stop - low]  # the slab's voxels, not its overlap
+        squared: np.ndarray | None = None
+        for axis in range(part.ndim):
+            first = start - low if axis == 0 else 0
+            positions = np.arange(first, first + own.shape[axis + 1], dtype=own.dtype)
+            along = positions.reshape([-1 if a == axis else 1 for a in range(part.ndim)])
+            offset = (own[axis] - along).astype(np.float64)
+            offset *= sampling[axis]
+            np.multiply(offset, offset, out=offset)
+            squared = offset if squared is None else np.add(squared, offset, out=squared)
+        assert squared is not None
+        region[start:stop] = np.sqrt(squared, out=squared) <= margin_mm
 
     if slabs == 1:
         slab(0)
