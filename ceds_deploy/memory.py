@@ -18,8 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 
-def fresh_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
-    """A C-ordered array of `shape` and `dtype` on 4 KiB pages (zero-filled, as the kernel gives them)."""
+def fresh_zeros(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+    """A C-ordered array of zeros of `shape` and `dtype` on 4 KiB pages: the kernel zeroes each page
+    as it is first written, and callers may count on the zeros (a zero fill need write nothing)."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize

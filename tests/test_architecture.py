@@ -18,7 +18,7 @@ SOURCES = {
 
 # Lower layers never import higher ones; a layer may import itself and anything below.
 LAYERS = [
-    ("core", ["errors", "spec", "volume", "progress", "memory", "__init__"]),
+    ("core", ["errors", "spec", "volume", "progress", "memory", "machine", "__init__"]),
     ("io and network", ["io", "network"]),
     ("grids and artifacts", ["transforms", "checkpoint", "artifacts"]),
     ("phantoms and qa", ["synthetic", "qa"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +9,13 @@ import torch
 
 from ceds_deploy.backends.base import Backend, WindowOutputs, is_cuda
 from ceds_deploy.errors import ArtifactError, BackendUnavailableError
+from ceds_deploy.machine import usable_cores
 from ceds_deploy.spec import INPUT_NAME, OUTPUT_NAMES
 
 
 def physical_cores() -> int:
     """Physical cores this process may use (hyper-threads share one core's convolution units)."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = usable_cores()
     try:
         cores, current = set(), {}
         with open("/proc/cpuinfo") as fh:

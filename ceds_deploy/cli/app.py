@@ -19,6 +19,7 @@ from ceds_deploy.cli import info as info_cmd
 from ceds_deploy.cli import phantoms as phantoms_cmd
 from ceds_deploy.cli import segment as segment_cmd
 from ceds_deploy.cli import train as train_cmd
+from ceds_deploy.machine import usable_cores
 
 app = typer.Typer(
     name="ceds",
@@ -76,7 +77,7 @@ def patient_openmp_threads(load: float | None = None, cores: int | None = None) 
         return False
     load = os.getloadavg()[0] if load is None else load
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     if load <= BUSY_LOAD_PER_CORE * cores:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -31,7 +31,7 @@ from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
 from ceds_deploy.io.paths import image_suffix, is_nifti
 from ceds_deploy.io.prefetch import take_prefetched
-from ceds_deploy.memory import fresh_empty
+from ceds_deploy.memory import fresh_zeros
 from ceds_deploy.volume import Geometry, Volume
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _nifti_voxels(path: Path, claim: NiftiClaim) -> np.ndarray | None:
             return None
         flat = np.frombuffer(prefetched, dtype=claim.dtype, count=count, offset=claim.offset)
         return _native(flat.reshape(shape[::-1])).transpose(2, 1, 0)
-    buffer = fresh_empty(shape[::-1], claim.dtype)  # (z, y, x): x fastest, as the file stores it
+    buffer = fresh_zeros(shape[::-1], claim.dtype)  # (z, y, x): x fastest, as the file stores it
     target = buffer.reshape(-1).view(np.uint8).data  # a writable byte view of the array
     try:
         if gzipped:

@@ -16,12 +16,12 @@ brings the tumour's voxels near their accuracy (benchmarks/RESULTS.md, calibrati
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ceds_deploy.machine import usable_cores
 from ceds_deploy.qa.metrics import expected_calibration_error, reliability_bins
 from ceds_deploy.spec import Calibration
 
@@ -70,7 +70,7 @@ def within_margin(background: np.ndarray, spacing: tuple[float, ...], margin_mm:
     sampling = [float(s) for s in spacing]
     overlap = int(np.ceil(margin_mm / sampling[0]))
     length = background.shape[0]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     slabs = max(1, min(cores, length // (4 * overlap + 1)))  # each much thicker than its overlap
     bounds = np.linspace(0, length, slabs + 1).astype(int)
     region = np.empty(background.shape, dtype=bool)

@@ -11,11 +11,11 @@ exact path.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ceds_deploy.machine import usable_cores
 from ceds_deploy.spec import Calibration
 
 CONFIDENCE_STEPS = 1024  # confidence is stored in steps of 1/1024 (max error 4.9e-4)
@@ -98,7 +98,7 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
         part[:] = result
 
     starts = range(0, flat.size, CHUNK)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if len(starts) > 1 and cores > 1:  # chunks apart in memory, on every core (numpy leaves the GIL for these)
         with ThreadPoolExecutor(min(cores, len(starts)), thread_name_prefix="ceds-calibrate") as pool:
             list(pool.map(one_chunk, starts))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ceds_deploy.memory import fresh_empty
+from ceds_deploy.memory import fresh_zeros
 from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.confidence import calibrate_and_quantize
 from ceds_deploy.transforms.orientation import reorient_array
@@ -52,7 +52,7 @@ def restore_to_source(
     # order), so neither restoring nor writing transposes a full-size array.
     # On fresh small pages (ceds_deploy.memory), zero already: a zero fill writes nothing, and the
     # untouched pages of a mostly empty mask are never even allocated.
-    out = fresh_empty((channels.shape[0], *mapping.source.shape[::-1]), dtype).transpose(0, 3, 2, 1)
+    out = fresh_zeros((channels.shape[0], *mapping.source.shape[::-1]), dtype).transpose(0, 3, 2, 1)
     canonical = reorient_array(out, mapping.reorientation)
     crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(mapping.pad_before, mapping.cropped_shape))]
     # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
@@ -100,8 +100,6 @@ def _reaching_above(ring, above: float, local: list[Taps]) -> list[tuple[int, in
     """Per axis, the range of scan positions whose taps read a grid voxel above `above`; None when
     none is. Every other voxel interpolates between values at or below it (the fill too), so it is
     not above: only the tumour's surroundings are resampled, not the whole body."""
-    import torch
-
     hits = torch.nonzero(ring > above)
     if hits.shape[0] == 0:
         return None
