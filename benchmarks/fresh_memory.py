@@ -37,7 +37,7 @@ from ceds_deploy.transforms.preprocess import prepare_scan_on
 small_pages, chunk = sys.argv[2] == "1", int(sys.argv[3])
 resample.SCAN_CHUNK_VOXELS = chunk
 if not small_pages:
-    restore.fresh_empty = lambda shape, dtype: np.empty(shape, dtype)  # numpy's allocation: huge pages
+    restore.fresh_zeros = lambda shape, dtype: np.zeros(shape, dtype)  # numpy's allocation: huge pages
 spec = ModelSpec(roi_size=(32, 32, 32), target_spacing=(3.0, 3.0, 3.0), width=4)
 volume = read_scan(sys.argv[1], dtype=None)
 _, mapping = prepare_scan_on(volume, spec, "cpu")
