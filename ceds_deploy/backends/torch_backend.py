@@ -188,7 +188,10 @@ class TorchBackend(Backend):
                 self._network()(static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad(), self._autocast(cache_enabled=False):
+        # thread_local: a pipeline's readers and writers may allocate and synchronise on their own
+        # streams meanwhile (inference/side_streams.py); only this thread's calls would break the capture.
+        capture = torch.cuda.graph(graph, capture_error_mode="thread_local")
+        with capture, torch.no_grad(), self._autocast(cache_enabled=False):
             seg, conf = self._network()(static_in)
         return graph, static_in, seg, conf
 

@@ -34,6 +34,7 @@ class SegmentOptions:
     preview_labels: Path | None = None  # ground truth to outline in previews, matched by case name
     io_workers: int | None = None  # cases read and written at once; None: one per 4 CPU cores, 1 to 4
     output_format: str | None = None  # OUTPUT_FORMATS; None: both for a DICOM series, nifti otherwise
+    side_streams: bool = True  # on a GPU, readers and writers on CUDA streams beside the network's (side_streams.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < 1:

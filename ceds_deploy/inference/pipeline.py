@@ -25,6 +25,7 @@ from ceds_deploy.inference.outputs import finish_case
 from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.inference.scheduler import CaseJob, predict_cases
 from ceds_deploy.inference.segment import batch_size_for, pads_batches, window_plan_for, work_device
+from ceds_deploy.inference.side_streams import SideStreams
 from ceds_deploy.io import ScanSource, read_scan
 from ceds_deploy.progress import ProgressCallback, ProgressEvent
 from ceds_deploy.transforms.preprocess import GridMapping, prepare_scan_on
@@ -76,6 +77,7 @@ class Pipeline:
         self.spec = backend.spec
         self.workers = options.io_workers or default_io_workers()
         self.device = work_device(backend)
+        self.streams = SideStreams(self.device if options.side_streams else "cpu")
         self.prepared: queue.Queue = queue.Queue(maxsize=self.workers)
         self.finished: queue.Queue = queue.Queue(maxsize=self.workers)
         self.stop = threading.Event()
@@ -132,7 +134,7 @@ class Pipeline:
                 job.payload.row.status, job.payload.row.error = "failed", error_text(job.error)
                 self._put(self.finished, job.payload)
             else:
-                self._put(self.finished, (job.payload, seg, conf))
+                self._put(self.finished, (job.payload, seg, conf, self.streams.stitched()))
 
     def _put(self, q: queue.Queue, item: Any) -> None:
         while True:
@@ -151,6 +153,7 @@ class Pipeline:
             if item is _DONE:
                 readers_left -= 1
                 continue
+            self.streams.taken(item.image)
             yield item
 
     def _read_worker(self) -> None:
@@ -180,8 +183,9 @@ class Pipeline:
             t0 = time.perf_counter()
             volume = read_scan(case.path, dtype=None)  # as stored: only the body crop becomes float32
             t1 = time.perf_counter()
-            image, case.mapping = prepare_scan_on(volume, self.spec, self.device, as_tensor=is_cuda(self.device))
-            windows = window_plan_for(image, self.spec, self.options)
+            with self.streams.reading():
+                image, case.mapping = prepare_scan_on(volume, self.spec, self.device, as_tensor=is_cuda(self.device))
+                windows = window_plan_for(image, self.spec, self.options)
             t2 = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - one bad scan never stops the run
             row.status, row.error = "failed", error_text(err)
@@ -211,20 +215,21 @@ class Pipeline:
             self.rows.append(case.row)
             self.progress(ProgressEvent("case", 1, {"case": case.row.case, "status": case.row.status}))
 
-    def _write_one(self, case: Case, seg: Any, conf: Any) -> None:
+    def _write_one(self, case: Case, seg: Any, conf: Any, stitched: Any) -> None:
         try:
             assert case.mapping is not None
-            finish_case(
-                case.row,
-                seg,
-                conf,
-                case.mapping,
-                self.output,
-                self.options,
-                case.source,
-                calibration=self.spec.calibration,
-                scan=case.path,
-            )
+            with self.streams.writing(stitched, seg, conf):
+                finish_case(
+                    case.row,
+                    seg,
+                    conf,
+                    case.mapping,
+                    self.output,
+                    self.options,
+                    case.source,
+                    calibration=self.spec.calibration,
+                    scan=case.path,
+                )
             if self.first_mask_at is None:
                 self.first_mask_at = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - recorded in the report, the run goes on
