@@ -72,6 +72,7 @@ def test_segment_writes_outputs_on_each_scans_own_grid(scan_folder, tiny_checkpo
         "infer_s",
         "restore_s",
         "write_s",
+        "review_s",
         "backend",
         "device",
     ):

@@ -124,8 +124,10 @@ def finish_case(
             review_below=options.review_below,
         )
         write_case_files(output, row, restored, mapping.source, options, source, scan)
-        row.seconds["restore"], row.seconds["write"] = restored_at - started, time.perf_counter() - restored_at
+        written_at = time.perf_counter()
+        row.seconds["restore"], row.seconds["write"] = restored_at - started, written_at - restored_at
         findings = assessing.result()
+        row.seconds["review"] = time.perf_counter() - written_at  # the review's time beyond the writes
     row.tumour_ml = round(findings.tumour_ml, 3)
     row.expected_dice = round(findings.expected_dice, 4)
     row.mean_confidence = findings.mean_confidence

@@ -26,7 +26,7 @@ from ceds_deploy.io import write_atomic_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("read", "preprocess", "infer", "restore", "write")
+STAGES = ("read", "preprocess", "infer", "restore", "write", "review")
 
 
 @dataclass

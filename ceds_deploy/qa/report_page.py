@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 REPORT_PAGE = "report.html"
 PREVIEW_SUFFIX = "_preview.png"  # inference.outputs.PREVIEW_SUFFIX (qa sits below inference)
-STAGES = ("read", "preprocess", "infer", "restore", "write")
+STAGES = ("read", "preprocess", "infer", "restore", "write", "review")
 # (key, header, kind): kind "num" sorts numerically (missing values last), "text" alphabetically.
 COLUMNS = (
     ("case", "case", "text"),
