@@ -311,3 +311,48 @@ def test_the_margin_in_slabs_equals_one_distance_transform(spacing) -> None:
             patch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
             np.testing.assert_array_equal(within_margin(background, spacing, 6.0), expected)
     assert expected.any() and not expected.all()
+
+
+@pytest.mark.parametrize("geometry", ["axial_lps", "ras_like", "permuted_flipped", "oblique"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_confidence_finished_where_it_is_resampled_equals_the_host_path(geometry, classes, monkeypatch) -> None:
+    """On a GPU the confidence map is clipped, calibrated and quantized chunk by chunk where it is
+    resampled (`ConfidenceOnDevice`); run here on the CPU, that path gives the host path's float32
+    values bit for bit, on every orientation, for raw values outside [0, 1], on knots and next to
+    them, with the exact path taken for some voxels, and with the largest component kept."""
+    import torch
+    from helpers import GEOMETRIES, sphere_scan
+
+    from ceds_deploy.transforms.confidence import ConfidenceOnDevice
+    from ceds_deploy.transforms.preprocess import prepare_scan_on
+    from ceds_deploy.transforms.restore import restore_prediction
+
+    fixed: list[int] = []
+    reference_fix = ConfidenceOnDevice.fix
+    monkeypatch.setattr(
+        ConfidenceOnDevice,
+        "fix",
+        lambda self, host, pending: fixed.append(pending[0].size) or reference_fix(self, host, pending),
+    )
+    image, _ = sphere_scan(GEOMETRIES[geometry])
+    spec = ModelSpec(roi_size=(16, 16, 16), target_spacing=(1.5, 1.5, 1.5))  # 3 classes: restore's general path
+    model_image, mapping = prepare_scan_on(image, spec, "cpu", as_tensor=True)
+    generator = torch.Generator().manual_seed(classes)
+    seg = torch.randn((classes, *model_image.shape), generator=generator) * 4
+    conf = torch.rand((1, *model_image.shape), generator=generator) * 1.2 - 0.1
+    knots = torch.tensor([0.0, 0.3, 0.3001, 0.5, 1.0])
+    special = torch.cat([knots, torch.nextafter(knots, torch.zeros(5)), torch.nextafter(knots, torch.ones(5))])
+    conf.view(-1)[: special.numel()] = special
+    tables = ((0.0, 0.05), (0.3, 0.3), (0.3001, 0.71), (1.0, 0.97))
+    for calibration in (None, Calibration(tables=(((0.0, 0.4), (0.5, 0.8), (1.0, 1.0)), tables))):
+        for largest in (False, True):
+            host, device = (
+                restore_prediction(
+                    seg, conf, mapping, largest_component=largest, calibration=calibration, finish_on_device=on
+                )
+                for on in (False, True)
+            )
+            np.testing.assert_array_equal(device.mask, host.mask)
+            np.testing.assert_array_equal(device.confidence, host.confidence)
+            assert device.confidence.shape == image.shape and len(np.unique(device.confidence)) > 50
+    assert fixed and max(fixed) < image.array.size // 2  # the exact path ran for some voxels, not all

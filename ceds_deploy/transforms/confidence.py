@@ -108,3 +108,53 @@ def calibrate_and_quantize(conf: np.ndarray, predicted: np.ndarray, calibration:
     if work is not conf:
         conf[...] = work
     return conf
+
+
+class ConfidenceOnDevice:
+    """The confidence map's last steps (the clip to [0, 1], then `calibrate_and_quantize`) on the
+    device that resampled it, chunk by chunk before the copy to the host: the same float32 values bit
+    for bit. Quantizing is the same three float32 operations; calibrating looks the same tables up
+    there, and the few voxels of a mixed interval (or of a class without a table) come back to the
+    host with their raw values and predicted classes for the exact path (`fix`)."""
+
+    def __init__(self, calibration: Calibration | None, device) -> None:
+        import torch
+
+        self.calibration = calibration
+        if calibration is not None:
+            values, mixed = _tables(calibration)
+            self.values, self.mixed = torch.from_numpy(values).to(device), torch.from_numpy(mixed).to(device)
+
+    def fill(self, raw: float) -> float:
+        """The final value of a voxel outside the resampled box: raw `raw`, predicted background."""
+        value = np.array([raw], np.float32)
+        return float(calibrate_and_quantize(value, np.zeros(1, np.uint8), self.calibration)[0])
+
+    def __call__(self, chunk, labels):
+        """(final values of the float32 `chunk`, and None or (flat positions, raw values, classes) for
+        the exact path); `labels`: the predicted classes of the same voxels, on the same device."""
+        import torch
+
+        chunk = chunk.float().clamp_(0.0, 1.0)
+        if self.calibration is None:
+            return chunk.mul_(float(CONFIDENCE_STEPS)).round_().mul_(1.0 / CONFIDENCE_STEPS), None
+        classes = self.values.shape[0]
+        bucket = (chunk * float(BUCKETS)).to(torch.int32)  # exact scaling; truncation is the floor here
+        known = labels.clamp(max=classes - 1).long()
+        exact = self.mixed[known, bucket] | (labels >= classes)  # a class without a table: apply's answer
+        result = self.values[known, bucket]
+        del known, bucket
+        where = torch.nonzero(exact.flatten()).flatten()
+        if where.numel() == 0:
+            return result, None
+        return result, (
+            where.cpu().numpy(),
+            chunk.flatten()[where].cpu().numpy(),
+            labels.flatten()[where].cpu().numpy(),
+        )
+
+    def fix(self, host: np.ndarray, pending) -> None:
+        """Write the exact values of `pending` (from `__call__`) into `host`, the chunk's copy."""
+        where, raw, labels = pending
+        assert self.calibration is not None  # only calibrating leaves voxels for the exact path
+        host[np.unravel_index(where, host.shape)] = _exact(raw, labels, self.calibration)

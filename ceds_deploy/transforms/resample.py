@@ -97,13 +97,21 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     return out.astype(array.dtype) if out.dtype != array.dtype and mode == "nearest" else out
 
 
-def resample_into(target: np.ndarray, source, taps: list[Taps], device, above: float | None = None) -> None:
+def resample_into(
+    target: np.ndarray, source, taps: list[Taps], device, above: float | None = None, finish=None, labels=None
+) -> None:
     """Fill the 3D view `target` (large: a box of the scan's grid) from the torch tensor `source`
     (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order.
-    With `above`, `target` receives (value > above) instead, thresholded on `device`."""
+    With `above`, `target` receives (value > above) instead, thresholded on `device`. With `finish`
+    (`confidence.ConfidenceOnDevice`), each chunk is finished on `device` before it crosses, given
+    the `labels` (a view laid out as `target`) of its voxels."""
     import torch
 
     base, order, flips = _memory_view(target)
+    label_base = None
+    if finish is not None:  # the labels walked as `target` is, whatever their own layout
+        label_base = labels.transpose(order)
+        label_base = np.flip(label_base, flips) if flips else label_base
     # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
     moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]] for k in range(3)]
     source = source.permute(*order)
@@ -118,6 +126,12 @@ def resample_into(target: np.ndarray, source, taps: list[Taps], device, above: f
         first, last = int(min(low[part].min(), high[part].min())), int(max(low[part].max(), high[part].max())) + 1
         chunk = _gather(source[first:last], 0, (low[part] - first, high[part] - first, frac[part]))
         chunk = _gather(_gather(chunk, 2, moved[2]), 1, moved[1])
+        pending = None
         if above is not None:
             chunk = chunk > above
+        elif finish is not None:
+            assert label_base is not None
+            chunk, pending = finish(chunk, torch.from_numpy(np.ascontiguousarray(label_base[part])).to(chunk.device))
         writable[part].copy_(chunk.to(writable.dtype) if chunk.dtype != writable.dtype else chunk)
+        if pending is not None:
+            finish.fix(base[part], pending)

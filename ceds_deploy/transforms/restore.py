@@ -10,7 +10,7 @@ import torch
 
 from ceds_deploy.memory import fresh_zeros
 from ceds_deploy.spec import Calibration
-from ceds_deploy.transforms.confidence import calibrate_and_quantize
+from ceds_deploy.transforms.confidence import ConfidenceOnDevice, calibrate_and_quantize
 from ceds_deploy.transforms.orientation import reorient_array
 from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.resample import resample_into
@@ -21,7 +21,13 @@ UNCOVERED_CONFIDENCE = 1.0
 
 
 def restore_to_source(
-    channels, mapping: GridMapping, fill: float | tuple[float, ...], mode: str = "linear", above: float | None = None
+    channels,
+    mapping: GridMapping,
+    fill: float | tuple[float, ...],
+    mode: str = "linear",
+    above: float | None = None,
+    finish: ConfidenceOnDevice | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
 
@@ -30,7 +36,9 @@ def restore_to_source(
     value or one per channel), and each scan voxel reads the grid at its own position, clamped to
     the grid's edge. `channels` may be numpy or a torch tensor; a tensor on a GPU is resampled there.
     With `above`, each channel comes back as uint8 (value > above), thresholded where it was
-    resampled: from a GPU only the mask crosses to the host.
+    resampled: from a GPU only the mask crosses to the host. With `finish` (one channel), the
+    confidence map's last steps are done where it is resampled, given the restored `labels`
+    (the predicted classes on the scan's grid).
     """
     import torch.nn.functional as F
 
@@ -45,14 +53,18 @@ def restore_to_source(
         np.float32 if floating or mode == "linear" else torch.empty(0, dtype=tensor.dtype).numpy().dtype
     )
     # What the scan's voxels outside the crop hold: the fill, or whether it is above the threshold.
-    outside = fills if above is None else (fills > above).astype(np.uint8)
+    outside: np.ndarray = fills if above is None else (fills > above).astype(np.uint8)
+    if finish is not None:
+        outside = np.array([finish.fill(float(f)) for f in fills], np.float32)
+        assert labels is not None and channels.shape[0] == 1, "finish: one channel, with its labels"
+        label_view = reorient_array(labels[None], mapping.reorientation)
     if above is not None:
         dtype = np.uint8
     # Laid out in memory like the scans `read_scan` returns and `write_volume` takes (ITK's z, y, x
     # order), so neither restoring nor writing transposes a full-size array.
-    # On fresh small pages (ceds_deploy.memory), zero already: a zero fill writes nothing, and the
-    # untouched pages of a mostly empty mask are never even allocated.
-    out = fresh_zeros((channels.shape[0], *mapping.source.shape[::-1]), dtype).transpose(0, 3, 2, 1)
+    # Zero already (`_output_zeros`): a zero fill writes nothing, and on the CPU the untouched pages
+    # of a mostly empty mask are never even allocated.
+    out = _output_zeros((channels.shape[0], *mapping.source.shape[::-1]), dtype, device).transpose(0, 3, 2, 1)
     canonical = reorient_array(out, mapping.reorientation)
     crop = tensor[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(mapping.pad_before, mapping.cropped_shape))]
     # Grid taps of every canonical scan voxel; those reading only outside the crop keep the fill.
@@ -79,8 +91,19 @@ def restore_to_source(
         fill_around(canonical[c], inner, outside[c])
         target = canonical[c][tuple(slice(a, b) for a, b in inner)]
         narrowed = [tuple(part[r0:r1] for part in t) for t, (r0, r1) in zip(local, reach)]
-        resample_into(target, ring, narrowed, device, above)
+        box_labels = label_view[0][tuple(slice(a, b) for a, b in inner)] if finish is not None else None
+        resample_into(target, ring, narrowed, device, above, finish, box_labels)
     return out
+
+
+def _output_zeros(shape: tuple[int, ...], dtype, device) -> np.ndarray:
+    """The restored array: on fresh small pages (`fresh_zeros`); for a GPU's result, in pinned memory
+    from PyTorch's cache of it (reused case after case), which the copy from the GPU fills at full
+    speed where fresh pages are faulted in during the copy."""
+    if device.type != "cuda":
+        return fresh_zeros(shape, dtype)
+    pinned = torch.zeros(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+    return pinned.numpy()
 
 
 def fill_around(array: np.ndarray, box: list[tuple[int, int]], value) -> None:
@@ -125,11 +148,14 @@ def restore_prediction(
     keep_probabilities: bool = False,
     largest_component: bool = False,
     calibration: Calibration | None = None,
+    finish_on_device: bool | None = None,
 ) -> RestoredPrediction:
     """Resample logits (not labels) back to the scan's grid, then take the argmax (as nnU-Net),
     optionally keeping only the largest tumour region. The model spec's `calibration` turns the
     confidence into P(the final mask is right) here, after the network, for every backend alike.
-    Tensors on a GPU are resampled there; the results are numpy arrays on the host."""
+    Tensors on a GPU are resampled there, and the confidence map finished there too
+    (`finish_on_device`: by default on a GPU; the same values either way); the results are numpy
+    arrays on the host."""
     seg = seg_logits.detach()
     if seg.shape[0] == 2:
         # With two classes, argmax == (l1 - l0 > 0): restore one channel instead of two.
@@ -148,11 +174,18 @@ def restore_prediction(
         restored = restore_to_source(seg, mapping, fill=tuple(fills))
         mask = np.argmax(restored, axis=0).astype(np.uint8)
         probabilities = torch.softmax(torch.from_numpy(restored), 0).numpy() if keep_probabilities else None
-    conf = restore_to_source(confidence.detach(), mapping, fill=UNCOVERED_CONFIDENCE)[0]
-    np.clip(conf, 0.0, 1.0, out=conf)
     if largest_component:
         mask = keep_largest_component(mask)
-    calibrate_and_quantize(conf, mask, calibration)
+    confidence = confidence.detach()
+    if finish_on_device is None:
+        finish_on_device = confidence.device.type == "cuda"
+    if finish_on_device:  # clipped, calibrated and quantized where it is resampled
+        finish = ConfidenceOnDevice(calibration, confidence.device)
+        conf = restore_to_source(confidence, mapping, fill=UNCOVERED_CONFIDENCE, finish=finish, labels=mask)[0]
+    else:
+        conf = restore_to_source(confidence, mapping, fill=UNCOVERED_CONFIDENCE)[0]
+        np.clip(conf, 0.0, 1.0, out=conf)
+        calibrate_and_quantize(conf, mask, calibration)
     return RestoredPrediction(mask, conf, probabilities)
 
 
