@@ -20,7 +20,8 @@ the paper's width-16 network with random weights (timing only):
   precision (auto): steps/s and step times by phase before and after a validation.
 
 Optional parts (`--parts ... tests throughput precision tensorrt`): the GPU tests, window
-throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT. Every part runs in its own
+throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT, and `restore_profile.py` on the
+largest phantom (each step after a case's last window, alone on the idle GPU). Every part runs in its own
 try/except (an error is recorded in the JSON, the others go on), and parts that would start after
 `--budget-s` are skipped and say so.
 
@@ -47,7 +48,7 @@ from pathlib import Path
 # Appended, not first: on the GPU machine ceds_deploy comes from the installed wheel (PYTHONPATH), whose
 # ceds_deploy.training the source folder's ceds_deploy/ lacks; only `benchmarks` comes from here.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
-from benchmarks import gpu_cold  # noqa: E402
+from benchmarks import gpu_cold, restore_profile  # noqa: E402
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
 
 ROI = (112, 112, 80)
@@ -80,6 +81,10 @@ def full_width_checkpoint(folder: Path, width: int = 16, roi: tuple[int, int, in
     from benchmarks.window_throughput import make_checkpoint
 
     return make_checkpoint(width, roi, folder, spacing)
+
+
+def largest_scan(scans: Path) -> Path:
+    return max(scans.glob("*.nii.gz"), key=lambda p: p.stat().st_size)
 
 
 def sync(device: str) -> None:
@@ -128,6 +133,7 @@ def end_to_end(
     io_workers: int | None = None,
     autotune: bool = True,
     repeat: int = 0,
+    side_streams: bool = True,
 ) -> dict:
     """Our folder run in this process after a warm-up scan (the steady state), with its timeline of
     progress events, then each scan alone in a folder (the warm time a watched scan is held to)."""
@@ -158,9 +164,8 @@ def end_to_end(
                 (round(time.perf_counter() - start, 4), event.name, event.count, event.info.get("case", ""))
             )
 
-        run = segment_folder(
-            scans, out / "run", backend, SegmentOptions(overwrite=True, io_workers=io_workers), progress=record
-        )
+        options = SegmentOptions(overwrite=True, io_workers=io_workers, side_streams=side_streams)
+        run = segment_folder(scans, out / "run", backend, options, progress=record)
         sync(device)
         wall = time.perf_counter() - start
         many = _many_scans(scans, out / "many", repeat) if repeat else None
@@ -168,14 +173,14 @@ def end_to_end(
         if many is not None:
             sync(device)
             started = time.perf_counter()
-            segment_folder(many, out / "many-run", backend, SegmentOptions(overwrite=True, io_workers=io_workers))
+            segment_folder(many, out / "many-run", backend, options)
             sync(device)
             many_wall = time.perf_counter() - started
         single = {}
         for scan in sorted(scans.glob("*.nii.gz")):
             one = out / f"single-{scan.name}"
             started = time.perf_counter()
-            segment_folder(scan, one, backend, SegmentOptions(overwrite=True, io_workers=io_workers))
+            segment_folder(scan, one, backend, options)
             sync(device)
             single[scan.name] = time.perf_counter() - started
         description = backend.description
@@ -192,6 +197,7 @@ def end_to_end(
     ]
     return {
         "backend": description,
+        "side_streams": side_streams,
         "batch": batch,
         "io_workers": run_info_workers(out / "run"),
         "wall_s": wall,
@@ -300,14 +306,21 @@ def tensorrt() -> dict:
 def warm(scans: Path, checkpoint: Path, work: Path, device: str, smoke: bool) -> dict:
     """Our pipeline warm (after a warm-up scan) per variant, each with the network alone on the same
     windows; `network_alone` is the issue's reference (fp16, channels-last, batch 4, eager)."""
-    variants = (("fp32", False, 2),) if smoke else (("fp16", False, 4), ("fp16", True, 4))
+    # (precision, CUDA graph, batch, side streams); the last: readers and writers on the network's stream
+    variants = (
+        (("fp32", False, 2, True),)
+        if smoke
+        else (("fp16", False, 4, True), ("fp16", True, 4, True), ("fp16", False, 4, False))
+    )
     results: dict = {}
-    for precision, graph, batch in variants:
-        key = f"{precision}{'-graph' if graph else ''}-b{batch}"
+    for precision, graph, batch, side in variants:
+        key = f"{precision}{'-graph' if graph else ''}-b{batch}{'' if side else '-one-stream'}"
 
-        def run(precision=precision, graph=graph, batch=batch, key=key):
-            repeat = 4 if (precision, graph, batch) == variants[0] else 0
-            result = end_to_end(scans, checkpoint, work / key, precision, graph, batch, device, repeat=repeat)
+        def run(precision=precision, graph=graph, batch=batch, side=side, key=key):
+            repeat = 4 if (precision, graph, batch, side) == variants[0] else 0
+            result = end_to_end(
+                scans, checkpoint, work / key, precision, graph, batch, device, repeat=repeat, side_streams=side
+            )
             result["network_only_s"] = network_only(checkpoint, precision, graph, batch, result["windows"], device)
             result["ratio_to_network"] = result["wall_s"] / result["network_only_s"]
             if result["many_scans_wall_s"]:  # the same windows `repeat` times: steady-state throughput
@@ -327,7 +340,10 @@ def warm(scans: Path, checkpoint: Path, work: Path, device: str, smoke: bool) ->
             "batch": variants[0][2],
         }
     table = [
-        {k: v.get(k) for k in ("backend", "cases", "windows", "wall_s", "network_only_s", "ratio_to_network")}
+        {
+            k: v.get(k)
+            for k in ("backend", "side_streams", "cases", "windows", "wall_s", "network_only_s", "ratio_to_network")
+        }
         for v in results.values()
         if isinstance(v, dict) and "wall_s" in v
     ]
@@ -380,7 +396,7 @@ def train(work: Path, device: str, smoke: bool, steps: int = 50) -> dict:
 
 
 PARTS = ("phantoms", "cold_floor", "cold_cli", "cold_monai", "warm", "watch", "train")
-OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt")
+OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt", "restore_profile")
 
 
 def parse_args(argv: list[str] | None):
@@ -444,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm": lambda: warm(scans, checkpoint, work, device, args.smoke),
         "watch": lambda: watch(results, scans, checkpoint, work, device, args.timeout_s),
         "train": lambda: train(work, device, args.smoke, args.train_steps),
+        "restore_profile": lambda: restore_profile.profile(largest_scan(scans), checkpoint, device),
         "tensorrt": tensorrt,
     }
     for part in parts:

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validations", type=int, default=8, help="validations per run")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", help="training precision: auto (mixed on a GPU), fp32, bf16, fp16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--combine",
@@ -125,6 +126,7 @@ def train_one(method: str, root: Path, val: list[str], seed: int, args: argparse
         val_every=max(1, epochs // max(1, args.validations)),
         rotate90_prob=0.1 if args.patch[0] == args.patch[1] else 0.0,
         device=args.device,
+        precision=args.precision,
     )
     last = run / CHECKPOINT_DIR / "last.pt"
     if last.is_file():
