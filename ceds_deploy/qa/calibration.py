@@ -48,14 +48,60 @@ def calibration_box(
     mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float = DEFAULT_MARGIN_MM
 ) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """(the box of the mask's bounding box plus the margin, the calibration region inside that box);
-    None when nothing is predicted. Outside the box the region is all False."""
+    None when nothing is predicted. Outside the box the region is all False. The margin is measured
+    around each of the tumour's pieces (`tumour_pieces`) in its own box: a mask scattered over the
+    scan spans a box far larger than the voxels near it."""
     tight = tumour_box(mask)
     if tight is None:
         return None
     reach = [int(np.ceil(margin_mm / s)) for s in spacing]  # the distance transform runs in the box only
-    box = [slice(max(0, t.start - r), min(n, t.stop + r)) for t, r, n in zip(tight, reach, mask.shape)]
-    inside = tuple(box)
-    return inside, within_margin(mask[inside] == 0, spacing, margin_mm)
+    inside = _grown(tight, reach, mask.shape)
+    region = np.zeros(tuple(s.stop - s.start for s in inside), dtype=bool)
+    for piece in tumour_pieces(mask, tight, reach):
+        grown = _grown(piece, reach, mask.shape)
+        near = within_margin(mask[grown] == 0, spacing, margin_mm)
+        local = tuple(slice(g.start - i.start, g.stop - i.start) for g, i in zip(grown, inside))
+        region[local] |= near  # within the margin of the tumour = of any of its pieces
+    return inside, region
+
+
+def _grown(box: tuple[slice, ...], reach: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, b.start - r), min(n, b.stop + r)) for b, r, n in zip(box, reach, shape))
+
+
+def _volume(box: tuple[slice, ...]) -> int:
+    return int(np.prod([b.stop - b.start for b in box]))
+
+
+def tumour_pieces(mask: np.ndarray, tight: tuple[slice, ...], reach: list[int]) -> list[tuple[slice, ...]]:
+    """Boxes that together hold every tumour voxel inside `tight` (the tumour's bounding box): a box is
+    cut along the empty planes between its runs of tumour, one axis at a time, while that shrinks the
+    boxes grown by `reach`. Max reductions only; one box for a compact tumour."""
+    pieces: list[tuple[slice, ...]] = []
+    todo = [tight]
+    while todo:
+        box = todo.pop()
+        for axis in range(mask.ndim):
+            other = tuple(a for a in range(mask.ndim) if a != axis)
+            present = mask[box].max(axis=other) > 0
+            edges = np.flatnonzero(np.diff(present.astype(np.int8)))  # a run ends after each falling edge
+            if not edges.size:
+                continue
+            starts = np.concatenate([[0], edges[1::2] + 1])
+            stops = np.concatenate([edges[::2] + 1, [present.size]])
+            parts = []
+            for a, b in zip(starts, stops):
+                cut = box[:axis] + (slice(box[axis].start + int(a), box[axis].start + int(b)),) + box[axis + 1 :]
+                inner = tumour_box(mask[cut])
+                assert inner is not None  # each run holds tumour
+                parts.append(tuple(slice(c.start + i.start, c.start + i.stop) for c, i in zip(cut, inner)))
+            grown = sum(_volume(_grown(p, reach, mask.shape)) for p in parts)
+            if grown < _volume(_grown(box, reach, mask.shape)):
+                todo.extend(parts)
+                break
+        else:
+            pieces.append(box)
+    return pieces
 
 
 def within_margin(background: np.ndarray, spacing: tuple[float, ...], margin_mm: float) -> np.ndarray:
