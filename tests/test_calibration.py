@@ -313,24 +313,59 @@ def test_the_margin_in_slabs_equals_one_distance_transform(spacing) -> None:
     assert expected.any() and not expected.all()
 
 
+@pytest.mark.parametrize("spacing", [(0.8, 0.9, 2.5), (3.0, 0.7, 0.7), (1.0, 1.0, 1.0)])
+def test_the_region_around_a_scattered_mask_is_measured_piece_by_piece_exactly(spacing) -> None:
+    """`calibration_box` measures the margin around each of the tumour's pieces (`tumour_pieces`) in its
+    own box: the region equals one distance transform over the whole box, for blobs far apart, blobs
+    nearer than the margin, single voxels, and pieces at the scan's edges."""
+    from scipy import ndimage
+
+    from ceds_deploy.qa.calibration import calibration_box, tumour_box, tumour_pieces
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((120, 90, 70), np.uint8)
+    mask[5:15, 10:20, 5:12] = 1
+    mask[60:62, 70:80, 50:60] = 1
+    mask[66:70, 72:75, 55:69] = 1  # near the last one
+    mask[0, 0, 0] = mask[119, 89, 69] = mask[100, 5, 60] = 1
+    mask[rng.random(mask.shape) > 0.99995] = 1
+    found = calibration_box(mask, spacing, 6.0)
+    assert found is not None
+    box, region = found
+    full = np.zeros(mask.shape, bool)
+    full[box] = region
+    expected = ndimage.distance_transform_edt(mask == 0, sampling=spacing) <= 6.0
+    np.testing.assert_array_equal(full, expected)
+    tight = tumour_box(mask)
+    assert tight is not None
+    pieces = tumour_pieces(mask, tight, [int(np.ceil(6.0 / s)) for s in spacing])
+    assert len(pieces) > 3 and sum(int(mask[p].sum()) for p in pieces) >= int(mask.sum())
+    compact = np.zeros_like(mask)
+    compact[30:50, 30:50, 30:50] = 1
+    assert len(tumour_pieces(compact, tumour_box(compact), [5, 5, 5])) == 1  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("geometry", ["axial_lps", "ras_like", "permuted_flipped", "oblique"])
 @pytest.mark.parametrize("classes", [2, 3])
-def test_the_confidence_finished_where_it_is_resampled_equals_the_host_path(geometry, classes, monkeypatch) -> None:
-    """On a GPU the confidence map is clipped, calibrated and quantized chunk by chunk where it is
-    resampled (`ConfidenceOnDevice`); run here on the CPU, that path gives the host path's float32
-    values bit for bit, on every orientation, for raw values outside [0, 1], on knots and next to
-    them, with the exact path taken for some voxels, and with the largest component kept."""
+def test_the_confidence_finished_as_it_is_restored_equals_finishing_the_whole_map(
+    geometry, classes, monkeypatch
+) -> None:
+    """The confidence map is clipped, calibrated and quantized as it is restored (`ConfidenceFinish`):
+    on the host in the body's box only, on a GPU chunk by chunk where it is resampled (that path run
+    here on the CPU). Both give the float32 values of finishing the whole restored map afterwards, bit
+    for bit, on every orientation, for raw values outside [0, 1], on knots and next to them, with the
+    exact path taken for some voxels, and with the largest component kept."""
     import torch
     from helpers import GEOMETRIES, sphere_scan
 
-    from ceds_deploy.transforms.confidence import ConfidenceOnDevice
+    from ceds_deploy.transforms.confidence import ConfidenceFinish, calibrate_and_quantize
     from ceds_deploy.transforms.preprocess import prepare_scan_on
-    from ceds_deploy.transforms.restore import restore_prediction
+    from ceds_deploy.transforms.restore import UNCOVERED_CONFIDENCE, restore_prediction, restore_to_source
 
     fixed: list[int] = []
-    reference_fix = ConfidenceOnDevice.fix
+    reference_fix = ConfidenceFinish.fix
     monkeypatch.setattr(
-        ConfidenceOnDevice,
+        ConfidenceFinish,
         "fix",
         lambda self, host, pending: fixed.append(pending[0].size) or reference_fix(self, host, pending),
     )
@@ -352,7 +387,11 @@ def test_the_confidence_finished_where_it_is_resampled_equals_the_host_path(geom
                 )
                 for on in (False, True)
             )
+            whole = restore_to_source(conf, mapping, fill=UNCOVERED_CONFIDENCE)[0]
+            np.clip(whole, 0.0, 1.0, out=whole)
+            calibrate_and_quantize(whole, host.mask, calibration)
             np.testing.assert_array_equal(device.mask, host.mask)
-            np.testing.assert_array_equal(device.confidence, host.confidence)
-            assert device.confidence.shape == image.shape and len(np.unique(device.confidence)) > 50
+            np.testing.assert_array_equal(host.confidence, whole)
+            np.testing.assert_array_equal(device.confidence, whole)
+            assert whole.shape == image.shape and len(np.unique(whole)) > 50
     assert fixed and max(fixed) < image.array.size // 2  # the exact path ran for some voxels, not all

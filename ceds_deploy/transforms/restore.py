@@ -10,7 +10,7 @@ import torch
 
 from ceds_deploy.memory import fresh_zeros
 from ceds_deploy.spec import Calibration
-from ceds_deploy.transforms.confidence import ConfidenceOnDevice, calibrate_and_quantize
+from ceds_deploy.transforms.confidence import ConfidenceFinish
 from ceds_deploy.transforms.orientation import reorient_array
 from ceds_deploy.transforms.preprocess import GridMapping
 from ceds_deploy.transforms.resample import resample_into
@@ -26,7 +26,7 @@ def restore_to_source(
     fill: float | tuple[float, ...],
     mode: str = "linear",
     above: float | None = None,
-    finish: ConfidenceOnDevice | None = None,
+    finish: ConfidenceFinish | None = None,
     labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map (C, *model_shape) arrays back onto the scan's own grid, (C, *source_shape).
@@ -91,8 +91,15 @@ def restore_to_source(
         fill_around(canonical[c], inner, outside[c])
         target = canonical[c][tuple(slice(a, b) for a, b in inner)]
         narrowed = [tuple(part[r0:r1] for part in t) for t, (r0, r1) in zip(local, reach)]
-        box_labels = label_view[0][tuple(slice(a, b) for a, b in inner)] if finish is not None else None
-        resample_into(target, ring, narrowed, device, above, finish, box_labels)
+        if finish is None:
+            resample_into(target, ring, narrowed, device, above)
+            continue
+        box_labels = label_view[0][tuple(slice(a, b) for a, b in inner)]
+        if finish.on_device:  # each chunk finished before it crosses
+            resample_into(target, ring, narrowed, device, above, finish, box_labels)
+        else:
+            resample_into(target, ring, narrowed, device, above)
+            finish.box(target, box_labels)
     return out
 
 
@@ -179,13 +186,8 @@ def restore_prediction(
     confidence = confidence.detach()
     if finish_on_device is None:
         finish_on_device = confidence.device.type == "cuda"
-    if finish_on_device:  # clipped, calibrated and quantized where it is resampled
-        finish = ConfidenceOnDevice(calibration, confidence.device)
-        conf = restore_to_source(confidence, mapping, fill=UNCOVERED_CONFIDENCE, finish=finish, labels=mask)[0]
-    else:
-        conf = restore_to_source(confidence, mapping, fill=UNCOVERED_CONFIDENCE)[0]
-        np.clip(conf, 0.0, 1.0, out=conf)
-        calibrate_and_quantize(conf, mask, calibration)
+    finish = ConfidenceFinish(calibration, confidence.device, on_device=finish_on_device)
+    conf = restore_to_source(confidence, mapping, fill=UNCOVERED_CONFIDENCE, finish=finish, labels=mask)[0]
     return RestoredPrediction(mask, conf, probabilities)
 
 
