@@ -103,7 +103,7 @@ def resample_into(
     """Fill the 3D view `target` (large: a box of the scan's grid) from the torch tensor `source`
     (small: the model grid) at `taps`, one per `target` axis, walking `target` in memory order.
     With `above`, `target` receives (value > above) instead, thresholded on `device`. With `finish`
-    (`confidence.ConfidenceOnDevice`), each chunk is finished on `device` before it crosses, given
+    (`confidence.ConfidenceFinish` on the device), each chunk is finished on `device` before it crosses, given
     the `labels` (a view laid out as `target`) of its voxels."""
     import torch
 
