@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ceds_deploy.qa.calibration import calibration_box, tumour_box
+from ceds_deploy.transforms.resample import memory_order
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def _sum_inside(values: np.ndarray, mask: np.ndarray, below: float | None = None
 def _in_memory_order(mask: np.ndarray, confidence: np.ndarray, spacing: tuple[float, ...] | None):
     """Both maps (and the spacing) with their axes in memory order, when they lie in memory alike: a
     restored map is x fastest, and a scan through it in the other order reads across memory."""
-    order = tuple(int(a) for a in np.argsort(-np.abs(np.asarray(mask.strides)), kind="stable"))
-    same = order == tuple(int(a) for a in np.argsort(-np.abs(np.asarray(confidence.strides)), kind="stable"))
+    order = memory_order(mask)
+    same = order == memory_order(confidence)
     if not same or mask.shape != confidence.shape or order == tuple(range(mask.ndim)):
         return mask, confidence, spacing
     moved = None if spacing is None else tuple(spacing[a] for a in order)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ceds_deploy.machine import usable_cores
 from ceds_deploy.spec import Calibration
+from ceds_deploy.transforms.resample import memory_view, walked_as
 
 CONFIDENCE_STEPS = 1024  # confidence is stored in steps of 1/1024 (max error 4.9e-4)
 BUCKETS = 1 << 16  # intervals of the raw value in the lookup table
@@ -57,21 +58,9 @@ def _tables(calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
     return values, mixed
 
 
-def _memory_order(array: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """The axes by falling stride and whether each runs backwards: walking them reads memory in order."""
-    order = tuple(int(a) for a in np.argsort(-np.abs(np.asarray(array.strides)), kind="stable"))
-    return order, tuple(array.strides[a] < 0 for a in order)
-
-
-def _walked(array: np.ndarray, order: tuple[int, ...], backwards: tuple[bool, ...]) -> np.ndarray:
-    view = array.transpose(order)
-    flips = tuple(k for k, b in enumerate(backwards) if b)
-    return np.flip(view, flips) if flips else view
-
-
 def _in_layout_of(conf: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """The classes laid out in memory as the map (a copy only when they lie otherwise)."""
-    if _memory_order(conf) == _memory_order(predicted):
+    if memory_view(conf)[1:] == memory_view(predicted)[1:]:
         return predicted
     copy = np.empty_like(conf, dtype=predicted.dtype)
     copy[...] = predicted
@@ -93,9 +82,8 @@ def calibrate_and_quantize(
             np.clip(conf, 0.0, 1.0, out=conf)
         # the tables hold float32 results of same-shape maps
         return quantize_confidence(conf) if calibration is None else _exact(conf, predicted, calibration)
-    order, backwards = _memory_order(conf)
-    view = _walked(conf, order, backwards)
-    labels = None if calibration is None else _walked(_in_layout_of(conf, predicted), order, backwards)
+    view, order, flips = memory_view(conf)
+    labels = None if calibration is None else walked_as(_in_layout_of(conf, predicted), order, flips)
     rows = max(1, CHUNK // max(1, int(np.prod(view.shape[1:]))))
     tables = None if calibration is None else _tables(calibration)
 

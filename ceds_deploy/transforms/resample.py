@@ -10,20 +10,25 @@ from ceds_deploy.transforms.spacing import Taps
 
 
 def memory_order(array: np.ndarray) -> tuple[int, ...]:
-    """The last three axes from the largest stride to the smallest: walking them in this order reads
-    memory front to back (or back to front along a flipped axis), never across. Scans read by
-    `read_scan` are (x, y, z) views of ITK's (z, y, x) buffers, so this is usually (2, 1, 0)."""
-    strides = np.abs(np.asarray(array.strides[-3:]))
+    """The axes from the largest stride to the smallest: walking them in this order reads memory
+    front to back (or back to front along a flipped axis), never across. Scans read by `read_scan`
+    are (x, y, z) views of ITK's (z, y, x) buffers, so this is usually (2, 1, 0)."""
+    strides = np.abs(np.asarray(array.strides))
     return tuple(int(a) for a in np.argsort(-strides, kind="stable"))
 
 
-def _memory_view(array: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+def memory_view(array: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """`array` as a view with positive strides, the largest first: base axis k is array axis
     order[k], reversed for k in `flips` (where that axis runs against memory)."""
     order = memory_order(array)
+    flips = tuple(k for k, axis in enumerate(order) if array.strides[axis] < 0)
+    return walked_as(array, order, flips), order, flips
+
+
+def walked_as(array: np.ndarray, order: tuple[int, ...], flips: tuple[int, ...]) -> np.ndarray:
+    """`array` (the shape of the one `memory_view` gave `order` and `flips`) walked the same way."""
     view = array.transpose(order)
-    flips = tuple(k for k in range(3) if view.strides[k] < 0)
-    return (np.flip(view, flips) if flips else view), order, flips
+    return np.flip(view, flips) if flips else view
 
 
 # CPU: the scan is read and filled in chunks of this many voxels. Their 4 MiB float temporaries stay
@@ -61,7 +66,7 @@ def resample(array: np.ndarray, taps: list[Taps], mode: str, device: str = "cpu"
     scan is never copied."""
     import torch
 
-    base, order, flips = _memory_view(array)
+    base, order, flips = memory_view(array)
     moved = []  # the taps on base axes; a reversed axis reads input n - 1 - i for i
     for k in range(3):
         low, high, frac = taps[order[k]]
@@ -107,11 +112,9 @@ def resample_into(
     the `labels` (a view laid out as `target`) of its voxels."""
     import torch
 
-    base, order, flips = _memory_view(target)
-    label_base = None
-    if finish is not None:  # the labels walked as `target` is, whatever their own layout
-        label_base = labels.transpose(order)
-        label_base = np.flip(label_base, flips) if flips else label_base
+    base, order, flips = memory_view(target)
+    # the labels walked as `target` is, whatever their own layout
+    label_base = walked_as(labels, order, flips) if finish is not None else None
     # Base position p of a flipped axis is target position n - 1 - p: its taps run backwards.
     moved = [tuple(part[::-1].copy() for part in taps[order[k]]) if k in flips else taps[order[k]] for k in range(3)]
     source = source.permute(*order)
