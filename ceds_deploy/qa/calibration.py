@@ -24,24 +24,17 @@ import numpy as np
 from ceds_deploy.machine import usable_cores
 from ceds_deploy.qa.metrics import expected_calibration_error, reliability_bins
 from ceds_deploy.spec import Calibration
+from ceds_deploy.transforms.preprocess import bounding_box
 
 LEVELS = 1024  # the stored confidence map's steps (transforms.confidence.CONFIDENCE_STEPS)
 DEFAULT_MARGIN_MM = 10.0
 
 
 def tumour_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of a label mask's tumour (nonzero: labels are never negative); None when there
-    is none. Narrowed axis by axis with max reductions: one pass over the scan, no scan-sized temporary."""
-    box: list[slice] = []
-    bounds = mask
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(bounds.max(axis=other)) if bounds.size else np.empty(0, np.int64)
-        if not hits.size:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-        bounds = bounds[(slice(None),) * axis + (box[-1],)]
-    return tuple(box)
+    """The bounding box of a label mask's tumour (nonzero: labels are never negative) as slices; None
+    when there is none (`transforms.preprocess.bounding_box`: no scan-sized temporary)."""
+    box = bounding_box(mask)
+    return None if box is None else tuple(slice(a, b) for a, b in zip(*box))
 
 
 def calibration_box(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ceds_deploy.errors import ConfigError
+from ceds_deploy.qa.calibration import tumour_box
 from ceds_deploy.volume import Geometry, Volume
 
 MEDIASTINAL_WINDOW = (40.0, 400.0)  # (level, width) in HU
@@ -53,21 +54,10 @@ SLICE_AXIS_WORDS = {
 # ---------------------------------------------------------------- where to cut
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the non-zero voxels; one fast pass over the volume, the rest on the box."""
-    xy = np.any(mask, axis=2)
-    xs, ys = np.flatnonzero(xy.any(axis=1)), np.flatnonzero(xy.any(axis=0))
-    if xs.size == 0:
-        return None
-    sx, sy = slice(int(xs[0]), int(xs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1)
-    zs = np.flatnonzero(np.any(mask[sx, sy], axis=(0, 1)))
-    return sx, sy, slice(int(zs[0]), int(zs[-1]) + 1)
-
-
 def _mass_centre(mask: np.ndarray, spacing) -> tuple[int, ...] | None:
     """The voxel nearest the centroid of `mask` that belongs to it (so the planes cut the mass even
     when the centroid itself falls outside, as for a ring or two blobs); None if `mask` is empty."""
-    box = _bounding_box(mask)
+    box = tumour_box(mask)
     if box is None:
         return None
     idx = np.argwhere(mask[box]) + np.array([b.start for b in box])
