@@ -83,7 +83,8 @@ def profile(scan: Path, checkpoint: Path, device: str, repeats: int = 3, batch: 
             mask = timed("mask", lambda: restore_to_source(diff, mapping, fill=-2 * BACKGROUND_LOGIT, above=0.0)[0])
             raw = timed("confidence", lambda: restore_to_source(conf, mapping, fill=1.0)[0])
             timed("clip", lambda: np.clip(raw, 0.0, 1.0, out=raw))
-            timed("quantize", lambda: calibrate_and_quantize(raw.copy(order="K"), mask, None))
+            spare = raw.copy(order="K")  # quantized in place: the copy is not timed
+            timed("quantize", lambda: calibrate_and_quantize(spare, mask, None))
             timed("calibrate", lambda: calibrate_and_quantize(raw, mask, calibration))
             timed(
                 "review",
