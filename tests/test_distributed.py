@@ -30,12 +30,12 @@ from ceds_deploy.inference.ranks import (
     status_dir,
     wait_for_ranks,
 )
-from ceds_deploy.inference.report import CaseRow, write_report
+from ceds_deploy.inference.report import STAGES, CaseRow, write_report
 from ceds_deploy.io import write_volume
 
 CASES = ("case0", "case1", "case2")
 # Columns that name the run or time it; everything else must match a single-process run's.
-RUN_COLUMNS = {"run_id", "read_s", "preprocess_s", "infer_s", "restore_s", "write_s"}
+RUN_COLUMNS = {"run_id"} | {f"{stage}_s" for stage in STAGES}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 has_ray = importlib.util.find_spec("ray") is not None
 
