@@ -336,3 +336,43 @@ def test_precision_auto_is_fp32_on_the_cpu_and_amp_of_older_runs_maps_to_precisi
         TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match="prefetch_batches must be >= 0"):
         TrainConfig(prefetch_batches=-1)
+
+
+def _weight_gradients(conv: torch.nn.Conv3d, x: torch.Tensor, precision, repeats: int) -> tuple[list, torch.dtype]:
+    grads, dtype = [], None
+    for _ in range(repeats):
+        conv.zero_grad()
+        with precision.autocast():
+            y = conv(x)
+        dtype = y.dtype
+        y.float().square().mean().backward()
+        grads.append(conv.weight.grad.clone())
+    return grads, dtype
+
+
+def test_cpu_mixed_precision_runs_convolutions_smaller_than_their_kernel_in_float32() -> None:
+    """oneDNN's bf16 weight gradients of such a convolution (32 channels, 4^3 input, 5^3 kernel: the
+    demo recipe's deepest level) came out as garbage or NaN on this CPU kind; guarded, they are
+    float32, repeatable and equal fp32's. Larger inputs stay bf16, and fp32 passes are untouched."""
+    from ceds_deploy.training.precision import resolve_precision
+
+    bf16, fp32 = resolve_precision("bf16", "cpu"), resolve_precision("fp32", "cpu")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(32, 32, 5, padding=2)
+    small = torch.randn(2, 32, 4, 4, 4)
+    handles = bf16.guard_convolutions(conv)
+    try:
+        grads, dtype = _weight_gradients(conv, small, bf16, repeats=8)
+        assert dtype == torch.float32
+        assert all(torch.equal(g, grads[0]) for g in grads)
+        reference, _ = _weight_gradients(conv, small, fp32, repeats=1)
+        torch.testing.assert_close(grads[0], reference[0])
+        _, large_dtype = _weight_gradients(conv, torch.randn(1, 32, 8, 8, 8), bf16, repeats=1)
+        assert large_dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert conv(small).dtype == torch.float32
+            assert torch.is_autocast_enabled("cpu")  # the float32 scope ended with the convolution
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fp32.guard_convolutions(conv) == [] and resolve_precision("bf16", "cpu").guard_convolutions() == []

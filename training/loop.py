@@ -186,7 +186,7 @@ class Trainer:
         if self.dist.is_main:
             log.info("training in %s on %s", self.precision.name, self.dist.device)
             if (self.precision.name, self.precision.device_type) == ("bf16", "cpu"):
-                log.warning(CPU_BF16_NOTE)
+                log.info(CPU_BF16_NOTE)
         with training_cuda_flags(self.dist.device):
             while self.epoch < stop_at and not self.stopped_early:
                 row = self._train_epoch()

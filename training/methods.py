@@ -90,6 +90,7 @@ class Stepper:
         self.dist = dist
         self.seg_loss = segmentation_loss()
         self.ema_step = 0  # semi-supervised teacher updates so far
+        self.guards = self.precision.guard_convolutions(student, teacher)
 
     # ------------------------------------------------------------------ plumbing
 

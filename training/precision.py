@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ceds_deploy.backends.base import is_cuda
 from ceds_deploy.errors import CedsError, ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# PyTorch's oneDNN bf16 3D-convolution gradients were seen wrong now and then (garbage, NaN) on an AMD
-# EPYC CPU with avx512_bf16 (torch 2.13; pytorch/pytorch#163347 is of that kind): said once per run.
+# oneDNN's low-precision 3D-convolution weight gradients come out as garbage or NaN (different in
+# repeated identical passes) when an input side is smaller than the kernel: 3-4 voxels under a
+# 5-kernel, 2 under a 3-kernel, 16+ channels (torch 2.13, AMD EPYC with avx512_bf16;
+# pytorch/pytorch#163347 is of that kind). Those convolutions (the deepest levels of small patches,
+# little of the work) run in float32 on the CPU; a non-finite loss still stops the run.
 CPU_BF16_NOTE = (
-    "bf16 training on the CPU: PyTorch's oneDNN bf16 3D-convolution gradients were seen to come out "
-    "wrong on some CPUs; fp32 is the CPU default, and a non-finite loss stops the run"
+    "bf16 training on the CPU: convolutions whose input is smaller than their kernel run in float32 "
+    "(oneDNN computes their bf16 gradients wrong); a non-finite loss stops the run"
 )
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,9 +57,42 @@ class TrainPrecision:
             return nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=_DTYPES[self.name])
 
+    def guard_convolutions(self, *nets: nn.Module) -> list[RemovableHandle]:
+        """On the CPU under autocast: hooks on `nets`' 3D convolutions that run those with an input
+        side smaller than the kernel in float32 (see `CPU_BF16_NOTE`); none otherwise. The hooks act
+        only while CPU autocast is on, so the same networks validate in fp32 untouched."""
+        if not self.mixed or self.device_type != "cpu":
+            return []
+        handles = []
+        for net in nets:
+            for conv in net.modules():
+                if isinstance(conv, nn.Conv3d):
+                    handles.append(conv.register_forward_pre_hook(_float32_when_smaller_than_kernel))
+                    handles.append(conv.register_forward_hook(_end_float32, always_call=True))
+        return handles
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A `GradScaler`, enabled for fp16 only (disabled, its calls pass losses and steps through)."""
         return torch.amp.GradScaler(self.device_type, enabled=self.scaled)
+
+
+_FLOAT32_SCOPE = "_ceds_float32_scope"
+
+
+def _float32_when_smaller_than_kernel(conv: nn.Conv3d, args: tuple) -> tuple | None:
+    (x,) = args
+    if not torch.is_autocast_enabled("cpu") or all(s >= k for s, k in zip(x.shape[2:], conv.kernel_size)):
+        return None
+    scope = ExitStack()
+    scope.enter_context(torch.autocast("cpu", enabled=False))
+    setattr(conv, _FLOAT32_SCOPE, scope)
+    return (x.float(),)
+
+
+def _end_float32(conv: nn.Conv3d, args: tuple, output: torch.Tensor) -> None:
+    scope = conv.__dict__.pop(_FLOAT32_SCOPE, None)
+    if scope is not None:
+        scope.close()
 
 
 def check_precision(precision: str, device: str) -> None:
@@ -104,5 +142,5 @@ def check_finite_losses(losses: dict[str, float], step: int, precision: TrainPre
     total = losses.get("loss_total", 0.0)
     if precision.scaled or math.isfinite(total):
         return
-    hint = CPU_BF16_NOTE if (precision.name, precision.device_type) == ("bf16", "cpu") else "try a lower --lr"
+    hint = "try a lower --lr or --precision fp32" if precision.mixed else "try a lower --lr"
     raise CedsError(f"training step {step}: the loss is {total} in {precision.name}; stopping ({hint})")
