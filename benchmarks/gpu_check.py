@@ -19,9 +19,11 @@ the paper's width-16 network with random weights (timing only):
 - train: training steps (`--train-steps`, 50) at the paper's width and patch in fp32 and mixed
   precision (auto): steps/s and step times by phase before and after a validation.
 
-Optional parts (`--parts ... tests throughput precision tensorrt`): the GPU tests, window
-throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT, and `restore_profile.py` on the
-largest phantom (each step after a case's last window, alone on the idle GPU). Every part runs in its own
+Optional parts (`--parts ... tests throughput precision tensorrt restore_profile train_dice`): the GPU
+tests, window throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT,
+`restore_profile.py` on the largest phantom (each step after a case's last window, alone on the idle
+GPU), and `precision_dice.py` (CEDS trained on the phantom benchmark in fp32 and mixed precision side
+by side, seed 0: Dice on the held-out scans). Every part runs in its own
 try/except (an error is recorded in the JSON, the others go on), and parts that would start after
 `--budget-s` are skipped and say so.
 
@@ -395,8 +397,18 @@ def train(work: Path, device: str, smoke: bool, steps: int = 50) -> dict:
     return runs
 
 
+def train_dice(work: Path, device: str, smoke: bool, timeout: float) -> dict:
+    """CEDS trained on the phantom benchmark in fp32 and mixed precision side by side (precision_dice)."""
+    from benchmarks import precision_dice
+
+    out = work / "precision-dice"
+    command = ["--out", str(out), "--device", device, "--side-by-side", "--timeout-s", str(timeout), "--threads", "6"]
+    precision_dice.main(command + (["--smoke"] if smoke else []))
+    return json.loads((out / "precision_dice.json").read_text(encoding="utf-8"))
+
+
 PARTS = ("phantoms", "cold_floor", "cold_cli", "cold_monai", "warm", "watch", "train")
-OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt", "restore_profile")
+OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt", "restore_profile", "train_dice")
 
 
 def parse_args(argv: list[str] | None):
@@ -412,6 +424,7 @@ def parse_args(argv: list[str] | None):
         "--cli-extra", default="", help='one more cold CLI run with these options, as one string ("--batch-size 4")'
     )
     parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--train-dice-timeout-s", type=float, default=240.0, help="limit of the train_dice runs")
     parser.add_argument("--budget-s", type=float, default=450.0, help="no part starts after this many seconds")
     parser.add_argument("--timeout-s", type=float, default=150.0, help="limit of one cold process")
     parser.add_argument(
@@ -462,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: train(work, device, args.smoke, args.train_steps),
         "restore_profile": lambda: restore_profile.profile(largest_scan(scans), checkpoint, device),
         "tensorrt": tensorrt,
+        "train_dice": lambda: train_dice(work, device, args.smoke, args.train_dice_timeout_s),
     }
     for part in parts:
         if part not in runs:
@@ -503,6 +517,14 @@ def summary(results: dict) -> dict:
             k: (v.get("precision"), v.get("steady_steps_per_s"))
             for k, v in train_runs.items()
             if isinstance(v, dict) and k != "stage_seconds"
+        },
+        "train_dice": {
+            precision: {
+                "trained_in": row["trained_in"],
+                "best_teacher_dice": row["best_teacher"]["dice"],
+                "dice_minus_fp32": row["best_teacher"].get("dice_minus_fp32", {}).get("mean"),
+            }
+            for precision, row in results.get("train_dice", {}).get("comparison", {}).items()
         },
         "total_s": results.get("total_s"),
     }
