@@ -99,6 +99,37 @@ def test_the_warm_up_runs_while_the_first_scan_is_read(tiny_checkpoint, tiny_spe
     assert sorted((r.case, r.status) for r in rows) == [("case0", "ok"), ("case1", "ok")]
 
 
+def test_of_the_prepared_scans_the_largest_goes_first_so_a_small_one_ends_the_run(tiny_checkpoint, tiny_spec, tmp_path):
+    """Its restore and write follow the run's last window with nothing to overlap them."""
+    import numpy as np
+
+    from ceds_deploy.volume import Geometry
+
+    todo = []
+    for slices in (20, 52, 36):
+        image, _ = sphere_scan(Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), np.eye(3), (96, 96, slices)), body_mm=60)
+        path = tmp_path / f"slices{slices}.nii.gz"
+        write_volume(path, image.array, image.geometry)
+        todo.append(Case(CaseRow(case=path.name.split(".")[0], status="ok"), path))
+    rows: list[CaseRow] = []
+    taken = []
+
+    def all_prepared() -> None:  # as the warm-up: the backend starts once every scan waits for it
+        deadline = time.monotonic() + 60
+        while sum(rank < 0 for rank, *_ in list(pipeline.prepared.queue)) < len(todo) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with create_backend("torch", tiny_checkpoint, tiny_spec, device="cpu") as backend:
+        (tmp_path / "out").mkdir()
+        options = SegmentOptions(io_workers=3)
+        pipeline = Pipeline(backend, tmp_path / "out", options, todo, lambda e: None, rows, all_prepared)
+        jobs = pipeline._jobs
+        pipeline._jobs = lambda: (taken.append(job.key) or job for job in jobs())  # type: ignore[method-assign]
+        pipeline.run()
+    assert taken == ["slices52", "slices36", "slices20"]
+    assert sorted(r.status for r in rows) == ["ok"] * 3
+
+
 def test_a_watch_warms_its_backend_before_any_scan_arrives(tiny_checkpoint, tiny_spec, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -1,14 +1,18 @@
 """The pipeline of a folder run: readers (read + pre-process the next cases), the backend in the
 caller's thread (windows of consecutive cases share batches) and writers (restore to the scan's
 grid, write, assess). There are `io_workers` readers and writers (one on a small CPU, up to 4 on a
-many-core GPU machine); queues of that many cases keep memory bounded. One bad scan never stops
-the run: it gets a failed row; so does a case whose windows fail in the backend even one at a time.
+many-core GPU machine); queues of that many cases keep memory bounded. Of the prepared cases the
+backend takes the largest scan first, so the case left for last, whose restore and write follow
+the last window with nothing to overlap them, is a small one. One bad scan never stops the run: it
+gets a failed row; so does a case whose windows fail in the backend even one at a time.
 `segment_folder` and `watch_folder` both run their cases through it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -51,6 +55,7 @@ class Case:
     path: ScanSource
     mapping: GridMapping | None = None
     source: Volume | None = None  # the scan in HU, kept only when a preview needs it
+    voxels: int = 0  # of the scan's grid: what its restore and write cost scales with
 
 
 _DONE = object()
@@ -78,7 +83,11 @@ class Pipeline:
         self.workers = options.io_workers or default_io_workers()
         self.device = work_device(backend)
         self.streams = SideStreams(self.device if options.side_streams else "cpu")
-        self.prepared: queue.Queue = queue.Queue(maxsize=self.workers)
+        # (-scan voxels, arrival, job): the largest prepared scan first; the one end marker, put by
+        # the last reader to finish (so no marker takes a job's place), after any job
+        self.prepared: queue.PriorityQueue = queue.PriorityQueue(maxsize=self.workers)
+        self._arrival = itertools.count()
+        self._readers_running = self.workers
         self.finished: queue.Queue = queue.Queue(maxsize=self.workers)
         self.stop = threading.Event()
         self.rows = rows  # writers append each finished case's row here
@@ -147,12 +156,7 @@ class Pipeline:
                 continue
 
     def _jobs(self) -> Iterator[CaseJob]:
-        readers_left = self.workers
-        while readers_left:
-            item = self.prepared.get()
-            if item is _DONE:
-                readers_left -= 1
-                continue
+        while (item := self.prepared.get()[-1]) is not _DONE:
             self.streams.taken(item.image)
             yield item
 
@@ -167,12 +171,16 @@ class Pipeline:
                 if job is None:
                     self._put(self.finished, case)  # failed: straight to the report
                 else:
-                    self._put(self.prepared, job)
+                    self._put(self.prepared, (-job.payload.voxels, next(self._arrival), job))
         except _Stopped:
             return
         finally:
+            with self._take:
+                self._readers_running -= 1
+                last = self._readers_running == 0
             try:
-                self._put(self.prepared, _DONE)
+                if last:
+                    self._put(self.prepared, (math.inf, next(self._arrival), _DONE))
             except _Stopped:
                 pass
 
@@ -193,6 +201,7 @@ class Pipeline:
             return None
         row.seconds["read"], row.seconds["preprocess"] = t1 - t0, t2 - t1
         row.input_shape = "x".join(map(str, volume.shape))
+        case.voxels = math.prod(volume.shape)
         row.input_spacing = "x".join(f"{s:.3g}" for s in volume.spacing)
         row.windows = len(windows)
         case.source = volume if self.options.preview else None  # keep the HU array only for a preview
