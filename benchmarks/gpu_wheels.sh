@@ -14,6 +14,9 @@
 #      && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 #      && python3 benchmarks/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log")
 # (one line in the call). Copy the returned gpu_check.json to benchmarks/results/ and quote it.
+# Mixed precision's Dice against fp32 (issue 15) is the optional part train_dice: CEDS trained on the
+# phantom benchmark in fp32 and bf16 side by side, at most --train-dice-timeout-s (240) more; e.g.
+#   --parts phantoms cold_cli cold_monai warm watch tests train_dice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
