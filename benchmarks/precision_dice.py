@@ -14,7 +14,7 @@ going at `--timeout-s` is stopped and its last logged epoch reported.
 
 Writes OUT/precision_dice.json: per precision the mean Dice, HD95 and confidence AUROC over the
 test scans (best and final teacher), training seconds, and per test scan the Dice difference from
-fp32 (mean, wins, losses, largest).
+fp32 (mean, wins, losses, largest, Wilcoxon p).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchmarks.common import machine, print_table, write_json  # noqa: E402
 
 TRAIN_METHODS = Path(__file__).resolve().parent / "train_methods.py"
 WEIGHTS = ("best_teacher", "final_teacher")
+SHOWN = ("dice", "hd95", "auroc_confidence", "empty_masks")
 SMOKE = ["--iterations", "8", "--unlabeled", "2", "--test", "2", "--validations", "1", "--width", "2"]
 
 
@@ -102,6 +103,14 @@ def _mean(values) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _wilcoxon_p(diffs: list[float]) -> float:
+    """Wilcoxon signed-rank p of paired differences (NaN below 6 non-zero ones)."""
+    from scipy.stats import wilcoxon
+
+    nonzero = [d for d in diffs if d != 0]
+    return float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else float("nan")
+
+
 def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dict:
     """Per precision and weights: means over every test scan of every seed; per-scan Dice differences
     from `reference` where both ran."""
@@ -116,7 +125,11 @@ def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dic
             cases = [c for s in sorted(seeds) for c in seeds[s][weights].values()]
             row[weights] = {
                 metric: _mean(c[metric] for c in cases) for metric in ("dice", "hd95", "auroc_confidence")
-            } | {"cases": len(cases), "empty_masks": sum(1 for c in cases if not math.isfinite(c["hd95"]))}
+            } | {
+                "cases": len(cases),
+                "empty_masks": sum(1 for c in cases if not math.isfinite(c["hd95"])),
+                "dice_per_seed": [_mean(c["dice"] for c in seeds[s][weights].values()) for s in sorted(seeds)],
+            }
             if precision != reference and reference in results:
                 diffs = [
                     seeds[s][weights][case]["dice"] - results[reference][s][weights][case]["dice"]
@@ -130,6 +143,7 @@ def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dic
                     "wins": sum(d > 0 for d in diffs),
                     "losses": sum(d < 0 for d in diffs),
                     "largest": max(diffs, key=abs) if diffs else float("nan"),
+                    "wilcoxon_p": _wilcoxon_p(diffs),
                 }
         table[precision] = row
     return table
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = compare(results)
     rows = [
-        {"precision": p, "weights": w, "seeds": len(t["seeds"]), **{k: v for k, v in t[w].items() if k != "cases"}}
+        {"precision": p, "weights": w, "seeds": len(t["seeds"]), **{k: v for k, v in t[w].items() if k in SHOWN}}
         for p, t in table.items()
         for w in WEIGHTS
     ]

@@ -34,6 +34,8 @@ def test_comparison_pairs_each_test_scan_with_its_fp32_run() -> None:
     assert diff["cases"] == 4 and (diff["wins"], diff["losses"]) == (2, 1)
     assert diff["mean"] == pytest.approx((0.05 - 0.1 + 0.0 + 0.2) / 4)
     assert diff["largest"] == pytest.approx(0.2)
+    assert math.isnan(diff["wilcoxon_p"])  # 3 non-zero differences: too few for the test
+    assert table["auto"]["best_teacher"]["dice_per_seed"] == pytest.approx([0.575, 0.4])
     assert table["auto"]["trained_in"] == ["bf16"] and table["auto"]["train_seconds"] == [6.0, 7.0]
 
 
