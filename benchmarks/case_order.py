@@ -52,7 +52,7 @@ def run_once(scans: Path, out: Path, backend, workers: int, order: str) -> dict:
         pipeline_module.Pipeline._read_one = read_as_before  # type: ignore[method-assign]
     try:
         start = time.perf_counter()
-        segment_folder(scans, out, backend, SegmentOptions(io_workers=workers), progress=progress)
+        segment_folder(scans, out, backend, SegmentOptions(io_workers=workers or None), progress=progress)
         end = time.perf_counter()
     finally:
         pipeline_module.Pipeline._jobs, pipeline_module.Pipeline._read_one = real_jobs, real_read  # type: ignore[method-assign]
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scans", type=Path)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--io-workers", type=int, default=3)
+    parser.add_argument("--io-workers", type=int, default=3, help="0: the machine's default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/case_order.json"))
     args = parser.parse_args(argv)

@@ -22,8 +22,9 @@ the paper's width-16 network with random weights (timing only):
 Optional parts (`--parts ... tests throughput precision tensorrt restore_profile train_dice`): the GPU
 tests, window throughput per precision, fp16/bf16/tf32 against fp32 outputs, TensorRT,
 `restore_profile.py` on the largest phantom (each step after a case's last window, alone on the idle
-GPU), and `precision_dice.py` (CEDS trained on the phantom benchmark in fp32 and mixed precision side
-by side, seed 0: Dice on the held-out scans). Every part runs in its own
+GPU), `precision_dice.py` (CEDS trained on the phantom benchmark in fp32 and mixed precision side
+by side, seed 0: Dice on the held-out scans) and `case_order.py` (the largest prepared scan first
+against the readers' order, warm, interleaved). Every part runs in its own
 try/except (an error is recorded in the JSON, the others go on), and parts that would start after
 `--budget-s` are skipped and say so.
 
@@ -407,8 +408,19 @@ def train_dice(work: Path, device: str, smoke: bool, timeout: float) -> dict:
     return json.loads((out / "precision_dice.json").read_text(encoding="utf-8"))
 
 
+def case_order(scans: Path, checkpoint: Path, out: Path, device: str) -> dict:
+    """The largest prepared scan first against the readers' order, warm, interleaved (case_order)."""
+    from benchmarks import case_order as order_bench
+
+    path = out / "case_order.json"
+    order_bench.main(
+        [str(scans), "--model", str(checkpoint), "--device", device, "--io-workers", "0", "--json", str(path)]
+    )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 PARTS = ("phantoms", "cold_floor", "cold_cli", "cold_monai", "warm", "watch", "train")
-OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt", "restore_profile", "train_dice")
+OPTIONAL_PARTS = ("tests", "throughput", "precision", "tensorrt", "restore_profile", "train_dice", "case_order")
 
 
 def parse_args(argv: list[str] | None):
@@ -475,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: train(work, device, args.smoke, args.train_steps),
         "restore_profile": lambda: restore_profile.profile(largest_scan(scans), checkpoint, device),
         "tensorrt": tensorrt,
+        "case_order": lambda: case_order(scans, checkpoint, out, device),
         "train_dice": lambda: train_dice(work, device, args.smoke, args.train_dice_timeout_s),
     }
     for part in parts:

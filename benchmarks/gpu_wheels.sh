@@ -15,8 +15,9 @@
 #      && python3 benchmarks/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log")
 # (one line in the call). Copy the returned gpu_check.json to benchmarks/results/ and quote it.
 # Mixed precision's Dice against fp32 (issue 15) is the optional part train_dice: CEDS trained on the
-# phantom benchmark in fp32 and bf16 side by side, at most --train-dice-timeout-s (240) more; e.g.
-#   --parts phantoms cold_cli cold_monai warm watch tests train_dice
+# phantom benchmark in fp32 and bf16 side by side, at most --train-dice-timeout-s (240) more; and
+# case_order (the largest prepared scan first against the readers' order, about 30 s); e.g.
+#   --parts phantoms cold_cli cold_monai warm watch tests case_order train_dice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
