@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # ceds_deploy: the installed one
 from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.train_methods import finite_mean, wilcoxon_p  # noqa: E402
 
 TRAIN_METHODS = Path(__file__).resolve().parent / "train_methods.py"
 WEIGHTS = ("best_teacher", "final_teacher")
@@ -44,7 +45,7 @@ def train_command(out: Path, seed: int, precision: str, device: str, threads: in
     return command + (SMOKE if smoke else [])
 
 
-def last_logged_epoch(out: Path, seed: int) -> str | None:
+def last_logged_epoch(out: Path, seed: int) -> dict[str, str] | None:
     """The last row of a run's metrics.csv (how far a stopped run got), with its header's names."""
     metrics = out / "runs" / f"seed{seed}" / "ceds" / "metrics.csv"
     if not metrics.is_file():
@@ -98,19 +99,6 @@ def run_result(folder: Path, seed: int) -> dict | None:
     return {**result, "trained_in": trained_in, "settings": saved["settings"], "machine": saved["machine"]}
 
 
-def _mean(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
-def _wilcoxon_p(diffs: list[float]) -> float:
-    """Wilcoxon signed-rank p of paired differences (NaN below 6 non-zero ones)."""
-    from scipy.stats import wilcoxon
-
-    nonzero = [d for d in diffs if d != 0]
-    return float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else float("nan")
-
-
 def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dict:
     """Per precision and weights: means over every test scan of every seed; per-scan Dice differences
     from `reference` where both ran."""
@@ -124,11 +112,11 @@ def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dic
         for weights in WEIGHTS:
             cases = [c for s in sorted(seeds) for c in seeds[s][weights].values()]
             row[weights] = {
-                metric: _mean(c[metric] for c in cases) for metric in ("dice", "hd95", "auroc_confidence")
+                metric: finite_mean(c[metric] for c in cases) for metric in ("dice", "hd95", "auroc_confidence")
             } | {
                 "cases": len(cases),
                 "empty_masks": sum(1 for c in cases if not math.isfinite(c["hd95"])),
-                "dice_per_seed": [_mean(c["dice"] for c in seeds[s][weights].values()) for s in sorted(seeds)],
+                "dice_per_seed": [finite_mean(c["dice"] for c in seeds[s][weights].values()) for s in sorted(seeds)],
             }
             if precision != reference and reference in results:
                 diffs = [
@@ -143,7 +131,7 @@ def compare(results: dict[str, dict[int, dict]], reference: str = "fp32") -> dic
                     "wins": sum(d > 0 for d in diffs),
                     "losses": sum(d < 0 for d in diffs),
                     "largest": max(diffs, key=abs) if diffs else float("nan"),
-                    "wilcoxon_p": _wilcoxon_p(diffs),
+                    "wilcoxon_p": wilcoxon_p(diffs),
                 }
         table[precision] = row
     return table

@@ -200,10 +200,18 @@ def evaluate_run(run: Path, tests, device: str) -> dict:
     return out
 
 
-def _finite_mean(values) -> float:
+def finite_mean(values) -> float:
     """Mean of the finite values (HD95 is inf when a mask is empty; those are counted separately)."""
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
+
+
+def wilcoxon_p(diffs: list[float]) -> float:
+    """Wilcoxon signed-rank p of paired differences (NaN below 6 non-zero ones)."""
+    from scipy.stats import wilcoxon
+
+    nonzero = [d for d in diffs if d != 0]
+    return float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else float("nan")
 
 
 def _spread(values: list[float]) -> dict:
@@ -215,14 +223,12 @@ def _spread(values: list[float]) -> dict:
 
 def summarize(results: dict, weights: str = "best_teacher") -> dict:
     """Per method: mean and spread over seeds of the per-seed means; paired per-case differences."""
-    from scipy.stats import wilcoxon
-
     methods = sorted({m for seed in results.values() for m in seed}, key=METHODS.index)
     table = {}
     for m in methods:
         runs = [seed[m][weights] for seed in results.values() if m in seed]
         per_seed = {
-            metric: [_finite_mean([c[metric] for c in run.values()]) for run in runs]
+            metric: [finite_mean([c[metric] for c in run.values()]) for run in runs]
             for metric in ("dice", "hd95", "auroc_confidence", "auroc_maxprob")
         }
         table[m] = {metric: _spread(v) for metric, v in per_seed.items()}
@@ -237,13 +243,12 @@ def summarize(results: dict, weights: str = "best_teacher") -> dict:
         ]
         if not diffs:
             continue
-        nonzero = [d for d in diffs if d != 0]
         paired[f"{a} - {b}"] = {
             "cases": len(diffs),
             "mean_dice_difference": sum(diffs) / len(diffs),
             "wins": sum(d > 0 for d in diffs),
             "losses": sum(d < 0 for d in diffs),
-            "wilcoxon_p": float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else float("nan"),
+            "wilcoxon_p": wilcoxon_p(diffs),
         }
     return {"weights": weights, "methods": table, "paired_dice": paired}
 

@@ -354,7 +354,7 @@ def test_cpu_mixed_precision_runs_convolutions_smaller_than_their_kernel_in_floa
     """oneDNN's bf16 weight gradients of such a convolution (32 channels, 4^3 input, 5^3 kernel: the
     demo recipe's deepest level) came out as garbage or NaN on this CPU kind; guarded, they are
     float32, repeatable and equal fp32's. Larger inputs stay bf16, and fp32 passes are untouched."""
-    from ceds_deploy.training.precision import resolve_precision
+    from ceds_deploy.training.precision import TrainPrecision, resolve_precision
 
     bf16, fp32 = resolve_precision("bf16", "cpu"), resolve_precision("fp32", "cpu")
     torch.manual_seed(0)
@@ -375,4 +375,4 @@ def test_cpu_mixed_precision_runs_convolutions_smaller_than_their_kernel_in_floa
     finally:
         for handle in handles:
             handle.remove()
-    assert fp32.guard_convolutions(conv) == [] and resolve_precision("bf16", "cpu").guard_convolutions() == []
+    assert fp32.guard_convolutions(conv) == [] and TrainPrecision("bf16", "cuda").guard_convolutions(conv) == []
