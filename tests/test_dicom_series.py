@@ -210,6 +210,39 @@ def test_multiframe_file_in_a_folder_reads_as_3d(tmp_path):
     assert [why for _, why in find_scans(folder).skipped] == ["DICOM series is RTDOSE, not CT"]
 
 
+def test_a_truncated_slice_is_named(tmp_path, phantom):
+    folder = write_series(tmp_path / "series", phantom)
+    broken = sorted(folder.iterdir())[3]
+    broken.write_bytes(broken.read_bytes()[:-2000])  # its pixel data ends early; its header is whole
+    with pytest.raises(ScanError, match=rf"cannot be read as an image .*: slice {broken.name}: "):
+        read_scan(folder)
+
+
+def test_a_dicom_file_given_alone_gets_the_checks_of_a_series_in_a_folder(tmp_path, phantom):
+    """A single DICOM file is refused for what a folder would skip it for (another modality, too
+    few frames or slices), named; one with an image suffix is not read as that format."""
+    import pydicom
+    import pydicom.data
+
+    with pytest.raises(ScanError, match=r"rtdose\.dcm: DICOM file is RTDOSE, not CT"):
+        read_scan(Path(pydicom.data.get_testdata_file("rtdose.dcm")))
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("rtdose.dcm"))
+    ds.Modality, ds.NumberOfFrames = "CT", 2
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 15 * 2]
+    ds.save_as(tmp_path / "two_frames.dcm")
+    with pytest.raises(ScanError, match=r"two_frames\.dcm: DICOM file has 2 slices; a 3D scan needs at least 3"):
+        read_scan(tmp_path / "two_frames.dcm")
+    one = write_series(tmp_path / "series", phantom)
+    slice_file = sorted(one.iterdir())[0]
+    with pytest.raises(ScanError, match=r"DICOM file has 1 slice; a 3D scan needs at least 3"):
+        read_scan(slice_file)
+    disguised = tmp_path / "slice.nii.gz"
+    shutil.copy(slice_file, disguised)
+    with pytest.raises(ScanError, match=r"slice\.nii\.gz: is a DICOM file, not \.nii\.gz; name it \.dcm"):
+        read_scan(disguised)
+    assert case_id(Path("IM0001.dcm")) == case_id(Path("IM0001.DICOM")) == "IM0001"  # outputs IM0001.nii.gz
+
+
 def test_segment_runs_each_series_and_reports_the_skipped(tmp_path, tiny_checkpoint):
     """`ceds segment` on a folder whose DICOM study holds two CT series and a localizer, next to a
     broken link: one output per series under its own name, the rest reported as skipped."""

@@ -95,11 +95,11 @@ def test_real_ras_nifti_reads_in_lps():
     np.testing.assert_array_equal(scan.array, np.asanyarray(nib.load(path).dataobj).astype(np.float32))
 
 
-def test_real_single_ct_dicom_slice_is_refused_as_2d(tmp_path):
+def test_real_single_ct_dicom_slice_is_refused_as_too_few_slices(tmp_path):
     import pydicom.data
 
     ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
-    with pytest.raises(ScanError, match=r"CT_small\.dcm: is 2D"):
+    with pytest.raises(ScanError, match=r"CT_small\.dcm: DICOM file has 1 slice; a 3D scan needs at least 3"):
         read_scan(ct)
     folder = tmp_path / "one_slice"
     folder.mkdir()

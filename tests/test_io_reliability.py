@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,16 @@ def test_scaled_or_truncated_nifti_voxels_are_left_to_itk(tmp_path):
     cut.write_bytes(gzip.compress(gzip.decompress(whole.read_bytes())[:-500]))
     with pytest.raises(ScanError, match="cut.nii.gz"):
         read_scan(cut)
+
+
+def test_a_file_of_another_format_given_alone_is_refused_as_a_folder_skips_it(tmp_path):
+    """FreeSurfer, MINC or Analyze files: not scans here, alone (failed) as in a folder (skipped),
+    with the same reason, not ITK's 'unable to determine ImageIO reader'."""
+    import nibabel
+
+    data = Path(nibabel.__file__).parent / "tests" / "data"
+    for name in ("test.mgz", "tiny.mnc"):
+        with pytest.raises(ScanError, match=re.escape(f"{name}: not a recognised scan format (an image")):
+            read_scan(data / name)
+    (tmp_path / "test.mgz").write_bytes((data / "test.mgz").read_bytes())
+    assert [why for _, why in find_scans(tmp_path).skipped] == ["not a recognised scan format"]

@@ -215,10 +215,15 @@ def _check_positions(series: DicomSeries, files: list[Path], points: np.ndarray,
 
 
 def file_claim(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """(size x, y, frames; bytes per voxel) that the DICOM file `path` claims, None if not DICOM."""
+    """(size x, y, frames; bytes per voxel) that the DICOM file `path` claims, None if not DICOM.
+    Raises `ScanError` when it is not a CT scan to read: the checks a series in a folder gets
+    (`skip_reason`: modality, images, localizer, at least 3 slices or frames)."""
     header = read_header(path)
-    if header is None or "Rows" not in header:
+    if header is None:
         return None
+    reason = skip_reason(header, frame_count(header))
+    if reason:
+        raise ScanError(path, reason.replace("DICOM series", "DICOM file", 1))
     return stack_bytes(DicomSeries(path.parent, "", (path,), path.name, multiframe=True), header)
 
 

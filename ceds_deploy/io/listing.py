@@ -9,7 +9,7 @@ from pathlib import Path
 from ceds_deploy.errors import ScanError
 from ceds_deploy.io.dicom import DicomSeries, read_header
 from ceds_deploy.io.dicom_tree import DicomFolder, dicom_files, scan_dicom_tree
-from ceds_deploy.io.paths import case_id, image_suffix
+from ceds_deploy.io.paths import NOT_A_SCAN, case_id, image_suffix
 
 BROKEN_LINK = "broken link: target missing"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the SOP class of a DICOMDIR
@@ -60,7 +60,7 @@ def _other_file(path: Path) -> str:
     """Why a file that is neither an image nor part of a DICOM series is not a scan."""
     header = read_header(path)
     if header is None:
-        return "not a recognised scan format"
+        return NOT_A_SCAN
     if str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         return "a DICOMDIR (an index of DICOM files; the files themselves are read)"
     return "a DICOM file without an image or series"

@@ -24,12 +24,13 @@ from ceds_deploy.io.dicom import (
     DicomSeries,
     check_stack,
     file_claim,
+    read_header,
     slice_tolerance,
     stack_bytes,
 )
 from ceds_deploy.io.dicom_tree import series_to_read
 from ceds_deploy.io.headers import NiftiClaim, check_budget, check_itk_claim, check_nifti_claim, itk_reason
-from ceds_deploy.io.paths import image_suffix, is_nifti
+from ceds_deploy.io.paths import IMAGE_SUFFIXES, NOT_A_SCAN, image_suffix, is_nifti
 from ceds_deploy.io.prefetch import take_prefetched
 from ceds_deploy.memory import fresh_zeros
 from ceds_deploy.volume import Geometry, Volume
@@ -120,7 +121,7 @@ def _read_dicom(series: DicomSeries, out_itemsize: int) -> Any:
     try:
         image = reader.Execute()
     except RuntimeError as err:
-        raise ScanError(series, f"{_UNREADABLE}: {itk_reason(err)}") from None
+        raise ScanError(series, f"{_UNREADABLE}: {_broken_slice(files) or itk_reason(err)}") from None
     got = Geometry(
         image.GetSpacing(), image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3), image.GetSize()
     )
@@ -138,6 +139,18 @@ def _read_dicom(series: DicomSeries, out_itemsize: int) -> Any:
     image.SetOrigin(expected.origin)
     image.SetDirection(tuple(expected.direction_matrix.ravel()))
     return image
+
+
+def _broken_slice(files: list[Path]) -> str | None:
+    """Which slice ITK cannot read, and why (after the series reader failed: it does not say)."""
+    import SimpleITK as sitk
+
+    for path in files:
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            return f"slice {path.name}: {itk_reason(err)}"
+    return None
 
 
 def _raw_pixdim(path: Path, claim: NiftiClaim) -> np.ndarray:
@@ -281,6 +294,8 @@ def _read_nifti(path: Path, dtype: npt.DTypeLike | None, out_itemsize: int) -> V
     (other NIfTI-1) or by nibabel (NIfTI-2), geometry resolved as nibabel does, NaN/Inf voxels
     counted in the raw data."""
     claim = check_nifti_claim(path, out_itemsize)
+    if claim is None and read_header(path) is not None:  # ITK would read it by its content, unchecked
+        raise ScanError(path, f"is a DICOM file, not {image_suffix(path)}; name it .dcm")
     # A header ITK refuses goes to ITK's reader below, which says why.
     itk = _itk_header_geometry(path) if claim is not None and claim.version == 1 else None
     voxels = _nifti_voxels(path, claim) if claim is not None and itk is not None else None
@@ -339,6 +354,8 @@ def read_scan(path: str | os.PathLike | DicomSeries, dtype: npt.DTypeLike | None
         check_itk_claim(path, out_itemsize)
     elif (dicom := file_claim(path)) is not None:
         check_budget(path, *dicom, out_itemsize)
+    else:  # what a folder's listing skips is refused alone too, with the same reason
+        raise ScanError(path, f"{NOT_A_SCAN} (an image file {', '.join(IMAGE_SUFFIXES)}, or DICOM)")
     image = _read_file_itk(path, path)
     image, array, geometry = _itk_array(path, image)
     return _finish(path, array, geometry, dtype)
