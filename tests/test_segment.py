@@ -155,6 +155,36 @@ def test_bad_scans_fail_alone_and_the_run_goes_on(tiny_checkpoint, tmp_path):
     ]
 
 
+def test_scans_sharing_a_case_name_each_keep_their_row(tiny_checkpoint, tmp_path):
+    """Two files whose names make one case name: one is segmented, the other fails under its own
+    file name; both rows stay in the report (the failed one used to replace the case's)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"])
+    write_volume(folder / "scan.mha", image.array, image.geometry)
+    write_volume(folder / "scan.nii.gz", image.array, image.geometry)
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), str(out), "--model", str(tiny_checkpoint)]) == 1
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    rows = {r["case"]: (r["status"], r["error"]) for r in report["cases"]}
+    assert rows == {
+        "scan": ("ok", ""),
+        "scan.nii.gz": ("failed", "case name 'scan' is taken by scan.mha; rename scan.nii.gz"),
+    }
+    assert report["counts"] == {"ok": 1, "failed": 1, "skipped": 0}
+
+
+def test_a_folder_without_scans_says_so(tiny_checkpoint, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not a scan")
+    result = run_cli("segment", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_checkpoint))
+    assert result.exit_code == 0, result.output
+    assert "0 segmented, 0 failed, 1 skipped" in result.output and "no scans" not in result.output
+    (tmp_path / "in" / "notes.txt").unlink()
+    result = run_cli("segment", str(tmp_path / "in"), str(tmp_path / "out2"), "--model", str(tiny_checkpoint))
+    assert result.exit_code == 0 and "no scans in" in " ".join(result.output.split()), result.output
+
+
 def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):
     model = tmp_path / "model.bin"
     model.write_bytes(b"x")

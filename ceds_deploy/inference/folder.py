@@ -101,7 +101,9 @@ def list_cases(
         name = case_id(path)
         row = CaseRow(case=name, status="ok", input_path=str(path), backend=backend.description, device=backend.device)
         if name in seen and str(seen[name]) != str(path):
-            row.status, row.error = "failed", f"case name {name!r} also used by {seen[name].name}; rename one"
+            # its row is named after the file: under the case name it would replace the case's own row
+            row.case = path.name if isinstance(path, Path) else f"{path.name} (DICOM series)"
+            row.status, row.error = "failed", f"case name {name!r} is taken by {seen[name].name}; rename {path.name}"
             rows.append(row)
             continue
         seen[name] = path
