@@ -265,6 +265,34 @@ def test_watch_needs_a_folder_of_scans(phantoms, backend, tmp_path):
         watch_folder(tmp_path, tmp_path.parent / "out-shard", backend, SegmentOptions(shard=(0, 2)))
 
 
+def test_the_cli_folder_run_stops_cleanly_on_sigterm(phantoms, model, tmp_path):
+    """A folder run stopped by SIGTERM (a batch scheduler's or container's stop), as by Ctrl-C: exit
+    130, the cases finished are complete and in the report, which says it was interrupted, and the
+    folder's lock is gone (it was left behind, with no report, before)."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    for k in range(40):  # with TTA, seconds of work left when the first mask appears
+        os.link(phantoms["first"], scans / f"case{k:02d}.nii.gz")
+    command = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(scans), str(out), "--model", str(model)]
+    proc = subprocess.Popen([*command, "--tta"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(out / "case00.nii.gz", timeout_s=180)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = output.decode("utf-8", "replace")
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text
+    assert_clean(out)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["run"]["interrupted"] is True
+    rows = {r["case"]: r["status"] for r in report["cases"]}
+    masks = {p.name.removesuffix(".nii.gz") for p in out.glob("case??.nii.gz")}
+    assert set(rows) == masks and set(rows.values()) == {"ok"} and 0 < len(rows) < 40
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_the_cli_watch_stops_cleanly(how, phantoms, model, tmp_path):
     """`ceds segment --watch` as a user runs it: stopped while a new scan is being segmented, it

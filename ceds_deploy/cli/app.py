@@ -60,6 +60,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 
 
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 BUSY_LOAD_PER_CORE = 0.5  # a 1-minute load average above this per usable core: other jobs are running
 
 
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="ceds", standalone_mode=True)
     except SystemExit as done:
-        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if code == INTERRUPTED:  # Typer's exit for a KeyboardInterrupt
+            _print_interrupted()
+        return code
     except CedsError as err:
         _print_error(str(err))
         return 1
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(f"{where}{err.strerror or err}")
         return 1
     except KeyboardInterrupt:
-        return 130
+        _print_interrupted()
+        return INTERRUPTED
     return 0
 
 
@@ -113,6 +118,13 @@ def console_main() -> None:
     code = main()
     gc.freeze()
     sys.exit(code)
+
+
+def _print_interrupted() -> None:
+    """Ctrl-C (or SIGTERM, which `ceds segment` turns into one): what finished is kept."""
+    from rich.console import Console
+
+    Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the end", highlight=False)
 
 
 def _print_error(text: str) -> None:

@@ -348,13 +348,13 @@ def run_segment(
                 f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
                 f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm"
             )
-            if watch is None:
-                run = segment_folder(
-                    input_path, output, engine, options, progress=progress, run_info=info, started_at=started_at
-                )
-            else:
-                console.print(f"watching {input_path} for new scans; Ctrl-C stops")
-                with _sigterm_as_interrupt():
+            with _sigterm_as_interrupt():
+                if watch is None:
+                    run = segment_folder(
+                        input_path, output, engine, options, progress=progress, run_info=info, started_at=started_at
+                    )
+                else:
+                    console.print(f"watching {input_path} for new scans; Ctrl-C stops")
                     run = watch_folder(
                         input_path,
                         output,
@@ -370,13 +370,19 @@ def run_segment(
     from ceds_deploy.cli.display import print_summary
 
     print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
+    if watch is None and not run.rows:
+        from ceds_deploy.io.paths import IMAGE_SUFFIXES
+
+        formats = ", ".join(IMAGE_SUFFIXES)
+        console.print(f"[yellow]no scans[/] in {input_path}: no image files ({formats}) or DICOM series")
     return run.failed
 
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """While watching, SIGTERM (a service manager's stop) ends the watch as Ctrl-C does: cleanly.
-    The command line's own process only; the previous handler comes back after."""
+    """SIGTERM (a service manager's or a batch scheduler's stop) ends a folder run or a watch as
+    Ctrl-C does: cleanly, with the report of the cases finished and the folder's lock released. The
+    command line's own process only; the previous handler comes back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
