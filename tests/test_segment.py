@@ -212,6 +212,23 @@ def test_the_ceds_executable_exits_with_the_commands_code(tmp_path):
     assert subprocess.run([*command, "--version"], capture_output=True).returncode == 0
 
 
+def test_pydicoms_warnings_about_header_values_stay_off_the_console(tiny_checkpoint, tmp_path):
+    """A real DICOM file with a non-standard UID (pydicom-data's bad_sequence.dcm, an MR): one
+    skipped row, and none of pydicom's UserWarning lines with their source code."""
+    import subprocess
+    import sys
+
+    import pydicom.data
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(pydicom.data.get_testdata_file("bad_sequence.dcm"), tmp_path / "in")
+    command = [sys.executable, "-m", "ceds_deploy.cli", "segment", str(tmp_path / "in"), str(tmp_path / "o")]
+    done = subprocess.run([*command, "--model", str(tiny_checkpoint)], capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "1 skipped" in output, output
+    assert "UserWarning" not in output
+
+
 def test_named_backend_that_cannot_run_the_artifact_fails_loudly(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     code = main(

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: the project's own errors become one red line and exit code 1;
     usage errors exit 2 (Typer's standalone mode prints them)."""
     patient_openmp_threads()
+    # pydicom warns, with its source line, of each header value outside the standard; the scan's own
+    # checks say what stops it. The command line's process only.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     from ceds_deploy.errors import CedsError
 
     try:
