@@ -189,7 +189,7 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch, name):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sitk, "WriteImage", broken_write)  # .mha
-    monkeypatch.setattr(io_write, "write_nifti", lambda path, array, geometry: broken_write(None, path))  # .nii.gz
+    monkeypatch.setattr(io_write, "write_nifti", lambda path, array, geometry, *_: broken_write(None, path))  # .nii.gz
     with pytest.raises(KeyboardInterrupt):
         write_volume(tmp_path / name, np.zeros(g.shape, np.float32), g)
     assert os.listdir(tmp_path) == []

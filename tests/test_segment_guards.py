@@ -88,6 +88,41 @@ def test_one_scan_into_its_own_folder_is_refused(scans, tiny_checkpoint, tmp_pat
     assert digests(folder) == before
 
 
+def test_one_scan_into_its_folder_never_overwrites_another_scan_named_like_its_mask(
+    scans, tiny_checkpoint, tmp_path, capsys
+):
+    """lps.mha's mask would be lps.nii.gz: there a different scan lies, which ceds did not write."""
+    import SimpleITK as sitk
+
+    folder = tmp_path / "in"
+    shutil.copytree(scans, folder)
+    sitk.WriteImage(sitk.ReadImage(str(folder / "oblique.nii.gz")), str(folder / "lps.mha"))
+    before = digests(folder)
+    for extra in ((), ("--overwrite",)):
+        assert segment(folder / "lps.mha", folder, "--model", tiny_checkpoint, *extra) == 2
+        assert "would overwrite lps.nii.gz, which ceds segment did not write" in flat(capsys.readouterr().err)
+    assert digests(folder) == before
+
+
+def test_a_file_under_a_masks_name_that_ceds_did_not_write_is_kept(scans, tiny_checkpoint, tmp_path):
+    """A scan copied into the output folder under a case's mask name: that case fails naming it, the
+    others run; --overwrite replaces it. A rerun of a killed run (outputs, no report) still resumes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(scans / "oblique.nii.gz", out / "lps.nii.gz")
+    assert segment(scans, out, "--model", tiny_checkpoint) == 1
+    rows = report_rows(out)
+    assert rows["lps"]["status"] == "failed" and rows["oblique"]["status"] == "ok"
+    assert "lps.nii.gz: not written by ceds segment" in rows["lps"]["error"]
+    assert (out / "lps.nii.gz").read_bytes() == (scans / "oblique.nii.gz").read_bytes()
+    assert segment(scans, out, "--model", tiny_checkpoint, "--overwrite") == 0
+    assert report_rows(out)["lps"]["status"] == "ok"
+    (out / "report.json").unlink()
+    (out / "report.csv").unlink()
+    assert segment(scans, out, "--model", tiny_checkpoint) == 0  # our own files: done before
+    assert {r["status"] for r in report_rows(out).values()} == {"skipped"}
+
+
 def test_our_own_outputs_in_an_input_folder_are_skipped(scans, tiny_checkpoint, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -424,3 +459,25 @@ def test_dataset_json_paths_outside_the_dataset_are_refused(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "/etc/passwd"}]}))
     with pytest.raises(DatasetError, match=r"training\[0\].label"):
         discover(root)
+
+
+def test_preview_labels_are_checked_before_any_case_and_a_bad_label_costs_only_the_preview(
+    scans, tiny_checkpoint, tmp_path, capsys
+):
+    """A labels folder that does not exist, or without --preview, is a usage error up front (every
+    case used to fail after its masks were written, and a rerun then skipped them as done); an
+    unreadable label leaves its case ok, without a preview."""
+    out = tmp_path / "out"
+    assert segment(scans, out, "--model", tiny_checkpoint, "--preview", "--labels", tmp_path / "none") == 2
+    assert "the labels folder does not exist" in flat(capsys.readouterr().err)
+    assert segment(scans, out, "--model", tiny_checkpoint, "--labels", scans) == 2
+    assert "add --preview" in flat(capsys.readouterr().err)
+    assert not out.exists()
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "lps.nii.gz").write_bytes(b"not a label")
+    assert segment(scans, out, "--model", tiny_checkpoint, "--preview", "--labels", labels) == 0
+    rows = report_rows(out)
+    assert rows["lps"]["status"] == rows["oblique"]["status"] == "ok"
+    assert rows["lps"]["error"].startswith("no preview: ") and not (out / "lps_preview.png").exists()
+    assert (out / "oblique_preview.png").exists()

@@ -29,6 +29,7 @@ from ceds_deploy.inference.guard import (
     check_backend_outputs,
     check_locations,
     check_same_model,
+    foreign_mask,
     input_bytes,
     model_digest,
     own_output_reason,
@@ -36,9 +37,9 @@ from ceds_deploy.inference.guard import (
 )
 from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
-from ceds_deploy.inference.outputs import case_formats, case_is_done
+from ceds_deploy.inference.outputs import NIFTI, case_formats, case_is_done
 from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers, error_text
-from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, status_counts, write_report
+from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, ok_cases, status_counts, write_report
 from ceds_deploy.inference.segment import batch_size_for, pads_batches
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
@@ -96,6 +97,7 @@ def list_cases(
     scans = [path for path in listing.scans if not own_output_reason(path)]
     rows = [CaseRow(case=path.name, status="skipped", error=str(why), input_path=str(path)) for path, why in skipped]
     seen = {} if seen is None else seen
+    recorded = ok_cases(output)
     todo: list[Case] = []
     for path in shard_cases(scans, *options.shard):
         name = case_id(path)
@@ -111,6 +113,11 @@ def list_cases(
             formats = case_formats(path, options)
         except CedsError as err:  # e.g. a DICOM SEG asked for a NIfTI scan: this case fails, the run goes on
             row.status, row.error = "failed", error_text(err)
+            rows.append(row)
+            continue
+        if not options.overwrite and NIFTI in formats and (foreign := foreign_mask(output, name, recorded)):
+            row.status = "failed"
+            row.error = f"{foreign}: not written by ceds segment (a scan?); move it away, or --overwrite replaces it"
             rows.append(row)
             continue
         if not options.overwrite and case_is_done(output, name, formats):

@@ -13,8 +13,14 @@ import torch
 
 from ceds_deploy.backends.base import Backend
 from ceds_deploy.errors import BackendError, CedsError, OutputError, ScanError
-from ceds_deploy.inference.outputs import CONFIDENCE_SUFFIX, PREVIEW_SUFFIX, PROBABILITIES_SUFFIX, output_paths
-from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON, read_report
+from ceds_deploy.inference.outputs import (
+    CONFIDENCE_SUFFIX,
+    PREVIEW_SUFFIX,
+    PROBABILITIES_SUFFIX,
+    is_segment_output,
+    output_paths,
+)
+from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON, ok_cases, read_report
 from ceds_deploy.io import DicomSeries, ScanSource, case_id
 
 PROBE_PATTERN = r"\.ceds-probe\.[0-9]+\.[0-9a-f]{32}"  # the write probe's name, for remove_leftovers
@@ -46,6 +52,21 @@ def check_locations(input_path: Path, output: Path) -> None:
         raise OutputError(
             f"{output}: writing here would overwrite the scan {input_path} with its mask; choose another output folder"
         )
+    if target == source.parent and (other := foreign_mask(target, case_id(source), ok_cases(target))):
+        raise OutputError(
+            f"{output}: writing here would overwrite {other.name}, which ceds segment did not write, with the "
+            f"mask of {input_path.name}; choose another output folder"
+        )
+
+
+def foreign_mask(output: Path, case: str, recorded: set[str]) -> Path | None:
+    """The case's mask path in `output` when a file is there that `ceds segment` did not write (a
+    scan, say): its header does not say so, and the folder's report (`recorded`) has no row of the
+    case. None when no file is there or it is ours."""
+    mask = output_paths(output, case)["mask"]
+    if not mask.is_file() or case in recorded or is_segment_output(mask):
+        return None
+    return mask
 
 
 def own_output_reason(path: ScanSource) -> str | None:

@@ -56,3 +56,8 @@ class SegmentOptions:
             raise ConfigError(f"confidence threshold must be in (0, 1), got {self.confidence_threshold}")
         if not 0 <= self.review_below <= 1:
             raise ConfigError(f"review-below must be an expected Dice within 0..1, got {self.review_below}")
+        if self.preview_labels is not None:
+            if not self.preview:
+                raise ConfigError("labels are outlined in previews only: add --preview")
+            if not Path(self.preview_labels).is_dir():
+                raise ConfigError(f"{self.preview_labels}: the labels folder does not exist or is not a folder")

@@ -19,6 +19,7 @@ from ceds_deploy.io import DicomSeries, ScanSource, case_id, find_scans, read_sc
 from ceds_deploy.io.dicom import read_header, series_datasets
 from ceds_deploy.io.dicom_seg import PARAMETRIC_MAP_SUFFIX, SEG_SUFFIX, write_dicom_seg
 from ceds_deploy.io.dicom_tree import series_to_read
+from ceds_deploy.io.nifti import nifti_description
 from ceds_deploy.qa.review import assess
 from ceds_deploy.spec import Calibration
 from ceds_deploy.transforms.preprocess import GridMapping
@@ -38,6 +39,13 @@ OUTPUT_SUFFIXES = (
     PARAMETRIC_MAP_SUFFIX,
 )
 NIFTI, DICOM_SEG = "nifti", "dicom-seg"
+# In the NIfTI outputs' `descrip`: a file under a mask's name is told from a scan put there
+OUTPUT_DESCRIPTION = "ceds segment output"
+
+
+def is_segment_output(path: Path) -> bool:
+    """Whether the NIfTI file `path` was written by `ceds segment` (its header says so)."""
+    return nifti_description(path) == OUTPUT_DESCRIPTION
 
 
 def output_paths(output: Path, case: str) -> dict[str, Path]:
@@ -178,14 +186,17 @@ def write_case_files(
     if NIFTI in formats:
         items.append((paths["mask"], restored.mask, geometry))
     if items:
-        write_volumes(items)  # type: ignore[arg-type]
+        write_volumes(items, OUTPUT_DESCRIPTION)  # type: ignore[arg-type]
     if options.preview and source is not None:
         from ceds_deploy.qa.preview import write_preview
 
-        label, note = preview_label(options.preview_labels, row.case, geometry)
-        if note:
-            row.error = note  # the case succeeded; the preview lacks its ground-truth outline
-        write_preview(paths["preview"], source, restored.mask, restored.confidence, label=label, title=row.case)
+        try:
+            label, note = preview_label(options.preview_labels, row.case, geometry)
+            if note:
+                row.error = note  # the case succeeded; the preview lacks its ground-truth outline
+            write_preview(paths["preview"], source, restored.mask, restored.confidence, label=label, title=row.case)
+        except ScanError as err:  # the masks are written: the case succeeded, without its preview
+            row.error = f"no preview: {err}"
 
 
 def preview_label(folder: Path | None, case: str, geometry: Geometry) -> tuple[np.ndarray | None, str]:

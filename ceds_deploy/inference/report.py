@@ -93,6 +93,12 @@ def read_report(output: Path) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
+def ok_cases(output: Path) -> set[str]:
+    """The cases the folder's report says were segmented (their outputs are ours)."""
+    rows = read_report(output).get("cases", [])
+    return {str(r.get("case")) for r in rows if isinstance(r, dict) and r.get("status") == "ok"}
+
+
 def merge_rows(earlier: list[dict[str, Any]], rows: list[CaseRow]) -> list[dict[str, Any]]:
     """Flat rows of the folder: this run's rows replace earlier ones of the same case, except a
     case skipped because its outputs exist, which keeps an earlier ok row. Sorted by case."""

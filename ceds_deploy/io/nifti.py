@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ GZIP_THREADS = max(1, min(4, os.cpu_count() or 1))
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def nifti_header(array: np.ndarray, geometry: Geometry):
-    """A NIfTI-1 single-file header for `array` (axes x, y, z) on `geometry`."""
+def nifti_header(array: np.ndarray, geometry: Geometry, description: str = ""):
+    """A NIfTI-1 single-file header for `array` (axes x, y, z) on `geometry`, `description` in its
+    `descrip` field (at most 79 ASCII characters)."""
     import nibabel
 
     affine = LPS_TO_RAS @ geometry.affine
@@ -37,16 +39,29 @@ def nifti_header(array: np.ndarray, geometry: Geometry):
     header.set_sform(affine, code=1)
     header.set_xyzt_units("mm", "sec")
     header.set_data_offset(352)  # 348-byte header + 4-byte empty extension block
+    header["descrip"] = description.encode("ascii")[:79]
     return header
 
 
-def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
+def nifti_description(path: os.PathLike) -> str | None:
+    """The `descrip` field of the NIfTI file `path` (its header alone is read), None when it is not
+    a readable NIfTI file."""
+    import nibabel
+
+    try:
+        header: Any = nibabel.load(str(path)).header
+        return bytes(header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
+    except Exception:  # noqa: BLE001 - not NIfTI, truncated, unreadable: no description
+        return None
+
+
+def write_nifti(path: os.PathLike, array: np.ndarray, geometry: Geometry, description: str = "") -> None:
     """Write `array` as .nii or .nii.gz to `path` (the caller makes it atomic)."""
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if tuple(array.shape) != geometry.shape:
         raise ConfigError(f"array shape {array.shape} does not match geometry {geometry.shape}")
-    header = nifti_header(array, geometry)
+    header = nifti_header(array, geometry, description)
     # NIfTI stores x fastest: array.T in C order; no copy when the array is laid out that way.
     voxels = np.ascontiguousarray(array.T.astype(array.dtype.newbyteorder("<"), copy=False)).data.cast("B")
     opener: io.BufferedIOBase

@@ -39,10 +39,11 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry)
     return write_volumes([(path, array, geometry)])[0]
 
 
-def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -> list[Path]:
+def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]], description: str = "") -> list[Path]:
     """Write several volumes at once (ITK and ISA-L compress outside the GIL, so they run in
     parallel), then make them appear in the order given: the last one's presence means all are
-    complete. NIfTI goes through `io.nifti` (ISA-L gzip), the other formats through ITK."""
+    complete. NIfTI goes through `io.nifti` (ISA-L gzip, `description` in its header), the other
+    formats through ITK."""
     import SimpleITK as sitk
 
     paths = [Path(path) for path, _, _ in items]
@@ -59,7 +60,7 @@ def write_volumes(items: list[tuple[str | os.PathLike, np.ndarray, Geometry]]) -
             _, array, geometry = items[k]
             target = stagings[k] / paths[k].name
             if is_nifti(target):
-                write_nifti(target, array, geometry)
+                write_nifti(target, array, geometry, description)
             else:
                 sitk.WriteImage(to_sitk(array, geometry), str(target), True)
 
