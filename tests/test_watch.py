@@ -188,7 +188,7 @@ def test_a_scan_read_too_early_fails_then_is_redone_once_it_changes(phantoms, ba
     data = phantoms["first"].read_bytes()
     target = inbox / "stalled.nii.gz"
     target.write_bytes(data[: len(data) // 2])
-    with Watch(inbox, out, backend):
+    with Watch(inbox, out, backend) as watch:
         wait_for(out / "report.json")
         rows = json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]
         assert [(r["case"], r["status"]) for r in rows] == [("stalled", "failed")]
@@ -198,7 +198,33 @@ def test_a_scan_read_too_early_fails_then_is_redone_once_it_changes(phantoms, ba
         wait_for(out / "stalled.nii.gz")
     rows = json.loads((out / "report.json").read_text(encoding="utf-8"))["cases"]
     assert [(r["case"], r["status"]) for r in rows] == [("stalled", "ok")]
+    # the run's rows (the console's summary and exit code) agree with the report
+    assert [(r.case, r.status) for r in watch.result["run"].rows] == [("stalled", "ok")]
+    assert watch.result["run"].failed == 0
     assert_clean(out)
+
+
+def test_a_scan_that_changes_after_it_was_segmented_is_segmented_again(phantoms, backend, tmp_path):
+    """A file replaced (or a DICOM series that grew) after its mask was written: its outputs are of
+    the old scan, so it runs again and they become the new scan's, as a plain run makes them."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copy(phantoms["first"], inbox / "scan.nii.gz")
+    with Watch(inbox, out, backend) as watch:
+        wait_for(out / "scan.nii.gz")
+        first_mask = (out / "scan.nii.gz").read_bytes()
+        copy_by_rename(phantoms["chunked"], inbox / "scan.nii.gz")
+        deadline = time.perf_counter() + 120
+        while (out / "scan.nii.gz").read_bytes() == first_mask:
+            assert time.perf_counter() < deadline, "the changed scan was not segmented again"
+            time.sleep(0.05)
+        wait_for(out / "report.json")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(phantoms["chunked"], plain / "scan.nii.gz")
+    segment_folder(plain, tmp_path / "plain-out", backend)
+    assert_same_outputs(out, tmp_path / "plain-out", ["scan"])
+    assert [(r.case, r.status) for r in watch.result["run"].rows] == [("scan", "ok")]
 
 
 def test_watch_resumes_and_skips_finished_cases(phantoms, backend, tmp_path):

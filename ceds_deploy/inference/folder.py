@@ -216,6 +216,10 @@ def warm_up_backend(run: FolderRun, backend: Backend, options: SegmentOptions) -
     run.backend_checked = True
 
 
+def _done_before(row: CaseRow) -> bool:
+    return row.status == "skipped" and row.error == DONE_BEFORE
+
+
 def run_cases(
     run: FolderRun,
     rows: list[CaseRow],
@@ -231,7 +235,12 @@ def run_cases(
     goes on)."""
     for row in rows + [case.row for case in todo]:
         row.run_id, row.model = run.run_id, run.model
-    run.rows.extend(rows)
+    # A case listed again (a watched scan that changed) keeps one row, as the report merges them:
+    # the newest, unless that only says its outputs exist
+    before = {r.case for r in run.rows}
+    newer = {case.row.case for case in todo} | {r.case for r in rows if not _done_before(r)}
+    run.rows[:] = [r for r in run.rows if r.case not in newer]
+    run.rows.extend(r for r in rows if not (_done_before(r) and r.case in before))
     probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
     # The model's blank batch runs in the backend's thread while the first scans are read.
     warm_up = (lambda: warm_up_backend(run, backend, options)) if todo and not run.backend_checked else None

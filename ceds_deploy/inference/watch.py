@@ -10,7 +10,8 @@ A new entry is taken once it has been left alone for `settle_s` seconds: a file 
 modification time have not changed for that long, a DICOM series folder once no file in it has
 arrived or changed for that long (copiers that write under a hidden temp name and rename are seen
 at the rename). A scan read too early fails its read (a truncated file is refused, never used);
-its failed row is replaced when the entry changes again, as is any entry that changes later.
+an entry that changes after it was handled (that file completed, a file replaced, a series that
+grew after a pause) is segmented again, its outputs and row replaced.
 
 It stops when `stop` is set, after `idle_timeout_s` seconds without a new scan, or on Ctrl-C
 (KeyboardInterrupt): the scan being segmented is finished or leaves nothing half-written, the
@@ -19,6 +20,7 @@ report is written and the lock released.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -38,6 +40,8 @@ from ceds_deploy.inference.folder import (
     write_run_report,
 )
 from ceds_deploy.inference.options import SegmentOptions
+from ceds_deploy.inference.pipeline import Case
+from ceds_deploy.inference.report import CaseRow
 from ceds_deploy.io import ScanSource, find_scans_in, is_dicom_folder
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -107,6 +111,10 @@ class ArrivalTracker:
                 ready.append(entry)
         return ready
 
+    def was_handled(self, entry: Path) -> bool:
+        """Whether an earlier state of `entry` was handled (it has changed since)."""
+        return entry.name in self.handled
+
     def mark_handled(self, entry: Path) -> None:
         self.handled[entry.name] = self.seen[entry.name].signature
 
@@ -163,6 +171,7 @@ def watch_folder(
     _check_watch(input_path, options, interval_s, settle_s)
     stop = stop or threading.Event()
     tracker = ArrivalTracker(input_path, settle_s)
+    redo = dataclasses.replace(options, overwrite=True)
     names: dict[str, ScanSource] = {}
     todo_total = 0
     with open_folder_run(input_path, output, backend, options, run_info=run_info, started_at=started_at) as run:
@@ -174,10 +183,18 @@ def watch_folder(
             while not stop.is_set():
                 entries = tracker.poll()
                 if entries:
-                    listing = find_scans_in(input_path, entries)
+                    changed = [entry for entry in entries if tracker.was_handled(entry)]
+                    for entry in changed:
+                        log.warning("%s: changed after it was read; segmenting it again", entry)
                     for entry in entries:
                         tracker.mark_handled(entry)
-                    rows, todo = list_cases(listing, output, backend, options, names)
+                    rows: list[CaseRow] = []
+                    todo: list[Case] = []
+                    # a scan that changed (a series that grew, a file rewritten) is redone: its outputs are of before
+                    for group, how in ((changed, redo), ([e for e in entries if e not in changed], options)):
+                        if group:
+                            more_rows, more = list_cases(find_scans_in(input_path, group), output, backend, how, names)
+                            rows, todo = rows + more_rows, todo + more
                     todo_total += len(todo)
                     progress(ProgressEvent("todo", todo_total))
                     run_cases(run, rows, todo, backend, output, options, progress)
