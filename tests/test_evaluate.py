@@ -282,3 +282,17 @@ def test_cli_help_lists_arguments():
     result = CliRunner().invoke(_app(), ["--help"], terminal_width=200)
     assert result.exit_code == 0
     assert "PRED_DIR" in result.output and "LABEL_DIR" in result.output and "--out" in result.output
+
+
+def test_cli_fails_when_a_label_has_no_prediction(tmp_path):
+    """A case that was not predicted would flatter the mean Dice: the scores are written, and the
+    command fails naming it (nnU-Net's evaluation is strict the same way)."""
+    from typer.testing import CliRunner
+
+    blob = box((10, 10, 6), (6, 6, 4))
+    write_pair(tmp_path, "done", blob, blob)
+    write_pair(tmp_path, "missed", None, blob)
+    result = CliRunner().invoke(_app(), [str(tmp_path / "pred"), str(tmp_path / "labels")], terminal_width=200)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "error: 1 label(s) have no prediction" in text and "missed.nii.gz" in text and "mean of 1" in text

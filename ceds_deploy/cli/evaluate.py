@@ -48,6 +48,7 @@ def evaluate(
     per case and their means, as a table and a CSV.
 
     Both masks empty: Dice 1, HD95 0. Exactly one empty: Dice 0, HD95 [bold]inf[/] (left out of the mean).
+    Exit code 1 when a case cannot be scored or a label has no prediction (the scores are still written).
     """
     from rich.console import Console
     from rich.markup import escape
@@ -94,15 +95,18 @@ def evaluate(
         )
     for path in report.missing_labels:
         console.print(f"[yellow]no label for {escape(str(path))}[/]", highlight=False)
-    if report.unmatched_labels:
-        console.print(
-            f"{len(report.unmatched_labels)} label(s) have no prediction: "
+    console.print(f"Wrote {escape(str(report.csv_path))}", highlight=False, soft_wrap=True)
+    errors = Console(stderr=True)
+    if report.unmatched_labels:  # a case left out would flatter the mean: a failure, as in nnU-Net's evaluation
+        errors.print(
+            f"[bold red]error:[/] {len(report.unmatched_labels)} label(s) have no prediction, so the means "
+            f"leave them out: "
             + escape(", ".join(p.name for p in report.unmatched_labels[:10]))
             + (", ..." if len(report.unmatched_labels) > 10 else ""),
             highlight=False,
+            soft_wrap=True,
         )
     for row in report.errors:
-        console.print(f"[bold red]error:[/] {escape(row.message)}", highlight=False, soft_wrap=True)
-    console.print(f"Wrote {escape(str(report.csv_path))}", highlight=False, soft_wrap=True)
-    if report.errors:
+        errors.print(f"[bold red]error:[/] {escape(row.message)}", highlight=False, soft_wrap=True)
+    if report.errors or report.unmatched_labels:
         raise typer.Exit(1)
