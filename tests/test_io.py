@@ -254,3 +254,24 @@ def test_gzip_that_ends_early_in_any_member_is_refused(tmp_path):
     for bad in (short, cut):
         with pytest.raises(ScanError, match=rf"{bad.name.replace('.', '[.]')}: (is truncated|cannot be read)"):
             read_scan(bad)
+
+
+def test_output_files_are_checked_before_work_and_errors_name_the_file_not_a_temp_file(tmp_path):
+    from ceds_deploy.errors import OutputError
+    from ceds_deploy.io import write_atomic_bytes
+    from ceds_deploy.io.atomic import check_output_file
+
+    (tmp_path / "taken.onnx").mkdir()
+    with pytest.raises(OutputError, match=r"taken\.onnx: is a folder"):
+        check_output_file(tmp_path / "taken.onnx")
+    with pytest.raises(OutputError, match=r"model\.onnx: the output file must end in \.pt"):
+        check_output_file(tmp_path / "model.onnx", ".pt")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot be written there: .*file is not a folder"):
+        check_output_file(tmp_path / "file" / "sub" / "m.pt")
+    check_output_file(tmp_path / "new" / "deeper" / "m.pt", ".pt")  # to be made: fine, and nothing is made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.onnx"]
+    with pytest.raises(OSError) as caught:
+        write_atomic_bytes(tmp_path / "taken.onnx", b"data")  # the rename onto a folder fails
+    assert caught.value.filename == str(tmp_path / "taken.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.onnx"]  # no temp file left

@@ -51,8 +51,10 @@ def calibrate(
         raise typer.BadParameter("teacher or student", param_hint="--weights")
     if not margin > 0:
         raise typer.BadParameter("must be > 0 mm", param_hint="--margin")
+    from ceds_deploy.io.atomic import check_output_file
     from ceds_deploy.training.calibrate import calibrate_checkpoint, pick_cases
 
+    check_output_file(out or checkpoint, ".pt" if out else None)  # before segmenting every case
     names = [n.strip() for n in cases.split(",") if n.strip()] if cases else None
     chosen = pick_cases(data_dir, names)
     target = out or checkpoint

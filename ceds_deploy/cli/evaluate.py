@@ -54,8 +54,11 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from ceds_deploy.qa.evaluate import evaluate_folder
+    from ceds_deploy.io.atomic import check_output_file
+    from ceds_deploy.qa.evaluate import EVALUATION_CSV, evaluate_folder
 
+    if pred_dir.is_dir() or out is not None:  # a missing folder is evaluate_folder's to name
+        check_output_file(out or pred_dir / EVALUATION_CSV)
     report = evaluate_folder(pred_dir, label_dir, out)
     console = Console()
     table = Table(title=escape(f"Evaluation of {pred_dir} against {label_dir}"), title_justify="left")

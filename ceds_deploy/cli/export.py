@@ -79,6 +79,11 @@ def export(
     kind, profile = _checked_request(
         source, out, weights, precision, tensorrt, batch, opset, fp16=fp16, fp32_head=fp32_head
     )
+    from ceds_deploy.io.atomic import check_output_file
+
+    for target in (out, tensorrt):
+        if target is not None:
+            check_output_file(target)  # a folder or an unwritable place is found before the export
     if tensorrt is not None:
         if kind == "onnx":
             read_spec(source)  # a corrupt or foreign file says so before the GPU check

@@ -20,8 +20,35 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # named after the file asked for, not our temp file
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_file(path: Path, suffix: str | None = None) -> None:
+    """Before any work: refuse (`OutputError`) an output file path that is a folder, lacks `suffix`,
+    or cannot be written: a probe file is written and removed in its folder, or, where that folder
+    is still to be made, the nearest existing one must be a writable folder (nothing is created)."""
+    from ceds_deploy.errors import OutputError
+
+    path = Path(path)
+    if suffix is not None and not path.name.lower().endswith(suffix):
+        raise OutputError(f"{path}: the output file must end in {suffix}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give the output file's name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot be written there: {folder} is not a folder")
+    probe = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"  # a leftover matches ATOMIC_TMP
+    try:
+        probe.open("wb").close()
+    except OSError as err:
+        raise OutputError(f"{path}: cannot be written there: {err.strerror or err}") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def write_atomic_text(path: Path, text: str) -> None:
