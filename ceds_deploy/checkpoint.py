@@ -126,11 +126,20 @@ def _check_checkpoint_bytes(path: Path) -> bool:
         raise ArtifactError(f"{path}: cannot be read: {err.strerror or err}") from None
     if not head:
         raise ArtifactError(f"{path}: file is empty (0 bytes)")
+    if head[:1] == b"\x08" and _looks_like_onnx(path):
+        raise ArtifactError(f"{path}: is an ONNX model, not a PyTorch checkpoint; this needs the .pt checkpoint")
     if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
         raise ArtifactError(
             f"{path}: not a PyTorch checkpoint (random bytes?): it is neither a torch.save zip archive nor a pickle"
         )
     return head.startswith(b"PK\x03\x04")
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX protobuf: field 1 (ir_version) first, then a producer's name early in the file."""
+    with open(path, "rb") as fh:
+        start = fh.read(256).lower()
+    return any(name in start for name in (b"pytorch", b"ceds-deploy", b"onnx"))
 
 
 def checkpoint_spec(payload: dict[str, Any], path: Path | str = "checkpoint") -> ModelSpec:
@@ -174,9 +183,19 @@ def load_network(path: str | os.PathLike, weights: str = "teacher", map_location
         net.load_state_dict(state, assign=True)  # strict: every parameter and buffer comes from the file
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise ArtifactError(
-            f"{path}: weights do not fit the CEDS network (another architecture or width?): {str(err).splitlines()[0]}"
+            f"{path}: weights do not fit the CEDS network (another architecture or width?): {_load_reason(err)}"
         ) from None
     return net.eval(), spec_for_weights(spec, weights)
+
+
+def _load_reason(err: Exception) -> str:
+    """One line of why weights did not load: torch's first named mismatch (a size, a missing or an
+    unexpected key) rather than its heading, cut to 300 characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    first = lines[0] if lines else type(err).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
 
 
 def save_inference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, weights: str = "teacher") -> Path:

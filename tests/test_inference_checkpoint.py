@@ -57,3 +57,28 @@ def test_slim_checkpoint_holds_only_the_chosen_network(training_checkpoint, tmp_
         load_network(slim, "student")
     with pytest.raises(ArtifactError, match="weights must be one of"):
         save_inference_checkpoint(training_checkpoint, tmp_path / "x.pt", weights="both")
+
+
+def test_weights_of_another_width_say_which_tensor_does_not_fit(training_checkpoint, tmp_path):
+    """torch's message begins with a heading line; the one line shown names the first mismatch."""
+    payload = load_checkpoint(training_checkpoint)
+    payload["net_config"] = {**payload["net_config"], "width": 4}
+    wrong = save_checkpoint(tmp_path / "wrong_width.pt", payload)
+    with pytest.raises(ArtifactError, match=r"wrong_width\.pt: weights do not fit .*: size mismatch for \S+: copying"):
+        load_network(wrong)
+
+
+def test_an_onnx_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, producer_name="pytorch")
+    onnx.save(model, tmp_path / "model.pt")
+    with pytest.raises(ArtifactError, match=r"model\.pt: is an ONNX model, not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "model.pt")
