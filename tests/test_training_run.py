@@ -529,3 +529,23 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path) -> None:
     for name, value in states[0]["student"].items():
         assert torch.equal(value, states[1]["student"][name]), name
     assert saved["world_size"] == 2 and saved["global_step"] == 3
+
+
+@pytest.mark.parametrize("option", [["--patch", "30", "30", "30"], ["--width", "0"], ["--method", "foo"]])
+def test_a_bad_training_option_is_a_usage_error(cohort, tmp_path, option) -> None:
+    """Exit 2 naming the setting, before any run folder exists; a bad config file stays exit 1."""
+    result = _cli([str(cohort), "--out", str(tmp_path / "run"), "-q", *option])
+    text = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)
+    assert result.exit_code == 2 and "Invalid value" in text, text
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "bad.yaml").write_text("width: 0\n", encoding="utf-8")
+    from_file = _cli([str(cohort), "--out", str(tmp_path / "run"), "--config", str(tmp_path / "bad.yaml"), "-q"])
+    assert from_file.exit_code == 1 and "bad.yaml" in str(from_file.exception)
+
+
+def test_phantoms_options_that_do_not_fit_are_usage_errors(tmp_path) -> None:
+    from ceds_deploy.cli.app import main
+
+    assert main(["phantoms", str(tmp_path / "a"), "--cases", "2", "--labeled", "5"]) == 2
+    assert main(["phantoms", str(tmp_path / "b"), "--size", "tiny"]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -272,6 +272,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+CLI_SOURCE = "command line: "  # how errors in the command line's settings begin
+
+
 def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < file < CLI overrides (None values are 'not given')."""
     values: dict[str, Any] = load_config_file(file) if file is not None else {}
@@ -283,7 +286,9 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
     if given.get("epochs") is not None:
         values.pop("iterations", None)
     base = build_config(values, source)  # file errors name the file ...
-    return build_config(base.to_dict() | given, "command line") if given else base  # ... CLI errors the option
+    return (
+        build_config(base.to_dict() | given, CLI_SOURCE.removesuffix(": ")) if given else base
+    )  # ... CLI errors the option
 
 
 # ---------------------------------------------------------------------- checks

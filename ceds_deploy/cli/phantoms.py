@@ -22,6 +22,11 @@ def phantoms(
     """Generate synthetic chest CT scans with one mediastinal mass each."""
     import time
 
+    if size not in ("small", "full"):  # as synthetic.SIZES; checked before anything is drawn or written
+        raise typer.BadParameter(f"small or full, got {size!r}", param_hint="--size")
+    if labeled > cases:
+        raise typer.BadParameter(f"at most --cases ({cases}), got {labeled}", param_hint="--labeled")
+
     from rich.console import Console
 
     from ceds_deploy.cli.display import CountDisplay

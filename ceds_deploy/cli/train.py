@@ -171,14 +171,19 @@ def _display(quiet: bool):
 
 def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, settings: dict, quiet: bool):
     from ceds_deploy.errors import ConfigError
-    from ceds_deploy.training.config import resolve_config
+    from ceds_deploy.training.config import CLI_SOURCE, resolve_config
     from ceds_deploy.training.loop import start_training
 
     if out is None:
         raise typer.BadParameter("a new run needs --out RUN_DIR (or --resume RUN_DIR)", param_hint="--out")
     if data_dir is not None:
         settings = {**settings, "data_dir": str(data_dir.resolve())}
-    resolved = resolve_config(config, settings)
+    try:
+        resolved = resolve_config(config, settings)
+    except ConfigError as err:  # a bad option value is a usage error (exit 2); a bad config file is not
+        if str(err).startswith(CLI_SOURCE):
+            raise typer.BadParameter(str(err).removeprefix(CLI_SOURCE)) from None
+        raise
     if not resolved.data_dir:
         raise typer.BadParameter("a new run needs DATA_DIR (or data_dir in --config)", param_hint="DATA_DIR")
     if out.exists() and not out.is_dir():
