@@ -27,6 +27,9 @@ def _finite_within(value: float, low: float, high: float) -> bool:
 MAX_CALIBRATION_KNOTS = 1025  # one per step of the stored confidence map (1/1024)
 
 
+ARCHITECTURE = "ceds-vnet-dual-cbam"  # the network of ceds_deploy.network; a spec naming another is refused
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A fitted map from the network's confidence to P(the voxel's predicted label is right), one
@@ -81,7 +84,7 @@ class ModelSpec:
     # what the CEDS code's CropForeground keeps (scaled values above 0).
     body_threshold_hu: float | None = None
     width: int = 16
-    architecture: str = "ceds-vnet-dual-cbam"
+    architecture: str = ARCHITECTURE
     opset: int = 17
     precision: str = "fp32"
     weights: str = "teacher"  # which of the two networks of a checkpoint this artifact holds
@@ -130,6 +133,10 @@ class ModelSpec:
             )
         if isinstance(self.width, bool) or not isinstance(self.width, int) or not 1 <= self.width <= 256:
             raise ConfigError(f"width must be a whole number within 1..256, got {self.width!r}")
+        if self.architecture != ARCHITECTURE:
+            raise ConfigError(
+                f"architecture must be {ARCHITECTURE!r} (the one network this package runs), got {self.architecture!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.weights not in ("teacher", "student"):

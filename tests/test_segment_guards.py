@@ -237,6 +237,7 @@ def test_a_folder_of_another_models_results_needs_overwrite(scans, tiny_checkpoi
         ("hu_window", (300.0, 290.0)),
         ("hu_window", (-9000.0, 290.0)),
         ("class_names", ("a", "b", "c")),
+        ("architecture", "resnet"),
         ("roi_size", (8, 32, 32)),
         ("roi_size", (1024, 32, 32)),
         ("width", 0),
