@@ -549,3 +549,31 @@ def test_phantoms_options_that_do_not_fit_are_usage_errors(tmp_path) -> None:
     assert main(["phantoms", str(tmp_path / "a"), "--cases", "2", "--labeled", "5"]) == 2
     assert main(["phantoms", str(tmp_path / "b"), "--size", "tiny"]) == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_sigterm_stops_training_cleanly_and_it_resumes(cohort, tmp_path) -> None:
+    """A batch scheduler's stop (SIGTERM) mid-run, as Ctrl-C: exit 130, the last epoch's checkpoint
+    kept whole and --resume named."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    options = ["--width", "2", "--patch", "32", "32", "16", "--spacing", "4", "--epochs", "400", "-q"]
+    command = [sys.executable, "-m", "ceds_deploy.cli", "train", str(cohort), "--out", str(run), *options]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last.pt").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no epoch was saved"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0].decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert f"ceds train --resume {run}" in " ".join(output.split()) and "Traceback" not in output
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file
+    assert _payload(run)["epoch"] < 400  # a whole checkpoint of a finished epoch

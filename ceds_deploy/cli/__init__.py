@@ -1,6 +1,8 @@
 """The `ceds` command line (Typer commands, one module each; `app` assembles them)."""
 
 import gc
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,3 +25,23 @@ def collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager's, batch scheduler's or container's stop) ends a command as Ctrl-C
+    does: cleanly (segment: the report of the cases finished, the lock released; train: the last
+    checkpoint kept for --resume). The command line's own process only; the previous handler comes
+    back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -19,6 +19,7 @@ from ceds_deploy.cli import export as export_cmd
 from ceds_deploy.cli import info as info_cmd
 from ceds_deploy.cli import phantoms as phantoms_cmd
 from ceds_deploy.cli import segment as segment_cmd
+from ceds_deploy.cli import sigterm_as_interrupt
 from ceds_deploy.cli import train as train_cmd
 from ceds_deploy.machine import usable_cores
 
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from ceds_deploy.errors import CedsError
 
     try:
-        app(args=argv, prog_name="ceds", standalone_mode=True)
+        with sigterm_as_interrupt():  # a scheduler's or container's stop ends any command as Ctrl-C does
+            app(args=argv, prog_name="ceds", standalone_mode=True)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if code == INTERRUPTED:  # Typer's exit for a KeyboardInterrupt

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -348,25 +344,24 @@ def run_segment(
                 f"backend: [bold]{engine.description}[/] ({why}); model {model.name}, "
                 f"ROI {spec.roi_size}, spacing {spec.target_spacing} mm"
             )
-            with _sigterm_as_interrupt():
-                if watch is None:
-                    run = segment_folder(
-                        input_path, output, engine, options, progress=progress, run_info=info, started_at=started_at
-                    )
-                else:
-                    console.print(f"watching {input_path} for new scans; Ctrl-C stops")
-                    run = watch_folder(
-                        input_path,
-                        output,
-                        engine,
-                        options,
-                        interval_s=float(watch["interval_s"]),
-                        settle_s=float(watch["settle_s"]),
-                        idle_timeout_s=watch.get("idle_timeout_s"),
-                        progress=progress,
-                        run_info=info,
-                        started_at=started_at,
-                    )
+            if watch is None:
+                run = segment_folder(
+                    input_path, output, engine, options, progress=progress, run_info=info, started_at=started_at
+                )
+            else:
+                console.print(f"watching {input_path} for new scans; Ctrl-C stops")
+                run = watch_folder(
+                    input_path,
+                    output,
+                    engine,
+                    options,
+                    interval_s=float(watch["interval_s"]),
+                    settle_s=float(watch["settle_s"]),
+                    idle_timeout_s=watch.get("idle_timeout_s"),
+                    progress=progress,
+                    run_info=info,
+                    started_at=started_at,
+                )
     from ceds_deploy.cli.display import print_summary
 
     print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
@@ -376,22 +371,3 @@ def run_segment(
         formats = ", ".join(IMAGE_SUFFIXES)
         console.print(f"[yellow]no scans[/] in {input_path}: no image files ({formats}) or DICOM series")
     return run.failed
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a service manager's or a batch scheduler's stop) ends a folder run or a watch as
-    Ctrl-C does: cleanly, with the report of the cases finished and the folder's lock released. The
-    command line's own process only; the previous handler comes back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -143,7 +145,7 @@ def train(
             )
         from ceds_deploy.training.loop import resume_training
 
-        with _display(quiet) as progress:
+        with _display(quiet) as progress, _resume_hint(resume):
             summary = resume_training(resume, device=device, progress=progress)
     else:
         summary = _new_run(data_dir, out, config, {**settings, "device": device}, quiet=quiet)
@@ -158,6 +160,18 @@ def train(
         f"trained {summary.steps} steps ({summary.epochs} epochs); best validation Dice: {best or 'n/a'}; "
         f"checkpoints in {summary.run_dir / 'checkpoints'}"
     )
+
+
+@contextmanager
+def _resume_hint(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM (a scheduler's stop; `ceds` turns it into Ctrl-C) ends training cleanly;
+    where an epoch's checkpoint was saved, say how to go on from it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (run_dir / "checkpoints" / "last.pt").is_file() and os.environ.get("RANK", "0") == "0":
+            typer.echo(f"interrupted; `ceds train --resume {run_dir}` goes on from the last saved epoch", err=True)
+        raise
 
 
 def _display(quiet: bool):
@@ -188,5 +202,5 @@ def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, setti
         raise typer.BadParameter("a new run needs DATA_DIR (or data_dir in --config)", param_hint="DATA_DIR")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the run")
-    with _display(quiet) as progress:
+    with _display(quiet) as progress, _resume_hint(out):
         return start_training(resolved, out, progress=progress)

@@ -210,6 +210,6 @@ def watch_folder(
                 stop.wait(interval_s if settles_in is None else min(interval_s, settles_in + 0.01))
         except KeyboardInterrupt:
             run.info["stopped_by"] = "interrupt"
-            log.info("%s: watch stopped (Ctrl-C)", input_path)
+            log.info("%s: watch stopped (Ctrl-C or SIGTERM)", input_path)
         write_run_report(run, output, options, interrupted=bool(run.info.get("interrupted")))
     return run
