@@ -4,6 +4,7 @@ bad inputs, backend choice and exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -183,6 +184,16 @@ def test_a_folder_without_scans_says_so(tiny_checkpoint, tmp_path):
     (tmp_path / "in" / "notes.txt").unlink()
     result = run_cli("segment", str(tmp_path / "in"), str(tmp_path / "out2"), "--model", str(tiny_checkpoint))
     assert result.exit_code == 0 and "no scans in" in " ".join(result.output.split()), result.output
+
+
+def test_a_window_smaller_than_the_training_roi_is_a_usage_error(scan_folder, tiny_checkpoint, tmp_path):
+    """It used to be raised to the ROI silently; the help names the form, X Y Z."""
+    result = run_cli(
+        "segment", str(scan_folder), str(tmp_path / "o"), "--model", str(tiny_checkpoint), "--window", "16", "16", "16"
+    )
+    text = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)  # unwrap rich's error box
+    assert result.exit_code == 2 and "smaller than the model's training ROI" in text
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_model_file_is_one_clear_line(tmp_path, capsys):

@@ -135,6 +135,7 @@ def segment(
             "16) larger than the training ROI: fewer, "
             "bigger windows; CBAM's global pooling sees "
             "more context, so check the accuracy.",
+            metavar="X Y Z",
             show_default=False,
         ),
     ] = None,
@@ -330,6 +331,12 @@ def run_segment(
         )
     opened = time.perf_counter()
     spec = engine.spec
+    if options.window is not None and any(w < r for w, r in zip(options.window, spec.roi_size)):
+        raise typer.BadParameter(
+            f"{' '.join(map(str, options.window))} is smaller than the model's training ROI "
+            f"{' '.join(map(str, spec.roi_size))} along some axis; give at least that",
+            param_hint="--window",
+        )
     from ceds_deploy.cli.display import SegmentDisplay
 
     progress = SegmentDisplay(console, enabled=show_progress)

@@ -71,6 +71,7 @@ def train(
         tuple[int, int, int] | None,
         typer.Option(
             help="Training patch = inference window, voxels along x y z, multiples of 16 (paper: 112 112 80).",
+            metavar="X Y Z",
             rich_help_panel=_MODEL,
             show_default=False,
         ),
