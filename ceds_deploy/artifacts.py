@@ -16,6 +16,8 @@ def artifact_kind(path: Path) -> str:
     """'checkpoint', 'onnx' or 'engine', from the file suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a folder; give the model file (.pt, .onnx or .engine)")
     if not path.is_file():
         raise ArtifactError(f"{path}: model file does not exist")
     if path.stat().st_size == 0:

@@ -115,6 +115,13 @@ def test_2d_image_is_refused(tmp_path):
     sitk.WriteImage(sitk.Image(20, 30, sitk.sitkInt16), str(path))
     with pytest.raises(ScanError, match=r"flat\.nii\.gz: is 2D"):
         read_scan(path)
+    import nibabel
+
+    # a 2D slice of an oblique 3D affine (nibabel's anatomical.nii resliced): ITK refuses its direction
+    affine = np.array([[0, 1.43, 0, -89.9], [0, 0, -1.43, 88.4], [2.5, 0, 0, -167.7], [0, 0, 0, 1]])
+    nibabel.save(nibabel.Nifti1Image(np.zeros((64, 128), np.int16), affine), tmp_path / "slice.nii.gz")
+    with pytest.raises(ScanError, match=r"slice\.nii\.gz: is 2D with size \(64, 128\); expected a 3D scan"):
+        read_scan(tmp_path / "slice.nii.gz")
 
 
 def test_empty_file_is_refused(tmp_path):

@@ -482,3 +482,11 @@ def test_preview_labels_are_checked_before_any_case_and_a_bad_label_costs_only_t
     assert rows["lps"]["status"] == rows["oblique"]["status"] == "ok"
     assert rows["lps"]["error"].startswith("no preview: ") and not (out / "lps_preview.png").exists()
     assert (out / "oblique_preview.png").exists()
+
+
+def test_a_folder_given_as_the_model_is_named_as_a_folder(tmp_path):
+    from ceds_deploy.artifacts import artifact_kind
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ArtifactError, match=r"models: is a folder; give the model file"):
+        artifact_kind(tmp_path / "models")

@@ -577,3 +577,12 @@ def test_sigterm_stops_training_cleanly_and_it_resumes(cohort, tmp_path) -> None
     assert f"ceds train --resume {run}" in " ".join(output.split()) and "Traceback" not in output
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file
     assert _payload(run)["epoch"] < 400  # a whole checkpoint of a finished epoch
+
+
+def test_resume_of_a_checkpoint_file_says_it_takes_the_run_folder(tmp_path) -> None:
+    from ceds_deploy.errors import ConfigError
+    from ceds_deploy.training.loop import resume_training
+
+    (tmp_path / "last.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"last\.pt: is a file; --resume takes the run folder"):
+        resume_training(tmp_path / "last.pt")

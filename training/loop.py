@@ -371,6 +371,8 @@ def resume_training(
     """Continue the run in `run_dir` from checkpoints/last.pt, with its saved config."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_DIR / state.LAST
+    if run_dir.is_file():
+        raise ConfigError(f"{run_dir}: is a file; --resume takes the run folder (the one holding checkpoints/)")
     if not path.is_file():
         raise ConfigError(f"{run_dir}: nothing to resume ({path} does not exist)")
     payload = state.load_training_state(path)

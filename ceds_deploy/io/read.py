@@ -296,6 +296,8 @@ def _read_nifti(path: Path, dtype: npt.DTypeLike | None, out_itemsize: int) -> V
     claim = check_nifti_claim(path, out_itemsize)
     if claim is None and read_header(path) is not None:  # ITK would read it by its content, unchecked
         raise ScanError(path, f"is a DICOM file, not {image_suffix(path)}; name it .dcm")
+    if claim is not None and len(claim.shape) < 3:
+        _check_size(path, claim.shape)  # says 2D, before ITK refuses its 2D direction in other words
     # A header ITK refuses goes to ITK's reader below, which says why.
     itk = _itk_header_geometry(path) if claim is not None and claim.version == 1 else None
     voxels = _nifti_voxels(path, claim) if claim is not None and itk is not None else None
