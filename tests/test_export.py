@@ -479,6 +479,9 @@ def test_engine_without_or_with_a_broken_sidecar_is_refused(tmp_path, tiny_spec)
     (tmp_path / "model.engine.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable engine sidecar"):
         TensorRTBackend(engine, tiny_spec)
+    (tmp_path / "model.engine.json").write_text('{"spec": ' + json.dumps(tiny_spec.to_dict()) + "}")
+    with pytest.raises(ArtifactError, match=r"model\.engine\.json: unreadable engine sidecar \(no 'profile' entry\)"):
+        TensorRTBackend(engine, tiny_spec)
 
 
 def test_engine_cache_keys_separate_what_changes_an_engine(tmp_path, tiny_spec):

@@ -188,7 +188,9 @@ def read_sidecar(engine: Path) -> dict:
         BatchProfile.parse(data["profile"]["batch"])
         built_for(data)
         _ = (data["onnx"]["sha256"], data["precision"])  # keys every reader needs
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
+    except KeyError as err:
+        raise ArtifactError(f"{path}: unreadable engine sidecar (no {err.args[0]!r} entry)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ConfigError) as err:
         raise ArtifactError(f"{path}: unreadable engine sidecar ({type(err).__name__}: {err})") from None
     if int(data.get("format", 0)) > SIDECAR_FORMAT:
         raise ArtifactError(f"{path}: sidecar format {data['format']} is newer than this install reads")
