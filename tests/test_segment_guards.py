@@ -490,3 +490,16 @@ def test_a_folder_given_as_the_model_is_named_as_a_folder(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(ArtifactError, match=r"models: is a folder; give the model file"):
         artifact_kind(tmp_path / "models")
+
+
+def test_a_rerun_leaves_no_stale_preview_or_page(scans, tiny_checkpoint, tmp_path):
+    """Redone without --preview, a case loses its old preview (it showed the old mask); a report.html
+    left by an earlier run is rewritten with the report, not left showing the old one."""
+    out = tmp_path / "out"
+    assert segment(scans, out, "--model", tiny_checkpoint, "--preview", "--html") == 0
+    assert (out / "lps_preview.png").exists()
+    page_before = (out / "report.html").read_text(encoding="utf-8")
+    assert segment(scans, out, "--model", tiny_checkpoint, "--overwrite") == 0
+    assert not (out / "lps_preview.png").exists() and not (out / "oblique_preview.png").exists()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page != page_before and "lps_preview.png" not in page

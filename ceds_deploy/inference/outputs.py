@@ -187,6 +187,8 @@ def write_case_files(
         items.append((paths["mask"], restored.mask, geometry))
     if items:
         write_volumes(items, OUTPUT_DESCRIPTION)  # type: ignore[arg-type]
+    if not options.preview:  # a preview of an earlier run of the case shows its old mask
+        paths["preview"].unlink(missing_ok=True)
     if options.preview and source is not None:
         from ceds_deploy.qa.preview import write_preview
 

@@ -156,9 +156,9 @@ def write_report(output: Path, rows: list[CaseRow], run_info: dict[str, Any], ht
             target = json_path
             safe = _json_safe(document)
             write_atomic_text(json_path, json.dumps(safe, indent=2))
-            if html:
-                from ceds_deploy.qa.report_page import write_report_page
+            from ceds_deploy.qa.report_page import REPORT_PAGE, write_report_page
 
+            if html or (output / REPORT_PAGE).exists():  # a page left from an earlier run shows this report too
                 write_report_page(output, safe)
     except OSError as err:
         raise OutputError(f"{target}: cannot write the report: {err.strerror or err}") from None
