@@ -203,6 +203,12 @@ def test_ceds_calibrate_and_the_benchmark_end_to_end(tiny_checkpoint, tmp_path) 
     spec = load_network(out)[1]
     assert spec.calibration is not None and spec.calibration.cases == 2
     assert load_network(tiny_checkpoint)[1].calibration is None  # --out: the original is untouched
+    assert "case(s) only" not in result.output
+    one = CliRunner().invoke(
+        app,
+        ["calibrate", str(tiny_checkpoint), str(cohort), "--cases", "phantom_000", "--out", str(tmp_path / "one.pt")],
+    )
+    assert one.exit_code == 0 and "calibrating on 1 case(s) only" in " ".join(one.output.split()), one.output
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
     module_spec = importlib.util.spec_from_file_location("calibration_benchmark", path)

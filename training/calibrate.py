@@ -128,6 +128,9 @@ def calibration_record(calibration: Calibration, samples: CalibrationSamples, **
     }
 
 
+FEW_CASES = 2  # below this many cases a calibration is fitted on one scan's voxels alone: warned
+
+
 def calibrate_checkpoint(
     checkpoint: Path,
     cases: Sequence[LabeledCase],
@@ -148,6 +151,13 @@ def calibrate_checkpoint(
 
     if not cases:
         raise DatasetError(f"{checkpoint}: no labeled cases to fit the calibration on")
+    if len(cases) < FEW_CASES:
+        log.warning(
+            "%s: calibrating on %d case(s) only: the expected Dice it gives is a rough guess; "
+            "fit it on more labeled cases where you can",
+            checkpoint,
+            len(cases),
+        )
     net, spec = load_network(checkpoint, weights)
     predictions = raw_predictions(net, spec, cases, options, device)
     samples = collect(_announce(predictions, on_case), margin_mm)
