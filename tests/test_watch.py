@@ -291,6 +291,22 @@ def test_watch_needs_a_folder_of_scans(phantoms, backend, tmp_path):
         watch_folder(tmp_path, tmp_path.parent / "out-shard", backend, SegmentOptions(shard=(0, 2)))
 
 
+def stopped_cli(command: list[str], appears: Path, how: signal.Signals, then=None) -> tuple[int, str]:
+    """(exit code, output) of `command` run as a user runs it and sent `how` once `appears` exists
+    (and `then()` has run)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(appears, timeout_s=180)
+        if then is not None:
+            then()
+        proc.send_signal(how)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, output.decode("utf-8", "replace")
+
+
 def test_the_cli_folder_run_stops_cleanly_on_sigterm(phantoms, model, tmp_path):
     """A folder run stopped by SIGTERM (a batch scheduler's or container's stop), as by Ctrl-C: exit
     130, the cases finished are complete and in the report, which says it was interrupted, and the
@@ -300,16 +316,8 @@ def test_the_cli_folder_run_stops_cleanly_on_sigterm(phantoms, model, tmp_path):
     for k in range(40):  # with TTA, seconds of work left when the first mask appears
         os.link(phantoms["first"], scans / f"case{k:02d}.nii.gz")
     command = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(scans), str(out), "--model", str(model)]
-    proc = subprocess.Popen([*command, "--tta"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(out / "case00.nii.gz", timeout_s=180)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = output.decode("utf-8", "replace")
-    assert proc.returncode == 130, text
+    returncode, text = stopped_cli([*command, "--tta"], out / "case00.nii.gz", signal.SIGTERM)
+    assert returncode == 130, text
     assert "interrupted" in text and "Traceback" not in text
     assert_clean(out)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -328,18 +336,13 @@ def test_the_cli_watch_stops_cleanly(how, phantoms, model, tmp_path):
     shutil.copy(phantoms["first"], inbox / "first.nii.gz")
     command = [sys.executable, "-m", "ceds_deploy.cli.app", "segment", str(inbox), str(out), "--model", str(model)]
     command += ["--watch", "--watch-interval", str(INTERVAL_S), "--watch-settle", str(SETTLE_S)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(out / "first.nii.gz", timeout_s=180)
+
+    def drop_a_scan() -> None:
         copy_by_rename(phantoms["new"], inbox / "new.nii.gz")
         time.sleep(INTERVAL_S + SETTLE_S + 0.3)  # taken, probably in the middle of it
-        proc.send_signal(how)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = output.decode("utf-8", "replace")
-    assert proc.returncode == 0, text
+
+    returncode, text = stopped_cli(command, out / "first.nii.gz", how, drop_a_scan)
+    assert returncode == 0, text
     assert "segmented" in text and "Traceback" not in text
     assert_clean(out)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
