@@ -227,6 +227,44 @@ def test_a_scan_that_changes_after_it_was_segmented_is_segmented_again(phantoms,
     assert [(r.case, r.status) for r in watch.result["run"].rows] == [("scan", "ok")]
 
 
+def test_a_changed_scan_is_redone_but_never_over_a_file_ceds_did_not_write(phantoms, backend, tmp_path, caplog):
+    """Redoing a changed scan skips only the 'outputs exist' rule: a foreign file under its mask's
+    name still fails the case, before and after the change, and is kept."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    out.mkdir()
+    shutil.copy(phantoms["chunked"], out / "scan.nii.gz")  # someone's scan where the mask would go
+    foreign = (out / "scan.nii.gz").read_bytes()
+    shutil.copy(phantoms["first"], inbox / "scan.nii.gz")
+    with Watch(inbox, out, backend) as watch:
+        wait_for(out / "report.json")
+        first_round = (out / "report.json").stat().st_mtime_ns
+        copy_by_rename(phantoms["new"], inbox / "scan.nii.gz")
+        deadline = time.perf_counter() + 60
+        while "changed after it was read" not in caplog.text or (out / "report.json").stat().st_mtime_ns == first_round:
+            assert time.perf_counter() < deadline, "the changed scan was not taken again"
+            time.sleep(0.05)
+    rows = [(r.case, r.status) for r in watch.result["run"].rows]
+    assert rows == [("scan", "failed")] and "not written by ceds segment" in watch.result["run"].rows[0].error
+    assert (out / "scan.nii.gz").read_bytes() == foreign
+
+
+def test_arrival_tracker_counts_a_deleted_and_recopied_entry_as_changed(tmp_path):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"a")
+    os.utime(scan, (1000, 1000))
+    now = [2000.0]
+    tracker = ArrivalTracker(tmp_path, settle_s=2.0, clock=lambda: now[0])
+    assert tracker.poll() == [scan] and not tracker.was_handled(scan)
+    tracker.mark_handled(scan)
+    scan.unlink()
+    assert tracker.poll() == []
+    scan.write_bytes(b"ab")
+    os.utime(scan, (now[0], now[0]))
+    now[0] += 2.5
+    assert tracker.poll() == [scan] and tracker.was_handled(scan)  # redone, not skipped as done
+
+
 def test_watch_resumes_and_skips_finished_cases(phantoms, backend, tmp_path):
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()

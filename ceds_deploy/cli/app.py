@@ -127,7 +127,7 @@ def console_main() -> None:
 
 
 def _print_interrupted() -> None:
-    """Ctrl-C (or SIGTERM, which `ceds segment` turns into one): what finished is kept."""
+    """Ctrl-C (or SIGTERM, which `main` turns into one): what finished is kept."""
     from rich.console import Console
 
     Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the end", highlight=False)

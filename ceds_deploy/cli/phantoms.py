@@ -22,8 +22,10 @@ def phantoms(
     """Generate synthetic chest CT scans with one mediastinal mass each."""
     import time
 
-    if size not in ("small", "full"):  # as synthetic.SIZES; checked before anything is drawn or written
-        raise typer.BadParameter(f"small or full, got {size!r}", param_hint="--size")
+    from ceds_deploy.synthetic import SIZES
+
+    if size not in SIZES:  # checked before anything is drawn or written
+        raise typer.BadParameter(f"one of {', '.join(SIZES)}, got {size!r}", param_hint="--size")
     if labeled > cases:
         raise typer.BadParameter(f"at most --cases ({cases}), got {labeled}", param_hint="--labeled")
 

@@ -372,7 +372,7 @@ def run_segment(
     from ceds_deploy.cli.display import print_summary
 
     print_summary(console, run.rows, run.report_paths[0] if run.report_paths else output)
-    if watch is None and not run.rows:
+    if watch is None and not run.rows and options.shard == (0, 1):  # a shard of its own may be empty
         from ceds_deploy.io.paths import IMAGE_SUFFIXES
 
         formats = ", ".join(IMAGE_SUFFIXES)

@@ -170,7 +170,10 @@ def _resume_hint(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if (run_dir / "checkpoints" / "last.pt").is_file() and os.environ.get("RANK", "0") == "0":
+        from ceds_deploy.training.loop import CHECKPOINT_DIR
+        from ceds_deploy.training.state import LAST
+
+        if (run_dir / CHECKPOINT_DIR / LAST).is_file() and os.environ.get("RANK", "0") == "0":
             typer.echo(f"interrupted; `ceds train --resume {run_dir}` goes on from the last saved epoch", err=True)
         raise
 

@@ -89,9 +89,11 @@ def list_cases(
     backend: EngineLabel,
     options: SegmentOptions,
     seen: dict[str, ScanSource] | None = None,
+    redo: bool = False,
 ) -> tuple[list[CaseRow], list[Case]]:
     """(rows of entries not to run: skipped or failed up front, cases to run) of `listing` for this
-    shard. `seen` (case name -> scan) carries the names used so far across calls (a watch)."""
+    shard. `seen` (case name -> scan) carries the names used so far across calls (a watch); `redo`:
+    run cases whose outputs exist (a watched scan that changed), still never over a foreign file."""
     skipped = [(path, own_output_reason(path) or why) for path, why in listing.skipped]
     skipped += [(path, own_output_reason(path) or "") for path in listing.scans if own_output_reason(path)]
     scans = [path for path in listing.scans if not own_output_reason(path)]
@@ -120,7 +122,7 @@ def list_cases(
             row.error = f"{foreign}: not written by ceds segment (a scan?); move it away, or --overwrite replaces it"
             rows.append(row)
             continue
-        if not options.overwrite and case_is_done(output, name, formats):
+        if not options.overwrite and not redo and case_is_done(output, name, formats):
             row.status, row.error = "skipped", DONE_BEFORE
             rows.append(row)
             continue

@@ -32,7 +32,8 @@ def check_locations(input_path: Path, output: Path) -> None:
 
     Raises `ScanError` for a missing input, `OutputError` for an output that is a file, equal to,
     inside or containing the input folder, or (for one scan) a folder where an output would
-    overwrite the scan itself.
+    overwrite the scan itself or another file ceds segment did not write (`foreign_mask`), even
+    with --overwrite: that folder holds the user's scans.
     """
     input_path, output = Path(input_path), Path(output)
     if not input_path.exists():

@@ -20,7 +20,6 @@ report is written and the lock released.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -51,6 +50,7 @@ DEFAULT_INTERVAL_S = 1.0  # how often the folder is looked at
 DEFAULT_SETTLE_S = 2.0  # how long a new entry must be left alone before it is read
 
 Signature = tuple[int, int, int]  # (files, bytes, newest modification in ns) of an entry
+_GONE: Signature = (-1, -1, -1)  # what a handled entry that has since disappeared looked like
 
 
 def entry_signature(entry: Path) -> tuple[Signature, float] | None:
@@ -95,7 +95,8 @@ class ArrivalTracker:
         present = {entry.name for entry in entries}
         for gone in set(self.seen) - present:
             del self.seen[gone]
-            self.handled.pop(gone, None)
+            if gone in self.handled:  # back later (deleted, copied again): a change, not a new scan
+                self.handled[gone] = _GONE
         ready = []
         for entry in entries:
             found = entry_signature(entry)
@@ -171,7 +172,6 @@ def watch_folder(
     _check_watch(input_path, options, interval_s, settle_s)
     stop = stop or threading.Event()
     tracker = ArrivalTracker(input_path, settle_s)
-    redo = dataclasses.replace(options, overwrite=True)
     names: dict[str, ScanSource] = {}
     todo_total = 0
     with open_folder_run(input_path, output, backend, options, run_info=run_info, started_at=started_at) as run:
@@ -191,9 +191,10 @@ def watch_folder(
                     rows: list[CaseRow] = []
                     todo: list[Case] = []
                     # a scan that changed (a series that grew, a file rewritten) is redone: its outputs are of before
-                    for group, how in ((changed, redo), ([e for e in entries if e not in changed], options)):
+                    for group, again in ((changed, True), ([e for e in entries if e not in changed], False)):
                         if group:
-                            more_rows, more = list_cases(find_scans_in(input_path, group), output, backend, how, names)
+                            listing = find_scans_in(input_path, group)
+                            more_rows, more = list_cases(listing, output, backend, options, names, redo=again)
                             rows, todo = rows + more_rows, todo + more
                     todo_total += len(todo)
                     progress(ProgressEvent("todo", todo_total))
