@@ -335,6 +335,23 @@ def test_larger_window_runs_fewer_windows_on_the_same_grid(tiny_checkpoint):
     assert large.mask.shape == small.mask.shape == image.shape
 
 
+def test_library_runs_refuse_a_window_smaller_than_the_roi_before_any_work(scan_folder, tiny_checkpoint, tmp_path):
+    """segment_volume and segment_folder, not only the CLI: no silent raise to the ROI."""
+    from ceds_deploy.artifacts import read_spec
+    from ceds_deploy.backends.torch_backend import TorchBackend
+    from ceds_deploy.errors import ConfigError
+    from ceds_deploy.inference import segment_volume
+
+    image, _ = sphere_scan(GEOMETRIES["axial_lps"])
+    small = SegmentOptions(window=(16, 32, 32))
+    with TorchBackend(tiny_checkpoint, read_spec(tiny_checkpoint)) as backend:
+        with pytest.raises(ConfigError, match="smaller than the model's training ROI"):
+            segment_volume(image, backend, small)
+        with pytest.raises(ConfigError, match="smaller than the model's training ROI"):
+            segment_folder(scan_folder, tmp_path / "out", backend, small)
+    assert not (tmp_path / "out").exists()
+
+
 def test_several_io_workers_give_the_same_outputs_and_survive_a_bad_scan(scan_folder, tiny_checkpoint, tmp_path):
     from ceds_deploy.artifacts import read_spec
     from ceds_deploy.backends.torch_backend import TorchBackend

@@ -272,7 +272,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-CLI_SOURCE = "command line: "  # how errors in the command line's settings begin
+CLI_SOURCE = "command line"  # what errors in the command line's settings name (the CLI makes them usage errors)
 
 
 def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -286,9 +286,7 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
     if given.get("epochs") is not None:
         values.pop("iterations", None)
     base = build_config(values, source)  # file errors name the file ...
-    return (
-        build_config(base.to_dict() | given, CLI_SOURCE.removesuffix(": ")) if given else base
-    )  # ... CLI errors the option
+    return build_config(base.to_dict() | given, CLI_SOURCE) if given else base  # ... CLI errors the option
 
 
 # ---------------------------------------------------------------------- checks

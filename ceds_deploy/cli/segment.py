@@ -331,12 +331,13 @@ def run_segment(
         )
     opened = time.perf_counter()
     spec = engine.spec
-    if options.window is not None and any(w < r for w, r in zip(options.window, spec.roi_size)):
-        raise typer.BadParameter(
-            f"{' '.join(map(str, options.window))} is smaller than the model's training ROI "
-            f"{' '.join(map(str, spec.roi_size))} along some axis; give at least that",
-            param_hint="--window",
-        )
+    from ceds_deploy.errors import ConfigError
+    from ceds_deploy.inference.segment import check_window
+
+    try:
+        check_window(options.window, spec.roi_size)  # a usage error here, before any case
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint="--window") from None
     from ceds_deploy.cli.display import SegmentDisplay
 
     progress = SegmentDisplay(console, enabled=show_progress)

@@ -199,8 +199,8 @@ def _new_run(data_dir: Path | None, out: Path | None, config: Path | None, setti
     try:
         resolved = resolve_config(config, settings)
     except ConfigError as err:  # a bad option value is a usage error (exit 2); a bad config file is not
-        if str(err).startswith(CLI_SOURCE):
-            raise typer.BadParameter(str(err).removeprefix(CLI_SOURCE)) from None
+        if str(err).startswith(f"{CLI_SOURCE}: "):
+            raise typer.BadParameter(str(err).removeprefix(f"{CLI_SOURCE}: ")) from None
         raise
     if not resolved.data_dir:
         raise typer.BadParameter("a new run needs DATA_DIR (or data_dir in --config)", param_hint="DATA_DIR")

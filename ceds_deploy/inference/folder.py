@@ -39,8 +39,15 @@ from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.outputs import NIFTI, case_formats, case_is_done
 from ceds_deploy.inference.pipeline import Case, Pipeline, default_io_workers, error_text
-from ceds_deploy.inference.report import DONE_BEFORE, CaseRow, ok_cases, status_counts, write_report
-from ceds_deploy.inference.segment import batch_size_for, pads_batches
+from ceds_deploy.inference.report import (
+    DONE_BEFORE,
+    CaseRow,
+    is_done_before,
+    ok_cases,
+    status_counts,
+    write_report,
+)
+from ceds_deploy.inference.segment import batch_size_for, check_window, pads_batches
 from ceds_deploy.io import ScanListing, ScanSource, case_id, find_scans, remove_leftovers
 from ceds_deploy.io.atomic import LEFTOVER_PATTERNS
 from ceds_deploy.io.prefetch import PREFETCH_SCANS, release_prefetched
@@ -182,6 +189,7 @@ def open_folder_run(
     started_at = time.perf_counter() if started_at is None else started_at
     input_path, output = Path(input_path), Path(output)
     check_locations(input_path, output)
+    check_window(options.window, backend.spec.roi_size)
     prepare_output(output)
     model = model_digest(backend)
     with FolderLock(output, model, options.shard, force=options.force) as lock:
@@ -218,10 +226,6 @@ def warm_up_backend(run: FolderRun, backend: Backend, options: SegmentOptions) -
     run.backend_checked = True
 
 
-def _done_before(row: CaseRow) -> bool:
-    return row.status == "skipped" and row.error == DONE_BEFORE
-
-
 def run_cases(
     run: FolderRun,
     rows: list[CaseRow],
@@ -240,9 +244,9 @@ def run_cases(
     # A case listed again (a watched scan that changed) keeps one row, as the report merges them:
     # the newest, unless that only says its outputs exist
     before = {r.case for r in run.rows}
-    newer = {case.row.case for case in todo} | {r.case for r in rows if not _done_before(r)}
+    newer = {case.row.case for case in todo} | {r.case for r in rows if not is_done_before(r)}
     run.rows[:] = [r for r in run.rows if r.case not in newer]
-    run.rows.extend(r for r in rows if not (_done_before(r) and r.case in before))
+    run.rows.extend(r for r in rows if not (is_done_before(r) and r.case in before))
     probe_output(output, int(SPACE_FACTOR * input_bytes([case.path for case in todo])))
     # The model's blank batch runs in the backend's thread while the first scans are read.
     warm_up = (lambda: warm_up_backend(run, backend, options)) if todo and not run.backend_checked else None

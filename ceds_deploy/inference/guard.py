@@ -22,6 +22,7 @@ from ceds_deploy.inference.outputs import (
 )
 from ceds_deploy.inference.report import REPORT_CSV, REPORT_JSON, ok_cases, read_report
 from ceds_deploy.io import DicomSeries, ScanSource, case_id
+from ceds_deploy.io.atomic import write_probe
 
 PROBE_PATTERN = r"\.ceds-probe\.[0-9]+\.[0-9a-f]{32}"  # the write probe's name, for remove_leftovers
 SPACE_FACTOR = 2.0  # outputs need at most about this many times the input scans' bytes
@@ -103,21 +104,10 @@ def input_bytes(scans: list[ScanSource]) -> int:
 def probe_output(output: Path, needed_bytes: int) -> None:
     """Write and remove a small file in `output`, then compare its free space with `needed_bytes`.
     Raises `OutputError` for a folder that cannot be written (read-only, permissions) or is too full."""
-    probe = Path(output) / f".ceds-probe.{os.getpid()}.{uuid.uuid4().hex}"
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_probe(Path(output) / f".ceds-probe.{os.getpid()}.{uuid.uuid4().hex}")
     except OSError as err:
         raise OutputError(f"{output}: cannot write to the output folder: {err.strerror or err}") from None
-    finally:
-        try:
-            probe.unlink()
-        except OSError:
-            pass
     free = shutil.disk_usage(output).free
     if free < needed_bytes:
         raise OutputError(

@@ -39,7 +39,7 @@ from ceds_deploy.inference.lock import FolderLock
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.pipeline import error_text
 from ceds_deploy.inference.report import CaseRow, record_run
-from ceds_deploy.inference.segment import batch_size_for
+from ceds_deploy.inference.segment import batch_size_for, check_window
 from ceds_deploy.io import ScanSource
 from ceds_deploy.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -162,6 +162,7 @@ def segment_folder_ray(
     check_locations(input_path, output)
     resources = task_resources(gpu, cpus_per_task)
     facts = _probe(ray, open_engine, options, resources, max_retries)
+    check_window(options.window, tuple(facts.spec["roi_size"]))
     prepare_output(output)
     model = facts.model_sha256
     with FolderLock(output, model, options.shard, force=options.force) as lock:

@@ -99,6 +99,11 @@ def ok_cases(output: Path) -> set[str]:
     return {str(r.get("case")) for r in rows if isinstance(r, dict) and r.get("status") == "ok"}
 
 
+def is_done_before(row: CaseRow) -> bool:
+    """A row that only says the case's outputs exist from an earlier run (it keeps that run's row)."""
+    return row.status == "skipped" and row.error == DONE_BEFORE
+
+
 def merge_rows(earlier: list[dict[str, Any]], rows: list[CaseRow]) -> list[dict[str, Any]]:
     """Flat rows of the folder: this run's rows replace earlier ones of the same case, except a
     case skipped because its outputs exist, which keeps an earlier ok row. Sorted by case."""
@@ -106,7 +111,7 @@ def merge_rows(earlier: list[dict[str, Any]], rows: list[CaseRow]) -> list[dict[
     merged = {str(r.get("case")): {c: r.get(c) for c in columns} for r in earlier if isinstance(r, dict)}
     for row in rows:
         before = merged.get(row.case)
-        if row.status == "skipped" and row.error == DONE_BEFORE and before and before.get("status") == "ok":
+        if is_done_before(row) and before and before.get("status") == "ok":
             continue
         merged[row.case] = row.flat()
     return [merged[case] for case in sorted(merged)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ceds_deploy.backends.base import Backend, is_cuda
+from ceds_deploy.errors import ConfigError
 from ceds_deploy.inference.options import SegmentOptions
 from ceds_deploy.inference.scheduler import sliding_window_predict
 from ceds_deploy.inference.windows import WindowPlan, plan_windows, windows_with_content
@@ -17,9 +18,19 @@ from ceds_deploy.transforms.restore import restore_prediction
 from ceds_deploy.volume import Volume
 
 
+def check_window(window: tuple[int, ...] | None, roi: tuple[int, ...]) -> None:
+    """`ConfigError` for an inference window smaller than the training ROI along some axis."""
+    if window is not None and any(w < r for w, r in zip(window, roi)):
+        raise ConfigError(
+            f"window {' '.join(map(str, window))} is smaller than the model's training ROI "
+            f"{' '.join(map(str, roi))} along some axis; give at least that"
+        )
+
+
 def inference_window(image_shape: tuple[int, ...], spec: ModelSpec, window: tuple[int, ...] | None) -> tuple[int, ...]:
     """The window to run: the training ROI, or a larger one asked for (the network is convolutional
-    apart from CBAM's global pooling), never larger than the image allows in multiples of 16."""
+    apart from CBAM's global pooling), never larger than the image allows in multiples of 16 (nor
+    smaller than the ROI there). Runs refuse a window asked smaller than the ROI (`check_window`)."""
     if window is None:
         return spec.roi_size
     return (
@@ -83,6 +94,7 @@ def segment_volume(volume: Volume, backend: Backend, options: SegmentOptions | N
     """
     options = options or SegmentOptions()
     spec = backend.spec
+    check_window(options.window, spec.roi_size)
     device = work_device(backend)
     image, mapping = prepare_scan_on(volume, spec, device, as_tensor=is_cuda(device))
     windows = window_plan_for(image, spec, options)

@@ -42,11 +42,22 @@ def check_output_file(path: Path, suffix: str | None = None) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise OutputError(f"{path}: cannot be written there: {folder} is not a folder")
-    probe = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"  # a leftover matches ATOMIC_TMP
     try:
-        probe.open("wb").close()
+        write_probe(folder / f".{path.name}.{uuid.uuid4().hex}.tmp")  # a leftover matches ATOMIC_TMP
     except OSError as err:
         raise OutputError(f"{path}: cannot be written there: {err.strerror or err}") from None
+
+
+def write_probe(probe: Path) -> None:
+    """Write 4 KiB to the new file `probe`, sync and remove it: raises OSError (read-only folder,
+    permissions, full disk) where a file cannot be written there."""
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         probe.unlink(missing_ok=True)
 
